@@ -16,10 +16,71 @@ def _read_version() -> str:
 
 __version__ = _read_version()
 
-_import_structure: dict[str, list[str]] = {}
+_import_structure: dict[str, list[str]] = {
+    "chat_template_utils": [
+        "add_response_schema",
+        "clone_chat_template",
+        "get_training_chat_template",
+        "setup_chat_format",
+        "supports_tool_calling",
+    ],
+    "data_utils": [
+        "apply_chat_template",
+        "extract_prompt",
+        "is_conversational",
+        "is_conversational_from_value",
+        "maybe_apply_chat_template",
+        "maybe_convert_to_chatml",
+        "maybe_extract_prompt",
+        "maybe_unpair_preference_dataset",
+        "pack_dataset",
+        "prepare_multimodal_messages",
+        "truncate_dataset",
+        "unpair_preference_dataset",
+    ],
+    "scripts": ["DatasetMixtureConfig", "ScriptArguments", "TrlParser", "get_dataset", "init_zero_verbose"],
+    "trainer": [
+        "ModelConfig",
+        "SFTConfig",
+        "SFTTrainer",
+        "get_kbit_device_map",
+        "get_peft_config",
+        "get_quantization_config",
+    ],
+    "models": [],
+}
 
 if TYPE_CHECKING:
-    pass
+    from .chat_template_utils import (
+        add_response_schema,
+        clone_chat_template,
+        get_training_chat_template,
+        setup_chat_format,
+        supports_tool_calling,
+    )
+    from .data_utils import (
+        apply_chat_template,
+        extract_prompt,
+        is_conversational,
+        is_conversational_from_value,
+        maybe_apply_chat_template,
+        maybe_convert_to_chatml,
+        maybe_extract_prompt,
+        maybe_unpair_preference_dataset,
+        pack_dataset,
+        prepare_multimodal_messages,
+        truncate_dataset,
+        unpair_preference_dataset,
+    )
+    from .scripts import DatasetMixtureConfig, ScriptArguments, TrlParser, get_dataset, init_zero_verbose
+    from .trainer import (
+        ModelConfig,
+        SFTConfig,
+        SFTTrainer,
+        get_kbit_device_map,
+        get_peft_config,
+        get_quantization_config,
+    )
 else:
     import sys
 

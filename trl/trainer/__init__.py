@@ -1,0 +1,29 @@
+"""Trainers and configurations, one pair per method (`<method>_config.py`, `<method>_trainer.py`)."""
+
+from typing import TYPE_CHECKING
+
+from ..import_utils import _LazyModule
+
+
+_import_structure: dict[str, list[str]] = {
+    "base_config": ["_BaseConfig"],
+    "base_trainer": ["BaseTrainer"],
+    "collators": ["DataCollatorForLanguageModeling", "DataCollatorForPreference", "DataCollatorForUnpairedPreference"],
+    "model_config": ["ModelConfig"],
+    "peft_utils": ["get_kbit_device_map", "get_peft_config", "get_quantization_config"],
+    "sft_config": ["SFTConfig"],
+    "sft_trainer": ["SFTTrainer"],
+}
+
+if TYPE_CHECKING:
+    from .base_config import _BaseConfig
+    from .base_trainer import BaseTrainer
+    from .collators import DataCollatorForLanguageModeling, DataCollatorForPreference, DataCollatorForUnpairedPreference
+    from .model_config import ModelConfig
+    from .peft_utils import get_kbit_device_map, get_peft_config, get_quantization_config
+    from .sft_config import SFTConfig
+    from .sft_trainer import SFTTrainer
+else:
+    import sys
+
+    sys.modules[__name__] = _LazyModule(__name__, globals()["__file__"], _import_structure)

@@ -1,0 +1,191 @@
+"""Model and processing-class loading shared by every trainer: dtype handling, pad tokens, PEFT wrapping."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from ..import_utils import is_peft_available, require
+
+
+_DTYPE_NAMES = {"float32", "float16", "bfloat16", "float64", "half", "float", "double"}
+
+
+def resolve_dtype(dtype: Any) -> Any:
+    """Turn a dtype given as a string (CLI / YAML) into a `torch.dtype`; keep `"auto"`, `None` and dtypes.
+
+    Args:
+        dtype (`str`, `torch.dtype` or `None`):
+            `"auto"`, a dtype name such as `"bfloat16"` (optionally prefixed by `torch.`), or a `torch.dtype`.
+    """
+    if dtype is None or dtype == "auto" or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str):
+        name = dtype.removeprefix("torch.")
+        if name in _DTYPE_NAMES:
+            return getattr(torch, name)
+    raise ValueError(
+        f"Invalid dtype {dtype!r}: use 'auto', 'float32', 'float16', 'bfloat16' or a torch.dtype in model_init_kwargs."
+    )
+
+
+def resolve_model_init_kwargs(model_init_kwargs: dict[str, Any] | None, trust_remote_code: bool = False) -> dict:
+    """Normalise the keyword arguments used to load a model from a string.
+
+    `torch_dtype` is accepted as an alias of `dtype`, string dtypes become `torch.dtype`s, and `trust_remote_code`
+    from the trainer config is forwarded unless the kwargs set it.
+
+    Args:
+        model_init_kwargs (`dict[str, Any]` or `None`):
+            The user's `model_init_kwargs`.
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            The config's `trust_remote_code`.
+    """
+    kwargs = dict(model_init_kwargs or {})
+    if "torch_dtype" in kwargs:
+        if "dtype" in kwargs:
+            raise ValueError("model_init_kwargs sets both `dtype` and its deprecated alias `torch_dtype`; keep `dtype`.")
+        kwargs["dtype"] = kwargs.pop("torch_dtype")
+    if "dtype" in kwargs:
+        kwargs["dtype"] = resolve_dtype(kwargs["dtype"])
+    kwargs.setdefault("trust_remote_code", trust_remote_code)
+    return kwargs
+
+
+def load_model(model_id: str, args: Any, auto_class: Any = AutoModelForCausalLM, **overrides: Any) -> PreTrainedModel:
+    """Load `model_id` with `auto_class.from_pretrained`, using `args.model_init_kwargs` and `args.trust_remote_code`.
+
+    Args:
+        model_id (`str`):
+            Hub id or local path.
+        args (`TrainingArguments`):
+            The trainer config; `model_init_kwargs` and `trust_remote_code` are read if present.
+        auto_class (`type`, *optional*, defaults to `AutoModelForCausalLM`):
+            The auto class to load with.
+        **overrides:
+            Extra `from_pretrained` arguments that take precedence (e.g. `num_labels=1`).
+    """
+    kwargs = resolve_model_init_kwargs(
+        getattr(args, "model_init_kwargs", None), getattr(args, "trust_remote_code", False)
+    )
+    kwargs.update(overrides)
+    return auto_class.from_pretrained(model_id, **kwargs)
+
+
+def check_model_init_kwargs_unused(model: Any, args: Any) -> None:
+    """Raise if `model_init_kwargs` is set while the model is already instantiated (it would be ignored)."""
+    if not isinstance(model, str) and getattr(args, "model_init_kwargs", None):
+        raise ValueError(
+            "`model_init_kwargs` only applies when `model` is a string (a model id or path); the model you passed is "
+            "already loaded. Load it with those arguments yourself, or pass its id instead."
+        )
+
+
+def load_processing_class(model_id: str, args: Any, **kwargs: Any):
+    """Load the tokenizer of `model_id`, honouring `revision` from `model_init_kwargs` and `trust_remote_code`."""
+    init_kwargs = getattr(args, "model_init_kwargs", None) or {}
+    if "revision" in init_kwargs:
+        kwargs.setdefault("revision", init_kwargs["revision"])
+    kwargs.setdefault("trust_remote_code", getattr(args, "trust_remote_code", False))
+    return AutoTokenizer.from_pretrained(model_id, **kwargs)
+
+
+def get_tokenizer(processing_class: Any):
+    """Return the text tokenizer of a tokenizer or a multimodal processor."""
+    return getattr(processing_class, "tokenizer", processing_class)
+
+
+def resolve_pad_token_id(processing_class: Any, pad_token: str | None = None) -> int:
+    """Find the pad token id used by collators: the config's `pad_token`, else the tokenizer's, else its EOS.
+
+    Args:
+        processing_class (`PreTrainedTokenizerBase` or `ProcessorMixin`):
+            The tokenizer (or processor).
+        pad_token (`str` or `None`, *optional*, defaults to `None`):
+            The config's (deprecated) `pad_token`.
+    """
+    tokenizer = get_tokenizer(processing_class)
+    if pad_token is not None:
+        warnings.warn(
+            "The `pad_token` config field is deprecated: set `tokenizer.pad_token` on your tokenizer instead.",
+            FutureWarning,
+            stacklevel=3,
+        )
+        pad_token_id = tokenizer.convert_tokens_to_ids(pad_token)
+        if pad_token_id is None or pad_token_id == tokenizer.unk_token_id and pad_token != tokenizer.unk_token:
+            raise ValueError(
+                f"pad_token {pad_token!r} is not in the tokenizer's vocabulary; pass a token the tokenizer knows, "
+                "or set tokenizer.pad_token."
+            )
+        return pad_token_id
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    if tokenizer.eos_token_id is not None:
+        return tokenizer.eos_token_id
+    raise ValueError(
+        "The tokenizer has neither a pad token nor an EOS token to pad with. Set one, e.g. "
+        "`tokenizer.pad_token = tokenizer.eos_token` or `tokenizer.add_special_tokens({'pad_token': '<pad>'})`."
+    )
+
+
+def prepare_peft_model(model: PreTrainedModel, peft_config: Any, args: Any) -> Any:
+    """Wrap `model` with `peft_config` (LoRA, prompt tuning, ...), ready for training.
+
+    Under gradient checkpointing the input embeddings are made to require grad, since the frozen base would
+    otherwise leave the checkpointed segments without a grad path. Adapters of a k-bit (QLoRA) base are cast to bf16.
+
+    Args:
+        model (`PreTrainedModel`):
+            The base model, or an existing `PeftModel` when `peft_config` is `None`.
+        peft_config (`PeftConfig` or `None`):
+            The adapter configuration.
+        args (`TrainingArguments`):
+            The trainer config (`gradient_checkpointing`, `bf16`).
+    """
+    if peft_config is None:
+        return model
+    require(is_peft_available(), "peft_config", "pip install trl[peft]")
+    from peft import PeftConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    if not isinstance(peft_config, PeftConfig):
+        raise ValueError(f"peft_config must be a peft.PeftConfig (e.g. LoraConfig), got {type(peft_config).__name__}.")
+    if isinstance(model, PeftModel):
+        raise ValueError(
+            "You passed a PeftModel together with a peft_config. Merge the existing adapter first "
+            "(`model = model.merge_and_unload()`) or pass the PeftModel without peft_config to keep training it."
+        )
+    is_kbit = getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False)
+    if is_kbit:
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=bool(args.gradient_checkpointing),
+            gradient_checkpointing_kwargs=args.gradient_checkpointing_kwargs,
+        )
+    elif args.gradient_checkpointing:
+        model.enable_input_require_grads()
+    model = get_peft_model(model, peft_config)
+    if is_kbit and args.bf16:
+        cast_adapters_to_bf16(model)
+    return model
+
+
+def cast_adapters_to_bf16(model: torch.nn.Module) -> None:
+    """Cast trainable (adapter) parameters of a quantized base to bf16, keeping norms in fp32 (QLoRA recipe)."""
+    for name, module in model.named_modules():
+        if "norm" in name:
+            module.to(torch.float32)
+        elif any(param.requires_grad for param in module.parameters(recurse=False)):
+            if getattr(module, "weight", None) is not None and module.weight.dtype == torch.float32:
+                module.to(torch.bfloat16)
+
+
+def is_peft_model(model: Any) -> bool:
+    """Whether `model` is a `peft.PeftModel` (False when peft is not installed)."""
+    if not is_peft_available():
+        return False
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)

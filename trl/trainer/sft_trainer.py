@@ -1,0 +1,410 @@
+"""Supervised fine-tuning.
+
+Objective: minimise the negative log-likelihood of the trained tokens,
+    L = - sum_{t in T} log p(y_t | y_<t) / |T|,
+where T is every labelled token of the (accumulated) batch: all tokens for language-modelling data, completion
+tokens for prompt-completion data (`completion_only_loss`), assistant tokens with `assistant_only_loss`.
+`loss_type="dft"` scales each token's term by its detached probability, -sg(p(y_t)) log p(y_t) (arXiv 2508.05629).
+
+The normaliser |T| counts labelled tokens across gradient-accumulation steps and processes, so splitting a batch
+does not change the loss. Logits are computed only at labelled positions (the LM head is the costliest layer of a
+small model and prompt/padding positions carry no loss); entropy and accuracy come from those same logits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from datasets import Dataset, IterableDataset
+from transformers import AutoModelForCausalLM, PreTrainedModel, TrainingArguments
+
+from ..chat_template_utils import check_chat_template, clone_chat_template, get_training_chat_template
+from ..data_utils import get_dataset_column_names, is_conversational
+from .base_trainer import BaseTrainer
+from .collators import DataCollatorForLanguageModeling
+from .data_preparation import (
+    apply_formatting_func,
+    count_unlearnable,
+    first_example,
+    lm_dataset_kind,
+    tokenize_dataset,
+    truncate_or_pack,
+)
+from .model_utils import (
+    check_model_init_kwargs_unused,
+    get_tokenizer,
+    load_model,
+    load_processing_class,
+    prepare_peft_model,
+    resolve_pad_token_id,
+)
+from .sft_config import SFTConfig
+from .utils import entropy_from_logits, selective_log_softmax
+
+
+# The collator's inputs; `Trainer` would otherwise drop the mask columns as unknown to `model.forward`.
+_SFT_COLUMNS = ["input_ids", "labels", "attention_mask", "position_ids", "completion_mask", "assistant_masks", "seq_lengths"]
+
+
+def to_config(args: TrainingArguments | None, config_class: type, model_name: str, method: str) -> Any:
+    """Return `args` as an instance of `config_class`.
+
+    `None` gives the default config with `output_dir="<model name>-<method>"`; a plain `TrainingArguments` is
+    converted field by field (not through `to_dict()`, which redacts the `*_token` fields).
+    """
+    if args is None:
+        return config_class(output_dir=f"{model_name.split('/')[-1]}-{method}")
+    if isinstance(args, config_class):
+        return args
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
+    return config_class(**values)
+
+
+def model_name_of(model: str | PreTrainedModel) -> str:
+    if isinstance(model, str):
+        return model
+    return getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
+
+
+class SFTTrainer(BaseTrainer):
+    """Trainer for supervised fine-tuning (SFT) of causal language models.
+
+    Args:
+        model (`str` or `PreTrainedModel` or `PeftModel`):
+            Model id / local path (loaded with `AutoModelForCausalLM.from_pretrained(model, **model_init_kwargs)`),
+            or an instantiated model.
+        args (`SFTConfig`, `TrainingArguments` or `None`, *optional*, defaults to `None`):
+            Training configuration. `None` uses `SFTConfig(output_dir="<model>-SFT")`.
+        data_collator (`Callable` or `None`, *optional*, defaults to `None`):
+            Defaults to [`DataCollatorForLanguageModeling`] configured from `args`.
+        train_dataset (`Dataset` or `IterableDataset`):
+            Language-modelling (`text` / `messages`) or prompt-completion data, standard or conversational, or
+            pre-tokenised data with `input_ids`.
+        eval_dataset (`Dataset`, `IterableDataset`, `dict[str, Dataset]` or `None`, *optional*, defaults to `None`):
+            Evaluation data in the same formats; a dict evaluates each dataset under its name.
+        processing_class (`PreTrainedTokenizerBase` or `None`, *optional*, defaults to `None`):
+            Defaults to the tokenizer of `model`.
+        compute_loss_func (`Callable` or `None`, *optional*, defaults to `None`):
+            Replaces the SFT loss: called as `compute_loss_func(outputs, labels, num_items_in_batch=...)`.
+        compute_metrics, callbacks, optimizers, optimizer_cls_and_kwargs, preprocess_logits_for_metrics:
+            As in [`~transformers.Trainer`].
+        quantization_config (`BitsAndBytesConfig` or `None`, *optional*, defaults to `None`):
+            Used when `model` is a string.
+        peft_config (`PeftConfig` or `None`, *optional*, defaults to `None`):
+            Adapter configuration; the model is wrapped with it.
+        formatting_func (`Callable[[dict], str]` or `None`, *optional*, defaults to `None`):
+            Builds the training text of one example.
+    """
+
+    _tag_names = ["trl", "sft"]
+    _name = "SFT"
+    _paper = {}
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel,
+        args: SFTConfig | TrainingArguments | None = None,
+        data_collator: Callable | None = None,
+        train_dataset: Dataset | IterableDataset | None = None,
+        eval_dataset: Dataset | IterableDataset | dict[str, Dataset] | None = None,
+        processing_class: Any = None,
+        compute_loss_func: Callable | None = None,
+        compute_metrics: Callable | None = None,
+        callbacks: list | None = None,
+        optimizers: tuple = (None, None),
+        optimizer_cls_and_kwargs: tuple | None = None,
+        preprocess_logits_for_metrics: Callable | None = None,
+        quantization_config: Any = None,
+        peft_config: Any = None,
+        formatting_func: Callable[[dict], str] | None = None,
+    ):
+        args = to_config(args, SFTConfig, model_name_of(model), self._name)
+        self._validate_args(args, model, formatting_func)
+        model = self._setup_model(model, args, quantization_config)
+        processing_class = processing_class or load_processing_class(model.config._name_or_path, args)
+        model, processing_class = self._setup_chat_template(model, processing_class, args)
+        model = prepare_peft_model(model, peft_config, args)
+        self.pad_token_id = resolve_pad_token_id(processing_class, args.pad_token)
+        self.eos_token = self._resolve_eos_token(processing_class, args)
+
+        kind = self._dataset_kind(train_dataset, args)
+        self.completion_only_loss = self._resolve_completion_only_loss(args, kind, formatting_func)
+        prepare = self._prepare_dataset
+        train_dataset = prepare(train_dataset, processing_class, args, args.packing, formatting_func, "train")
+        eval_packing = args.packing if args.eval_packing is None else args.eval_packing
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {
+                name: prepare(ds, processing_class, args, eval_packing, formatting_func, name)
+                for name, ds in eval_dataset.items()
+            }
+        elif eval_dataset is not None:
+            eval_dataset = prepare(eval_dataset, processing_class, args, eval_packing, formatting_func, "eval")
+
+        if data_collator is None:
+            data_collator = DataCollatorForLanguageModeling(
+                pad_token_id=self.pad_token_id,
+                completion_only_loss=self.completion_only_loss,
+                padding_free=args.padding_free,
+                pad_to_multiple_of=args.pad_to_multiple_of,
+            )
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            compute_loss_func=compute_loss_func,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        )
+        # The loss below is normalised by the labelled-token count of the whole accumulated batch, which Trainer
+        # only counts when it believes the model takes loss kwargs.
+        self.model_accepts_loss_kwargs = True
+        self.loss_is_scaled_for_ga = True
+        self._total_train_tokens = 0
+        self._logits_to_keep_supported = _accepts_logits_to_keep(self.accelerator.unwrap_model(self.model))
+
+    # ------------------------------------------------------------------ setup
+    @staticmethod
+    def _validate_args(args: SFTConfig, model: Any, formatting_func: Callable | None) -> None:
+        check_model_init_kwargs_unused(model, args)
+        if formatting_func is not None and args.completion_only_loss:
+            raise ValueError(
+                "formatting_func builds one text per example, so there is no prompt/completion split for "
+                "completion_only_loss=True. Use a prompt-completion dataset, or set completion_only_loss=False."
+            )
+        if args.activation_offloading and not torch.cuda.is_available():
+            raise ValueError("activation_offloading moves activations from an accelerator to CPU memory; without "
+                             "a CUDA device there is nothing to offload. Set activation_offloading=False.")
+        if args.use_liger_kernel:
+            from ..import_utils import is_liger_kernel_available, require
+
+            require(is_liger_kernel_available(), "use_liger_kernel=True", "pip install trl[liger]")
+
+    @staticmethod
+    def _setup_model(model: str | PreTrainedModel, args: SFTConfig, quantization_config: Any) -> PreTrainedModel:
+        if isinstance(model, str):
+            overrides = {"quantization_config": quantization_config} if quantization_config is not None else {}
+            model = load_model(model, args, AutoModelForCausalLM, **overrides)
+        elif quantization_config is not None:
+            raise ValueError("quantization_config only applies when `model` is a string; the model is already loaded.")
+        if args.router_aux_loss_coef not in (None, 0.0) and not _is_moe(model):
+            raise ValueError(
+                f"router_aux_loss_coef={args.router_aux_loss_coef} is set but {type(model).__name__} is not a "
+                "mixture-of-experts model (its config has no router). Leave router_aux_loss_coef=None."
+            )
+        return model
+
+    @staticmethod
+    def _setup_chat_template(model: PreTrainedModel, processing_class: Any, args: SFTConfig):
+        path = args.chat_template_path
+        if path is not None:
+            if os.path.isfile(path) and path.endswith((".jinja", ".j2")):
+                with open(path, encoding="utf-8") as file:
+                    get_tokenizer(processing_class).chat_template = file.read()
+            else:
+                model, processing_class, _ = clone_chat_template(model, processing_class, path)
+        return model, processing_class
+
+    @staticmethod
+    def _resolve_eos_token(processing_class: Any, args: SFTConfig) -> str | None:
+        tokenizer = get_tokenizer(processing_class)
+        if args.eos_token is None:
+            return tokenizer.eos_token
+        if tokenizer.convert_tokens_to_ids(args.eos_token) in (None, tokenizer.unk_token_id):
+            raise ValueError(
+                f"eos_token {args.eos_token!r} is not a token of the tokenizer's vocabulary. Pass one of its special "
+                f"tokens (e.g. {tokenizer.eos_token!r}) or add it with tokenizer.add_special_tokens first."
+            )
+        return args.eos_token
+
+    @staticmethod
+    def _dataset_kind(dataset: Dataset | IterableDataset | None, args: SFTConfig) -> str:
+        if dataset is None:
+            raise ValueError("SFTTrainer needs a train_dataset.")
+        return lm_dataset_kind(get_dataset_column_names(dataset), args.dataset_text_field)
+
+    @staticmethod
+    def _resolve_completion_only_loss(args: SFTConfig, kind: str, formatting_func: Callable | None) -> bool:
+        if args.completion_only_loss is None:
+            return kind in ("prompt_completion", "tokenized")
+        if args.completion_only_loss and kind in ("text", "messages") and formatting_func is None:
+            raise ValueError(
+                "completion_only_loss=True needs prompt-completion data ('prompt' and 'completion' columns); this "
+                "dataset is language-modeling. Use assistant_only_loss=True for conversations, or convert the data."
+            )
+        return args.completion_only_loss
+
+    def _prepare_dataset(
+        self,
+        dataset: Dataset | IterableDataset,
+        processing_class: Any,
+        args: SFTConfig,
+        packing: bool,
+        formatting_func: Callable | None,
+        name: str,
+    ) -> Dataset | IterableDataset:
+        if (args.dataset_kwargs or {}).get("skip_prepare_dataset", False):
+            return dataset
+        if name == "train" and args.shuffle_dataset:
+            dataset = dataset.shuffle(seed=args.seed)
+        with args.main_process_first(desc=f"preparing the {name} dataset"):
+            if formatting_func is not None:
+                dataset = apply_formatting_func(dataset, formatting_func, args.dataset_text_field, args.dataset_num_proc)
+            if "input_ids" not in get_dataset_column_names(dataset):
+                self._check_chat_template(dataset, processing_class, args)
+                dataset = tokenize_dataset(
+                    dataset,
+                    get_tokenizer(processing_class),
+                    text_field=args.dataset_text_field,
+                    eos_token=self.eos_token,
+                    assistant_only_loss=args.assistant_only_loss,
+                    num_proc=args.dataset_num_proc,
+                )
+            dataset = truncate_or_pack(
+                dataset, args.max_length, packing, args.packing_strategy, args.truncation_mode, args.dataset_num_proc
+            )
+        self._check_learnable(dataset, args, name)
+        return dataset
+
+    @staticmethod
+    def _check_chat_template(dataset: Dataset | IterableDataset, processing_class: Any, args: SFTConfig) -> None:
+        if not is_conversational(first_example(dataset)):
+            if args.assistant_only_loss:
+                raise ValueError(
+                    "assistant_only_loss=True needs conversational data (lists of role/content messages). For "
+                    "standard prompt-completion data use completion_only_loss instead."
+                )
+            return
+        tokenizer = get_tokenizer(processing_class)
+        if tokenizer.chat_template is None:
+            raise ValueError(
+                "The dataset is conversational but the tokenizer has no chat template. Set `chat_template_path` to a "
+                "tokenizer or .jinja file with one, or set `tokenizer.chat_template`."
+            )
+        if args.assistant_only_loss:
+            training_template = get_training_chat_template(tokenizer)
+            if training_template is not None:
+                tokenizer.chat_template = training_template
+        check_chat_template(tokenizer, assistant_only_loss=args.assistant_only_loss)
+
+    def _check_learnable(self, dataset: Dataset | IterableDataset, args: SFTConfig, name: str) -> None:
+        for column, enabled in (("completion_mask", self.completion_only_loss), ("assistant_masks", True)):
+            if not enabled:
+                continue
+            empty = count_unlearnable(dataset, column)
+            if empty:
+                raise ValueError(
+                    f"{empty} example(s) of the {name} dataset have no trainable token in '{column}' after "
+                    f"truncation to max_length={args.max_length}: their prompt fills the whole length (or their "
+                    "completion / assistant turns are empty). Increase max_length, or filter out those examples."
+                )
+
+    def _set_signature_columns_if_needed(self) -> None:
+        if self._signature_columns is None:
+            self._signature_columns = list(_SFT_COLUMNS)
+
+    # ------------------------------------------------------------------ loss
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        mode = "train" if model.training else "eval"
+        if self.compute_loss_func is not None or self.label_smoother is not None:
+            loss, outputs = super().compute_loss(model, dict(inputs), True, num_items_in_batch)
+            return (loss, outputs) if return_outputs else loss
+
+        labels = inputs["labels"]
+        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "completion_mask", "assistant_masks")}
+        # Position t predicts token t + 1: keep the logits of positions whose next token is labelled.
+        keep_B_T = torch.zeros_like(labels, dtype=torch.bool)
+        keep_B_T[:, :-1] = labels[:, 1:] != -100
+        full_logits = return_outputs or not self._logits_to_keep_supported
+        if not full_logits:
+            model_inputs["logits_to_keep"] = keep_B_T
+        outputs = model(**model_inputs, use_cache=False)
+        logits_N_V = outputs.logits[keep_B_T] if full_logits else outputs.logits
+        targets_N = labels[:, 1:][keep_B_T[:, :-1]]
+        assert logits_N_V.shape[0] == targets_N.shape[0], "kept logits and labelled targets are misaligned"
+
+        logps_N = selective_log_softmax(logits_N_V, targets_N)
+        per_token_N = -logps_N.exp().detach() * logps_N if self.args.loss_type == "dft" else -logps_N
+        normaliser = num_items_in_batch if num_items_in_batch is not None else max(targets_N.numel(), 1)
+        loss = per_token_N.sum() / normaliser
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.args.world_size > 1:
+            # num_items_in_batch counts every process's tokens while DDP averages gradients over processes.
+            loss = loss * self.accelerator.num_processes
+        loss = loss + self._router_aux_loss(outputs, mode)
+        self._log_token_metrics(inputs, logits_N_V, targets_N, mode)
+        return (loss, outputs) if return_outputs else loss
+
+    def _router_aux_loss(self, outputs: Any, mode: str) -> torch.Tensor | float:
+        aux_loss = getattr(outputs, "aux_loss", None)
+        if aux_loss is None:
+            return 0.0
+        coef = self.args.router_aux_loss_coef
+        if coef is None:
+            coef = getattr(self.accelerator.unwrap_model(self.model).config, "router_aux_loss_coef", 0.0)
+        self.log_metric("aux_loss", aux_loss, mode)
+        return coef * aux_loss
+
+    @torch.no_grad()
+    def _log_token_metrics(
+        self, inputs: dict[str, torch.Tensor], logits_N_V: torch.Tensor, targets_N: torch.Tensor, mode: str
+    ) -> None:
+        gather = self.accelerator.gather_for_metrics
+        if mode == "train":
+            if "attention_mask" in inputs:
+                num_tokens = inputs["attention_mask"].sum()
+            else:
+                num_tokens = torch.tensor(inputs["input_ids"].numel(), device=targets_N.device)
+            self._total_train_tokens += int(gather(num_tokens.reshape(1)).sum().item())
+            self.log_metric("num_tokens", self._total_train_tokens, mode)
+        count = torch.tensor([targets_N.numel()], device=targets_N.device, dtype=torch.float)
+        if targets_N.numel():
+            entropy_sum = entropy_from_logits(logits_N_V.float()).sum()
+            correct = (logits_N_V.argmax(dim=-1) == targets_N).sum().float()
+        else:
+            entropy_sum = correct = torch.zeros((), device=targets_N.device)
+        totals = gather(torch.stack([entropy_sum, correct, count[0]]).reshape(1, 3)).sum(dim=0)
+        if totals[2] > 0:
+            self.log_metric("entropy", (totals[0] / totals[2]).item(), mode)
+            self.log_metric("mean_token_accuracy", (totals[1] / totals[2]).item(), mode)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        # Without compute_metrics nothing reads the logits: skip collecting them (and keep logits_to_keep).
+        if self.compute_metrics is None and self.preprocess_logits_for_metrics is None:
+            prediction_loss_only = True
+        return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+
+    def _derived_quantities(self) -> dict[str, Any]:
+        rows = super()._derived_quantities()
+        rows["packing"] = f"{self.args.packing_strategy}" if self.args.packing else "off"
+        rows["padding-free batches"] = self.args.padding_free
+        rows["loss on"] = "completion tokens" if self.completion_only_loss else "all tokens"
+        if self.args.assistant_only_loss:
+            rows["loss on"] = "assistant tokens"
+        return rows
+
+
+def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def _is_moe(model: PreTrainedModel) -> bool:
+    config = getattr(model, "config", None)
+    return any(hasattr(config, name) for name in ("num_experts", "num_local_experts", "router_aux_loss_coef"))
+
