@@ -1,0 +1,25 @@
+"""Offline, deterministic fixtures for tests, examples and benchmarks: tiny models, tokenizers and datasets.
+
+Everything is built locally in seconds (no Hugging Face Hub access) and cached on disk under `TRL_TESTING_CACHE`
+(default `~/.cache/trl/testing`), in directories named by a hash of what built them.
+"""
+
+from .cache import get_cache_dir
+from .tiny_datasets import DATASET_CONFIGS, get_dataset_path, load_test_dataset
+from .tiny_models import TINY_ARCHITECTURES, build_tiny_model, get_tiny_model_path
+from .tiny_tokenizer import TINY_TEMPLATES, build_tiny_tokenizer, get_tiny_tokenizer_path, read_chat_template
+
+
+__all__ = [
+    "DATASET_CONFIGS",
+    "TINY_ARCHITECTURES",
+    "TINY_TEMPLATES",
+    "build_tiny_model",
+    "build_tiny_tokenizer",
+    "get_cache_dir",
+    "get_dataset_path",
+    "get_tiny_model_path",
+    "get_tiny_tokenizer_path",
+    "load_test_dataset",
+    "read_chat_template",
+]
