@@ -1,0 +1,44 @@
+"""Run every benchmark case, each in its own process, and write the results to JSON.
+
+Usage: `python benchmarks/run.py --output benchmarks/results/latest.json [--only sft]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import bench_sft  # noqa: E402
+from benchmarks.common import run_case_in_subprocess  # noqa: E402
+
+
+SUITES = {"sft": ("benchmarks.bench_sft", bench_sft.CASES)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--output", default="benchmarks/results/latest.json")
+    parser.add_argument("--only", nargs="*", choices=sorted(SUITES), help="Run only these suites.")
+    args = parser.parse_args()
+    results = []
+    for name, (module, cases) in SUITES.items():
+        if args.only and name not in args.only:
+            continue
+        for case in cases:
+            result = run_case_in_subprocess(module, case)
+            print(json.dumps(result))
+            results.append(result)
+    os.makedirs(os.path.dirname(args.output) or ".", exist_ok=True)
+    with open(args.output, "w") as file:
+        json.dump({"machine": platform.platform(), "cpus": os.cpu_count(), "results": results}, file, indent=2)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Helpers shared by the test files."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_accelerate(args: list[str], num_processes: int = 2, timeout: int = 300, cwd: str | None = None) -> str:
+    """Run `accelerate launch --num_processes N --cpu <args>` (gloo backend) and return its combined output.
+
+    Args:
+        args (`list[str]`):
+            What follows the launcher flags: a script path (or `-m module`) and its arguments.
+        num_processes (`int`, *optional*, defaults to `2`):
+            Processes to start.
+        timeout (`int`, *optional*, defaults to `300`):
+            Seconds before the run is killed and the test fails.
+        cwd (`str` or `None`, *optional*, defaults to `None`):
+            Working directory.
+    """
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--num_processes", str(num_processes), "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", "--cpu", "--main_process_port", str(free_port()),
+        *args,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRL_QUIET": "1", "TOKENIZERS_PARALLELISM": "false"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, f"accelerate launch failed ({result.returncode}):\n{output[-6000:]}"
+    return output
+
+
+def assert_state_dicts_equal(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> None:
+    assert first.keys() == second.keys()
+    for key in first:
+        torch.testing.assert_close(first[key], second[key], msg=lambda m, k=key: f"{k}: {m}")
+
+
+distributed = pytest.mark.distributed

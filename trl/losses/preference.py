@@ -1,0 +1,803 @@
+"""Paired preference losses: the DPO family, its f-divergence variants and the reference-free SimPO.
+
+Every function takes sequence log-probs of the chosen and rejected completions (shape `[B]`), optionally the
+reference model's, and returns a [`PreferenceLossOutput`] holding the per-pair loss and the detached implicit rewards.
+DPO, CPO, Online DPO and XPO reach these functions through the `loss_type -> function` table
+[`PREFERENCE_LOSSES`] and the [`preference_loss`] dispatch.
+
+Notation used in the docstrings, for one pair:
+
+- `r_c = log π(y_c|x) − log π_ref(y_c|x)` and `r_r` likewise: the log-ratios. Reference-free training passes
+  `ref_*_logps=None`, which means `log π_ref = 0`, so `r` is the policy log-prob itself.
+- `h(r)` is the f-divergence score of a log-ratio ([`f_divergence_scores`]); `h(r) = r` under reverse KL (default).
+- `Δ = h(r_c) − h(r_r)`, `σ` the logistic function, `ε = label_smoothing`.
+
+The implicit rewards reported as metrics are always `β·r_c` and `β·r_r` (detached), whatever the loss.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+import torch.nn.functional as F
+
+
+F_DIVERGENCE_TYPES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
+
+# EXO needs log(ε) and log(1 − ε); with ε = 0 it substitutes this value, as the reference does.
+EXO_DEFAULT_EPSILON = 1e-3
+
+
+@dataclass
+class PreferenceLossOutput:
+    """Result of a paired preference loss.
+
+    Args:
+        losses (`torch.Tensor` of shape `[B]`):
+            Per-pair loss, differentiable. The trainer reduces it (usually the mean over pairs).
+        chosen_rewards (`torch.Tensor` of shape `[B]`):
+            Implicit reward of the chosen completions, `β·(log π − log π_ref)`, detached (a metric).
+        rejected_rewards (`torch.Tensor` of shape `[B]`):
+            Implicit reward of the rejected completions, detached.
+        reward_mean (`torch.Tensor` or `None`, *optional*, defaults to `None`):
+            `bco_pair` only: the mean of all implicit rewards of the batch (chosen and rejected), detached, for the
+            caller to update its running mean `δ` with.
+    """
+
+    losses: torch.Tensor
+    chosen_rewards: torch.Tensor
+    rejected_rewards: torch.Tensor
+    reward_mean: torch.Tensor | None = None
+
+    @property
+    def margins(self) -> torch.Tensor:
+        """`chosen_rewards − rejected_rewards` (detached)."""
+        return self.chosen_rewards - self.rejected_rewards
+
+    @property
+    def accuracies(self) -> torch.Tensor:
+        """`1.0` where the chosen reward is strictly higher than the rejected one, else `0.0`."""
+        return (self.chosen_rewards > self.rejected_rewards).float()
+
+
+# ----------------------------------------------------------------------------------------------- numerics
+
+
+def capped_exp(x: torch.Tensor) -> torch.Tensor:
+    """`exp(x)` with `x` capped at 45% of the dtype's overflow threshold, so that the result and its square (IPO
+    squares scores) stay finite for any input.
+
+    Args:
+        x (`torch.Tensor`):
+            Exponent, any floating dtype.
+    """
+    cap = 0.45 * math.log(torch.finfo(x.dtype).max)
+    return torch.exp(x.clamp(max=cap))
+
+
+def _smoothed_logistic(z: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """`−(1−ε)·logσ(z) − ε·logσ(−z)`: the logistic loss with labels flipped with probability ε (cDPO)."""
+    loss = -F.logsigmoid(z)
+    if label_smoothing:
+        loss = (1 - label_smoothing) * loss - label_smoothing * F.logsigmoid(-z)
+    return loss
+
+
+# ------------------------------------------------------------------------------------- f-divergence scores
+
+
+def f_divergence_scores(
+    logratios: torch.Tensor, f_divergence_type: str | Enum = "reverse_kl", f_alpha_divergence_coef: float = 0.5
+) -> torch.Tensor:
+    """f-DPO score `h(r) = f'(π/π_ref)` of log-ratios `r`, shifted so that `h(0) = 0` (arXiv 2309.16240).
+
+    - `reverse_kl`: `h(r) = r` (standard DPO);
+    - `forward_kl`: `h(r) = 1 − e^{−r}`;
+    - `js_divergence`: `h(r) = log 2 + logσ(r)` (that is `log(2u / (1 + u))` with `u = e^r`);
+    - `alpha_divergence`: `h(r) = (e^{(α−1)r} − 1) / (α − 1)`, which tends to `r` (reverse KL) as `α → 1` and equals
+      forward KL at `α = 0`.
+
+    The α convention is the one of `trl` 1.x (`f_alpha_divergence_coef`, default 0.5); the f-DPO paper's α is
+    `1 − α` here. The two coincide at the default 0.5. Exponentials are capped ([`capped_exp`]), so large
+    log-ratios give large finite scores; half-precision inputs are scored in float32.
+
+    Args:
+        logratios (`torch.Tensor`):
+            `log π − log π_ref` per sequence.
+        f_divergence_type (`str` or `FDivergenceType`, *optional*, defaults to `"reverse_kl"`):
+            One of `"reverse_kl"`, `"forward_kl"`, `"js_divergence"`, `"alpha_divergence"` (an enum member with that
+            `value` is accepted).
+        f_alpha_divergence_coef (`float`, *optional*, defaults to `0.5`):
+            α of the α-divergence; ignored by the other divergences.
+    """
+    kind = getattr(f_divergence_type, "value", f_divergence_type)
+    if kind == "reverse_kl":
+        return logratios
+    if logratios.dtype in (torch.float16, torch.bfloat16):
+        # Exponentials of log-ratios leave the half-precision range quickly: score in float32.
+        logratios = logratios.float()
+    if kind == "forward_kl":
+        return 1 - capped_exp(-logratios)
+    if kind == "js_divergence":
+        return math.log(2) + F.logsigmoid(logratios)
+    if kind == "alpha_divergence":
+        alpha = float(f_alpha_divergence_coef)
+        if abs(alpha - 1) < 1e-6:
+            return logratios
+        return (capped_exp((alpha - 1) * logratios) - 1) / (alpha - 1)
+    raise ValueError(f"Unknown f_divergence_type {kind!r}: use one of {list(F_DIVERGENCE_TYPES)}.")
+
+
+# ----------------------------------------------------------------------------------------- shared plumbing
+
+
+def _logratio(logps: torch.Tensor, ref_logps: torch.Tensor | None) -> torch.Tensor:
+    return logps if ref_logps is None else logps - ref_logps
+
+
+def _check_inputs(beta: float, *tensors: torch.Tensor | None) -> None:
+    if not isinstance(beta, torch.Tensor) and not beta > 0:
+        raise ValueError(f"beta must be > 0, got {beta}.")
+    shapes = {tuple(t.shape) for t in tensors if t is not None}
+    if len(shapes) > 1:
+        raise ValueError(
+            f"Chosen, rejected and reference log-probs must have the same shape [B], got shapes {sorted(shapes)}."
+        )
+
+
+def _check_smoothing(label_smoothing: float, loss_type: str, *, upper: float, inclusive: bool) -> None:
+    too_high = label_smoothing > upper if inclusive else label_smoothing >= upper
+    if label_smoothing < 0 or too_high:
+        bracket = "]" if inclusive else ")"
+        raise ValueError(
+            f"label_smoothing={label_smoothing} is outside [0, {upper}{bracket}, the valid range for "
+            f"loss_type={loss_type!r}; set label_smoothing in that range."
+        )
+
+
+@dataclass
+class _Pair:
+    """Log-ratios of one batch of pairs and their scores (the log-ratios themselves under reverse KL)."""
+
+    chosen_logratios: torch.Tensor
+    rejected_logratios: torch.Tensor
+    chosen_scores: torch.Tensor
+    rejected_scores: torch.Tensor
+
+    @property
+    def delta(self) -> torch.Tensor:
+        return self.chosen_scores - self.rejected_scores
+
+    def scored(self, f_divergence_type: str | Enum, f_alpha_divergence_coef: float) -> _Pair:
+        """The same pair with f-divergence scores `h(r)` in place of the log-ratios."""
+        chosen = f_divergence_scores(self.chosen_logratios, f_divergence_type, f_alpha_divergence_coef)
+        rejected = f_divergence_scores(self.rejected_logratios, f_divergence_type, f_alpha_divergence_coef)
+        return _Pair(self.chosen_logratios, self.rejected_logratios, chosen, rejected)
+
+    def output(self, beta: float, losses: torch.Tensor, **extra: torch.Tensor | None) -> PreferenceLossOutput:
+        chosen_rewards = (beta * self.chosen_logratios).detach()
+        rejected_rewards = (beta * self.rejected_logratios).detach()
+        return PreferenceLossOutput(losses, chosen_rewards, rejected_rewards, **extra)
+
+
+def _pair(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor | None,
+    ref_rejected_logps: torch.Tensor | None,
+    beta: float,
+) -> _Pair:
+    _check_inputs(beta, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    if (ref_chosen_logps is None) != (ref_rejected_logps is None):
+        raise ValueError("Pass both ref_chosen_logps and ref_rejected_logps, or neither (reference-free).")
+    chosen = _logratio(chosen_logps, ref_chosen_logps)
+    rejected = _logratio(rejected_logps, ref_rejected_logps)
+    return _Pair(chosen, rejected, chosen, rejected)
+
+
+def _normalise_by_length(
+    pair: _Pair, chosen_lengths: torch.Tensor | None, rejected_lengths: torch.Tensor | None, loss_type: str
+) -> _Pair:
+    if (chosen_lengths is None) != (rejected_lengths is None):
+        raise ValueError(f"loss_type={loss_type!r}: pass both chosen_lengths and rejected_lengths, or neither.")
+    if chosen_lengths is None:
+        return pair
+    chosen_lengths = chosen_lengths.to(pair.chosen_scores.dtype).clamp(min=1)
+    rejected_lengths = rejected_lengths.to(pair.rejected_scores.dtype).clamp(min=1)
+    return _Pair(
+        pair.chosen_logratios,
+        pair.rejected_logratios,
+        pair.chosen_scores / chosen_lengths,
+        pair.rejected_scores / rejected_lengths,
+    )
+
+
+# ------------------------------------------------------------------------------------- the DPO loss family
+# Shared arguments of every function below (documented once here):
+#     chosen_logps, rejected_logps (`torch.Tensor` of shape `[B]`): policy sequence log-probs.
+#     ref_chosen_logps, ref_rejected_logps (`torch.Tensor` of shape `[B]` or `None`): reference sequence log-probs;
+#         `None` means reference-free (log π_ref = 0).
+#     beta (`float`): inverse temperature β > 0 (IPO's τ, the hinge's inverse margin).
+#     f_divergence_type, f_alpha_divergence_coef: see `f_divergence_scores`; only the losses that take them accept a
+#         divergence other than reverse KL.
+
+
+def sigmoid_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor | None = None,
+    ref_rejected_logps: torch.Tensor | None = None,
+    *,
+    beta: float,
+    label_smoothing: float = 0.0,
+    f_divergence_type: str | Enum = "reverse_kl",
+    f_alpha_divergence_coef: float = 0.5,
+) -> PreferenceLossOutput:
+    """DPO: `−logσ(βΔ)` (arXiv 2305.18290); with `ε > 0`, conservative DPO `−(1−ε)logσ(βΔ) − ε·logσ(−βΔ)` (cDPO).
+
+    At initialisation (policy = reference) the loss is `ln 2`.
+
+    Args:
+        chosen_logps (`torch.Tensor` of shape `[B]`):
+            Policy log-probs of the chosen completions, summed over completion tokens.
+        rejected_logps (`torch.Tensor` of shape `[B]`):
+            Policy log-probs of the rejected completions.
+        ref_chosen_logps (`torch.Tensor` of shape `[B]`, *optional*, defaults to `None`):
+            Reference log-probs of the chosen completions; `None` for reference-free training.
+        ref_rejected_logps (`torch.Tensor` of shape `[B]`, *optional*, defaults to `None`):
+            Reference log-probs of the rejected completions; `None` for reference-free training.
+        beta (`float`):
+            Inverse temperature β > 0; larger β keeps the policy closer to the reference.
+        label_smoothing (`float`, *optional*, defaults to `0.0`):
+            cDPO's probability ε ∈ [0, 0.5] that a preference label is flipped.
+        f_divergence_type (`str`, *optional*, defaults to `"reverse_kl"`):
+            Divergence used to score log-ratios, see [`f_divergence_scores`].
+        f_alpha_divergence_coef (`float`, *optional*, defaults to `0.5`):
+            α of the α-divergence.
+    """
+    _check_smoothing(label_smoothing, "sigmoid", upper=0.5, inclusive=True)
+    pair = _pair(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+    pair = pair.scored(f_divergence_type, f_alpha_divergence_coef)
+    return pair.output(beta, _smoothed_logistic(beta * pair.delta, label_smoothing))
+
+
+def sigmoid_norm_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor | None = None,
+    ref_rejected_logps: torch.Tensor | None = None,
+    *,
+    beta: float,
+    chosen_lengths: torch.Tensor | None = None,
+    rejected_lengths: torch.Tensor | None = None,
+    f_divergence_type: str | Enum = "reverse_kl",
+    f_alpha_divergence_coef: float = 0.5,
+) -> PreferenceLossOutput:
+    """Length-normalised DPO: `−logσ(β·(h(r_c)/|y_c| − h(r_r)/|y_r|))` (Tülu 3, arXiv 2411.15124).
+
+    Args:
+        chosen_lengths (`torch.Tensor` of shape `[B]`):
+            Number of completion tokens of each chosen completion (clamped to at least 1).
+        rejected_lengths (`torch.Tensor` of shape `[B]`):
+            Number of completion tokens of each rejected completion.
+
+    The other arguments are those of [`sigmoid_loss`].
+    """
+    pair = _pair(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+    pair = pair.scored(f_divergence_type, f_alpha_divergence_coef)
+    if chosen_lengths is None or rejected_lengths is None:
+        raise ValueError(
+            "loss_type='sigmoid_norm' needs chosen_lengths and rejected_lengths (completion token counts)."
+        )
+    pair = _normalise_by_length(pair, chosen_lengths, rejected_lengths, "sigmoid_norm")
+    return pair.output(beta, -F.logsigmoid(beta * pair.delta))
+
+
+def hinge_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor | None = None,
+    ref_rejected_logps: torch.Tensor | None = None,
+    *,
+    beta: float,
+    f_divergence_type: str | Enum = "reverse_kl",
+    f_alpha_divergence_coef: float = 0.5,
+) -> PreferenceLossOutput:
+    """Hinge loss of SLiC / RSO: `relu(1 − βΔ)`, β being the inverse margin (arXiv 2305.10425, 2309.06657).
+
+    Arguments are those of [`sigmoid_loss`] (no label smoothing).
+    """
+    pair = _pair(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+    pair = pair.scored(f_divergence_type, f_alpha_divergence_coef)
+    return pair.output(beta, torch.relu(1 - beta * pair.delta))
+
+
+def ipo_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor | None = None,
+    ref_rejected_logps: torch.Tensor | None = None,
+    *,
+    beta: float,
+    chosen_lengths: torch.Tensor | None = None,
+    rejected_lengths: torch.Tensor | None = None,
+    f_divergence_type: str | Enum = "reverse_kl",
+    f_alpha_divergence_coef: float = 0.5,
+) -> PreferenceLossOutput:
+    """IPO: `(Δ̄ − 1/(2β))²`, β being the paper's τ (arXiv 2310.12036, Eq. 17).
+
+    `Δ̄` is computed from **per-token-averaged** log-ratios, as the reference implementation does (the paper's
+    results use this normalisation). Either pass length-normalised (mean) log-probs, or pass summed log-probs with
+    `chosen_lengths`/`rejected_lengths` and the scores are divided by them here. At initialisation the loss is
+    `1/(4β²)`.
+
+    Args:
+        chosen_lengths (`torch.Tensor` of shape `[B]`, *optional*, defaults to `None`):
+            Completion token counts to average summed scores by; `None` when the log-probs are already means.
+        rejected_lengths (`torch.Tensor` of shape `[B]`, *optional*, defaults to `None`):
+            Same for the rejected completions.
+
+    The other arguments are those of [`sigmoid_loss`].
+    """
+    pair = _pair(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+    pair = pair.scored(f_divergence_type, f_alpha_divergence_coef)
+    pair = _normalise_by_length(pair, chosen_lengths, rejected_lengths, "ipo")
+    return pair.output(beta, (pair.delta - 1 / (2 * beta)) ** 2)
+
+
+def exo_pair_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor | None = None,
+    ref_rejected_logps: torch.Tensor | None = None,
+    *,
+    beta: float,
+    label_smoothing: float = 0.0,
+    f_divergence_type: str | Enum = "reverse_kl",
+    f_alpha_divergence_coef: float = 0.5,
+) -> PreferenceLossOutput:
+    """EXO (pairwise): `KL(p_θ || p_ε)` with `p_θ = softmax(β·[h(r_c), h(r_r)])` and `p_ε = [1−ε, ε]` (arXiv 2402.00856,
+    Eq. 16): `σ(βΔ)(logσ(βΔ) − log(1−ε)) + σ(−βΔ)(logσ(−βΔ) − log ε)`.
+
+    Args:
+        label_smoothing (`float`, *optional*, defaults to `0.0`):
+            ε ∈ [0, 1); `0` is replaced by `1e-3` (the paper's recommended value) because `log ε` must be finite.
+
+    The other arguments are those of [`sigmoid_loss`].
+    """
+    _check_smoothing(label_smoothing, "exo_pair", upper=1.0, inclusive=False)
+    epsilon = label_smoothing or EXO_DEFAULT_EPSILON
+    pair = _pair(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+    pair = pair.scored(f_divergence_type, f_alpha_divergence_coef)
+    z = beta * pair.delta
+    losses = torch.sigmoid(z) * (F.logsigmoid(z) - math.log1p(-epsilon)) + torch.sigmoid(-z) * (
+        F.logsigmoid(-z) - math.log(epsilon)
+    )
+    return pair.output(beta, losses)
+
+
+def nca_pair_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor | None = None,
+    ref_rejected_logps: torch.Tensor | None = None,
+    *,
+    beta: float,
+) -> PreferenceLossOutput:
+    """NCA (pairwise): `−logσ(βr_c) − ½·logσ(−βr_c) − ½·logσ(−βr_r)` (arXiv 2402.05369). At initialisation: `2 ln 2`.
+
+    Arguments are those of [`sigmoid_loss`] (reverse KL only).
+    """
+    pair = _pair(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+    chosen, rejected = beta * pair.chosen_logratios, beta * pair.rejected_logratios
+    losses = -F.logsigmoid(chosen) - 0.5 * F.logsigmoid(-chosen) - 0.5 * F.logsigmoid(-rejected)
+    return pair.output(beta, losses)
+
+
+def robust_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor | None = None,
+    ref_rejected_logps: torch.Tensor | None = None,
+    *,
+    beta: float,
+    label_smoothing: float = 0.0,
+    f_divergence_type: str | Enum = "reverse_kl",
+    f_alpha_divergence_coef: float = 0.5,
+) -> PreferenceLossOutput:
+    """Robust DPO: `[−(1−ε)·logσ(βΔ) + ε·logσ(−βΔ)] / (1 − 2ε)`, an unbiased loss under label flips with probability
+    ε (arXiv 2403.00409, Eq. 6). At initialisation: `ln 2` for every ε.
+
+    Args:
+        label_smoothing (`float`, *optional*, defaults to `0.0`):
+            Flip probability ε ∈ [0, 0.5).
+
+    The other arguments are those of [`sigmoid_loss`].
+    """
+    _check_smoothing(label_smoothing, "robust", upper=0.5, inclusive=False)
+    pair = _pair(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+    pair = pair.scored(f_divergence_type, f_alpha_divergence_coef)
+    z = beta * pair.delta
+    losses = (-(1 - label_smoothing) * F.logsigmoid(z) + label_smoothing * F.logsigmoid(-z)) / (
+        1 - 2 * label_smoothing
+    )
+    return pair.output(beta, losses)
+
+
+def bco_pair_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor | None = None,
+    ref_rejected_logps: torch.Tensor | None = None,
+    *,
+    beta: float,
+    reward_shift: float | torch.Tensor = 0.0,
+) -> PreferenceLossOutput:
+    """BCO (pairwise): `−logσ(βr_c − δ) − logσ(−(βr_r − δ))` (arXiv 2404.04656), δ being the running mean of the
+    implicit rewards.
+
+    The caller owns the running statistics (`RunningMoments`): it passes the current mean as `reward_shift` and updates
+    its state with the returned `reward_mean`. Updating before the call (as `trl` 0.x did) or after it only changes
+    which batches δ averages over. At initialisation with δ = 0 the loss is `2 ln 2`.
+
+    Args:
+        reward_shift (`float` or `torch.Tensor`, *optional*, defaults to `0.0`):
+            δ, the running mean of implicit rewards; `0` reproduces `trl` 1.x (no shift).
+
+    The other arguments are those of [`sigmoid_loss`] (reverse KL only).
+    """
+    pair = _pair(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+    delta = reward_shift.detach() if isinstance(reward_shift, torch.Tensor) else reward_shift
+    chosen, rejected = beta * pair.chosen_logratios, beta * pair.rejected_logratios
+    losses = -F.logsigmoid(chosen - delta) - F.logsigmoid(-(rejected - delta))
+    reward_mean = torch.cat([chosen, rejected]).mean().detach()
+    return pair.output(beta, losses, reward_mean=reward_mean)
+
+
+def sppo_hard_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor | None = None,
+    ref_rejected_logps: torch.Tensor | None = None,
+    *,
+    beta: float,
+) -> PreferenceLossOutput:
+    """SPPO with hard labels: `(r_c − 1/(2β))² + (r_r + 1/(2β))²` (arXiv 2405.00675, Eq. 4.7 with the win
+    probability set to 1 for the chosen and 0 for the rejected completion). At initialisation: `1/(2β²)`.
+
+    Arguments are those of [`sigmoid_loss`] (reverse KL only).
+    """
+    pair = _pair(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+    target = 1 / (2 * beta)
+    return pair.output(beta, (pair.chosen_logratios - target) ** 2 + (pair.rejected_logratios + target) ** 2)
+
+
+def aot_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor | None = None,
+    ref_rejected_logps: torch.Tensor | None = None,
+    *,
+    beta: float,
+    label_smoothing: float = 0.0,
+) -> PreferenceLossOutput:
+    """AOT (paired): distributional alignment by optimal transport over the batch (arXiv 2406.05882).
+
+    Sort `log π_c − log π_r` and `log π_ref,c − log π_ref,r` over the batch separately; with `d` their difference
+    (sorted order), the loss is `−(1−ε)·logσ(βd) − ε·logσ(−βd)`. The per-pair losses are in sorted order, so only
+    their mean is meaningful.
+
+    Args:
+        label_smoothing (`float`, *optional*, defaults to `0.0`):
+            ε ∈ [0, 0.5].
+
+    The other arguments are those of [`sigmoid_loss`] (reverse KL only).
+    """
+    _check_smoothing(label_smoothing, "aot", upper=0.5, inclusive=True)
+    pair = _pair(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+    policy_margin = chosen_logps - rejected_logps
+    if ref_chosen_logps is None:
+        ref_sorted = torch.zeros_like(policy_margin)
+    else:
+        ref_sorted = torch.sort(ref_chosen_logps - ref_rejected_logps, dim=0).values
+    d = torch.sort(policy_margin, dim=0).values - ref_sorted
+    return pair.output(beta, _smoothed_logistic(beta * d, label_smoothing))
+
+
+def aot_pair_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor | None = None,
+    ref_rejected_logps: torch.Tensor | None = None,
+    *,
+    beta: float,
+    label_smoothing: float = 0.0,
+) -> PreferenceLossOutput:
+    """AOT (unpaired form; `aot_pair` in `trl` 0.x, `aot_unpaired` in 1.x) (arXiv 2406.05882).
+
+    Sort `r_c` and `r_r` over the batch separately; with `d = sort(r_c) − sort(r_r)`, the loss is
+    `−(1−ε)·logσ(βd) − ε·logσ(−βd)`. The per-pair losses are in sorted order.
+
+    Args:
+        label_smoothing (`float`, *optional*, defaults to `0.0`):
+            ε ∈ [0, 0.5].
+
+    The other arguments are those of [`sigmoid_loss`] (reverse KL only).
+    """
+    _check_smoothing(label_smoothing, "aot_pair", upper=0.5, inclusive=True)
+    pair = _pair(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+    d = torch.sort(pair.chosen_logratios, dim=0).values - torch.sort(pair.rejected_logratios, dim=0).values
+    return pair.output(beta, _smoothed_logistic(beta * d, label_smoothing))
+
+
+def apo_zero_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor | None = None,
+    ref_rejected_logps: torch.Tensor | None = None,
+    *,
+    beta: float,
+) -> PreferenceLossOutput:
+    """APO-zero: `(1 − σ(βr_c)) + σ(βr_r)` (arXiv 2408.06266, Eq. 7): raise the chosen likelihood, lower the rejected
+    one; for chosen completions better than the model's own outputs. At initialisation: `1`.
+
+    Arguments are those of [`sigmoid_loss`] (reverse KL only).
+    """
+    pair = _pair(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+    losses = (1 - torch.sigmoid(beta * pair.chosen_logratios)) + torch.sigmoid(beta * pair.rejected_logratios)
+    return pair.output(beta, losses)
+
+
+def apo_down_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor | None = None,
+    ref_rejected_logps: torch.Tensor | None = None,
+    *,
+    beta: float,
+) -> PreferenceLossOutput:
+    """APO-down: `σ(βr_c) + (1 − σ(β(r_c − r_r)))` (arXiv 2408.06266, Eq. 8): lower both likelihoods, the rejected
+    one more; for chosen completions worse than the model's own outputs. At initialisation: `1`.
+
+    Arguments are those of [`sigmoid_loss`] (reverse KL only).
+    """
+    pair = _pair(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+    chosen = pair.chosen_logratios
+    losses = torch.sigmoid(beta * chosen) + (1 - torch.sigmoid(beta * (chosen - pair.rejected_logratios)))
+    return pair.output(beta, losses)
+
+
+def discopop_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor | None = None,
+    ref_rejected_logps: torch.Tensor | None = None,
+    *,
+    beta: float,
+    discopop_tau: float = 0.05,
+    f_divergence_type: str | Enum = "reverse_kl",
+    f_alpha_divergence_coef: float = 0.5,
+) -> PreferenceLossOutput:
+    """DiscoPOP (log-ratio modulated loss): with `z = βΔ`, `(1 − σ(z/τ))·(−logσ(z)) + σ(z/τ)·e^{−z}`
+    (arXiv 2406.08414, Eq. 5). The second term is computed as `exp(logσ(z/τ) − z)`, finite for any margin.
+    At initialisation: `½·ln 2 + ½`.
+
+    Args:
+        discopop_tau (`float`, *optional*, defaults to `0.05`):
+            Temperature τ > 0 of the mixing coefficient.
+
+    The other arguments are those of [`sigmoid_loss`].
+    """
+    if not discopop_tau > 0:
+        raise ValueError(f"discopop_tau must be > 0, got {discopop_tau}.")
+    pair = _pair(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+    pair = pair.scored(f_divergence_type, f_alpha_divergence_coef)
+    z = beta * pair.delta
+    logistic = torch.sigmoid(-z / discopop_tau) * -F.logsigmoid(z)
+    exponential = torch.exp(F.logsigmoid(z / discopop_tau) - z)
+    return pair.output(beta, logistic + exponential)
+
+
+def sft_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor | None = None,
+    ref_rejected_logps: torch.Tensor | None = None,
+    *,
+    beta: float,
+) -> PreferenceLossOutput:
+    """Negative log-likelihood of the chosen completion, `−log π(y_c|x)`: the generation term of MPO
+    (arXiv 2411.10442) and, weighted by `rpo_alpha`, of RPO (arXiv 2404.19733).
+
+    The caller picks the normalisation by what it passes: per-sequence means give a per-sequence token average; the
+    reference implementation averages over all chosen tokens of the batch. Rewards are reported as 0 (no preference
+    signal); `beta` and the rejected/reference log-probs do not enter the loss.
+
+    Arguments are those of [`sigmoid_loss`].
+    """
+    _check_inputs(beta, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    zeros = torch.zeros_like(chosen_logps).detach()
+    return PreferenceLossOutput(-chosen_logps, zeros, zeros.clone())
+
+
+# ------------------------------------------------------------------------------------ reference-free: SimPO
+
+
+def alphapo_reward(logps: torch.Tensor, alpha: float) -> torch.Tensor:
+    """AlphaPO reward shape `s = (1 − p^{−α})/α` with `p = e^{logps}` (arXiv 2501.03884); `s = logps` at `α = 0`.
+
+    With length-normalised log-probs, `p` is the per-token geometric-mean probability, as in the paper.
+
+    Args:
+        logps (`torch.Tensor`):
+            Sequence log-probs (usually per-token means).
+        alpha (`float`):
+            Shape parameter α; `0` leaves the log-probs unchanged (SimPO).
+    """
+    if alpha == 0:
+        return logps
+    return (1 - capped_exp(-alpha * logps)) / alpha
+
+
+def simpo_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor | None = None,
+    ref_rejected_logps: torch.Tensor | None = None,
+    *,
+    beta: float,
+    simpo_gamma: float = 0.5,
+    label_smoothing: float = 0.0,
+    alpha: float = 0.0,
+) -> PreferenceLossOutput:
+    """SimPO: `−logσ(β(s_c − s_r) − γ)` with `s` the **length-normalised** log-prob (arXiv 2405.14734, Eq. 6).
+
+    With `ε > 0`, the label-smoothed form `−(1−ε)·logσ(z) − ε·logσ(−z)` of `z = β(s_c − s_r) − γ` (CPO's `simpo`).
+    With `alpha ≠ 0`, `s` is first shaped by [`alphapo_reward`] (AlphaPO). SimPO is reference-free: passing reference
+    log-probs is an error. Rewards are `β·s` (detached). CPO-SimPO adds CPO's NLL term in the trainer
+    (arXiv 2401.08417). At `s_c = s_r` the loss is `softplus(γ)`.
+
+    Args:
+        simpo_gamma (`float`, *optional*, defaults to `0.5`):
+            Target reward margin γ.
+        label_smoothing (`float`, *optional*, defaults to `0.0`):
+            ε ∈ [0, 0.5].
+        alpha (`float`, *optional*, defaults to `0.0`):
+            AlphaPO shape parameter.
+
+    The other arguments are those of [`sigmoid_loss`]; `ref_*_logps` must be `None`.
+    """
+    if ref_chosen_logps is not None or ref_rejected_logps is not None:
+        raise ValueError(
+            "SimPO is reference-free: call simpo_loss with ref_chosen_logps=None, ref_rejected_logps=None."
+        )
+    _check_smoothing(label_smoothing, "simpo", upper=0.5, inclusive=True)
+    pair = _pair(alphapo_reward(chosen_logps, alpha), alphapo_reward(rejected_logps, alpha), None, None, beta)
+    return pair.output(beta, _smoothed_logistic(beta * pair.delta - simpo_gamma, label_smoothing))
+
+
+# ------------------------------------------------------------------------------------------------ dispatch
+
+PREFERENCE_LOSSES: dict[str, Callable[..., PreferenceLossOutput]] = {
+    "sigmoid": sigmoid_loss,
+    "sigmoid_norm": sigmoid_norm_loss,
+    "hinge": hinge_loss,
+    "ipo": ipo_loss,
+    "exo_pair": exo_pair_loss,
+    "nca_pair": nca_pair_loss,
+    "robust": robust_loss,
+    "bco_pair": bco_pair_loss,
+    "sppo_hard": sppo_hard_loss,
+    "aot": aot_loss,
+    "aot_pair": aot_pair_loss,
+    "aot_unpaired": aot_pair_loss,
+    "apo_zero": apo_zero_loss,
+    "apo_down": apo_down_loss,
+    "discopop": discopop_loss,
+    "sft": sft_loss,
+    "simpo": simpo_loss,
+}
+
+# Loss types that accept an f-divergence other than reverse KL. `sft` does not use the log-ratios at all, so any
+# divergence is accepted (and has no effect), as in the reference.
+F_DIVERGENCE_LOSS_TYPES = frozenset(
+    {"sigmoid", "sigmoid_norm", "hinge", "ipo", "exo_pair", "robust", "discopop", "sft"}
+)
+
+_POSITIONAL = ("chosen_logps", "rejected_logps", "ref_chosen_logps", "ref_rejected_logps", "beta")
+_OPTIONS: dict[str, frozenset[str]] = {
+    name: frozenset(p for p in inspect.signature(fn).parameters if p not in _POSITIONAL)
+    for name, fn in PREFERENCE_LOSSES.items()
+}
+_ALL_OPTIONS = frozenset().union(*_OPTIONS.values())
+
+
+def _lookup(loss_type: str) -> Callable[..., PreferenceLossOutput]:
+    if loss_type not in PREFERENCE_LOSSES:
+        raise ValueError(f"Unknown loss_type {loss_type!r}. Valid loss types: {sorted(PREFERENCE_LOSSES)}.")
+    return PREFERENCE_LOSSES[loss_type]
+
+
+def preference_loss_options(loss_type: str) -> frozenset[str]:
+    """Names of the keyword options (besides `beta`) that `loss_type` uses, e.g. to warn about unused settings.
+
+    Args:
+        loss_type (`str`):
+            A key of [`PREFERENCE_LOSSES`].
+    """
+    _lookup(loss_type)
+    return _OPTIONS[loss_type]
+
+
+def preference_loss(
+    loss_type: str,
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor | None = None,
+    ref_rejected_logps: torch.Tensor | None = None,
+    *,
+    beta: float,
+    **options: object,
+) -> PreferenceLossOutput:
+    """Compute the paired preference loss named `loss_type`.
+
+    Trainers pass one set of options for all their loss types (multi-loss training); each loss receives only the
+    options it uses (see [`preference_loss_options`]). An unknown option name, or a non-default `f_divergence_type`
+    with a loss that has no f-divergence form, raises `ValueError`.
+
+    Args:
+        loss_type (`str`):
+            A key of [`PREFERENCE_LOSSES`].
+        chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta:
+            See [`sigmoid_loss`].
+        **options:
+            Loss-specific options: `label_smoothing`, `f_divergence_type`, `f_alpha_divergence_coef`,
+            `discopop_tau`, `reward_shift`, `chosen_lengths`, `rejected_lengths`, `simpo_gamma`, `alpha`.
+    """
+    fn = _lookup(loss_type)
+    unknown = set(options) - _ALL_OPTIONS
+    if unknown:
+        raise ValueError(f"Unknown preference-loss options {sorted(unknown)}; valid options: {sorted(_ALL_OPTIONS)}.")
+    divergence = options.get("f_divergence_type", "reverse_kl")
+    divergence = getattr(divergence, "value", divergence)
+    if divergence != "reverse_kl" and loss_type not in F_DIVERGENCE_LOSS_TYPES:
+        raise ValueError(
+            f"loss_type={loss_type!r} has no f-divergence form; use f_divergence_type='reverse_kl' or one of "
+            f"{sorted(F_DIVERGENCE_LOSS_TYPES)}."
+        )
+    kwargs = {name: value for name, value in options.items() if name in _OPTIONS[loss_type]}
+    return fn(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta=beta, **kwargs)
+
+
+def combine_losses(
+    losses: Mapping[str, torch.Tensor], weights: Mapping[str, float] | Sequence[float] | None = None
+) -> torch.Tensor:
+    """Weighted sum of several losses, `Σ_k w_k · mean(loss_k)` (multi-loss / MPO training, arXiv 2411.10442).
+
+    Args:
+        losses (`Mapping[str, torch.Tensor]`):
+            Loss name to per-example losses (or a scalar), in order.
+        weights (`Mapping[str, float]`, `Sequence[float]` or `None`, *optional*, defaults to `None`):
+            One weight per loss, by name or in the order of `losses`; `None` weights every loss by 1.
+    """
+    if not losses:
+        raise ValueError("combine_losses needs at least one loss.")
+    names = list(losses)
+    if weights is None:
+        weight_of = dict.fromkeys(names, 1.0)
+    elif isinstance(weights, Mapping):
+        if set(weights) != set(names):
+            raise ValueError(f"loss_weights names {sorted(weights)} must match the losses {sorted(names)}.")
+        weight_of = dict(weights)
+    else:
+        if len(weights) != len(names):
+            raise ValueError(
+                f"Got {len(weights)} loss_weights for {len(names)} loss types {names}: give one weight per loss type."
+            )
+        weight_of = dict(zip(names, weights))
+    return sum(weight_of[name] * losses[name].mean() for name in names)
