@@ -174,7 +174,7 @@ def test_gradient_accumulation_matches_large_batch(tmp_path):
             optim="sgd",
             learning_rate=1.0,
             lr_scheduler_type="constant",
-            max_grad_norm=None,
+            max_grad_norm=0.0,
         )
         trainer = SFTTrainer(get_tiny_model_path("qwen2"), args=args, train_dataset=dataset)
         trainer.train()

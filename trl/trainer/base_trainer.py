@@ -52,14 +52,19 @@ class BaseTrainer(Trainer):
             value = value.detach().float().mean().item()
         self._metrics[mode or self._mode()][name].append(float(value))
 
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        # A dict of eval datasets is evaluated one by one with prefixes "eval_<name>": remember the current one.
+        self._eval_metric_prefix = metric_key_prefix
+        return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        mode = "train" if "loss" in logs or "train_loss" in logs or self.model.training else "eval"
-        if any(key.startswith("eval_") for key in logs):
-            mode = "eval"
+        mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
         averaged = {key: sum(values) / len(values) for key, values in self._metrics[mode].items() if values}
         if mode == "eval":
-            averaged = {f"eval_{key}": value for key, value in averaged.items()}
-        logs = {**logs, **averaged}
+            prefix = getattr(self, "_eval_metric_prefix", "eval")
+            averaged = {f"{prefix}_{key}": value for key, value in averaged.items()}
+        # Updated in place: `evaluate()` returns this same dict, so the averaged metrics reach its caller too.
+        logs.update(averaged)
         super().log(logs, start_time)
         self._metrics[mode].clear()
 

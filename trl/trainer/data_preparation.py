@@ -187,7 +187,9 @@ def apply_formatting_func(
             )
         return {text_field: text}
 
-    return dataset.map(_format, **_map_kwargs(dataset, num_proc, "Applying formatting function"))
+    # The formatted text replaces the raw columns, so the result is a plain language-modelling dataset.
+    remove = [name for name in get_dataset_column_names(dataset) if name != text_field]
+    return dataset.map(_format, remove_columns=remove, **_map_kwargs(dataset, num_proc, "Applying formatting function"))
 
 
 def tokenize_dataset(

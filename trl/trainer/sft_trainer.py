@@ -124,7 +124,7 @@ class SFTTrainer(BaseTrainer):
         formatting_func: Callable[[dict], str] | None = None,
     ):
         args = to_config(args, SFTConfig, model_name_of(model), self._name)
-        self._validate_args(args, model, formatting_func)
+        self._validate_config(args, model, formatting_func)
         model = self._setup_model(model, args, quantization_config)
         processing_class = processing_class or load_processing_class(model.config._name_or_path, args)
         model, processing_class = self._setup_chat_template(model, processing_class, args)
@@ -132,7 +132,7 @@ class SFTTrainer(BaseTrainer):
         self.pad_token_id = resolve_pad_token_id(processing_class, args.pad_token)
         self.eos_token = self._resolve_eos_token(processing_class, args)
 
-        kind = self._dataset_kind(train_dataset, args)
+        kind = "text" if formatting_func is not None else self._dataset_kind(train_dataset, args)
         self.completion_only_loss = self._resolve_completion_only_loss(args, kind, formatting_func)
         prepare = self._prepare_dataset
         train_dataset = prepare(train_dataset, processing_class, args, args.packing, formatting_func, "train")
@@ -175,7 +175,7 @@ class SFTTrainer(BaseTrainer):
 
     # ------------------------------------------------------------------ setup
     @staticmethod
-    def _validate_args(args: SFTConfig, model: Any, formatting_func: Callable | None) -> None:
+    def _validate_config(args: SFTConfig, model: Any, formatting_func: Callable | None) -> None:
         check_model_init_kwargs_unused(model, args)
         if formatting_func is not None and args.completion_only_loss:
             raise ValueError(
