@@ -32,7 +32,9 @@ def int32(values) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------- language modelling, padded
 def test_lm_right_padding():
-    batch = DataCollatorForLanguageModeling(pad_token_id=0)([{"input_ids": [1, 2, 3]}, {"input_ids": [4, 5]}])
+    examples = [{"input_ids": [1, 2, 3]}, {"input_ids": [4, 5]}]
+    assert "position_ids" not in DataCollatorForLanguageModeling(pad_token_id=0)(examples)
+    batch = DataCollatorForLanguageModeling(pad_token_id=0, return_position_ids=True)(examples)
     assert_tensors(
         batch,
         {
@@ -83,7 +85,7 @@ def test_lm_packed_rows_in_padded_mode_restart_positions_and_warn(monkeypatch):
     monkeypatch.setattr(collators, "_warned_packed_padded", False)
     examples = [{"input_ids": [1, 2, 3, 4, 5], "seq_lengths": [2, 3]}, {"input_ids": [6, 7], "seq_lengths": [2]}]
     with pytest.warns(UserWarning, match="padding_free=True"):
-        batch = DataCollatorForLanguageModeling(pad_token_id=0)(examples)
+        batch = DataCollatorForLanguageModeling(pad_token_id=0, return_position_ids=True)(examples)
     assert_tensors(
         batch,
         {

@@ -106,7 +106,7 @@ class DataCollatorForLanguageModeling(DataCollatorMixin):
         padding_free (`bool`, *optional*, defaults to `False`):
             Concatenate the batch into one row `[1, total]` with `position_ids` restarting at every sequence and the
             flash-attention kwargs `cu_seq_lens_q/k`, `max_length_q/k`, plus `seq_idx`; no `attention_mask`.
-        return_position_ids (`bool`, *optional*, defaults to `True`):
+        return_position_ids (`bool`, *optional*, defaults to `False`):
             In padded mode, also return `position_ids` (restarting at each document of packed rows). Padding-free
             batches always have them.
         pad_to_multiple_of (`int` or `None`, *optional*, defaults to `None`):
@@ -117,13 +117,14 @@ class DataCollatorForLanguageModeling(DataCollatorMixin):
     Example:
         `DataCollatorForLanguageModeling(pad_token_id=0)([{"input_ids": [1, 2, 3]}, {"input_ids": [4, 5]}])` gives
         `input_ids [[1, 2, 3], [4, 5, 0]]`, `attention_mask [[1, 1, 1], [1, 1, 0]]`,
-        `labels [[1, 2, 3], [4, 5, -100]]` and `position_ids [[0, 1, 2], [0, 1, 0]]`.
+        `labels [[1, 2, 3], [4, 5, -100]]` (plus `position_ids [[0, 1, 2], [0, 1, 0]]` with
+        `return_position_ids=True`).
     """
 
     pad_token_id: int
     completion_only_loss: bool = True
     padding_free: bool = False
-    return_position_ids: bool = True
+    return_position_ids: bool = False
     pad_to_multiple_of: int | None = None
     return_tensors: str = "pt"
 
