@@ -30,7 +30,9 @@ def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def assert_all_changed(model: torch.nn.Module, before: dict[str, torch.Tensor]) -> None:
-    unchanged = [name for name, param in model.named_parameters() if name in before and torch.equal(param, before[name])]
+    unchanged = [
+        name for name, param in model.named_parameters() if name in before and torch.equal(param, before[name])
+    ]
     assert not unchanged, f"parameters did not change: {unchanged[:5]}"
 
 
@@ -68,7 +70,9 @@ def test_model_instance_and_training_arguments_are_accepted(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", max_steps=2, per_device_train_batch_size=2)
-    trainer = SFTTrainer(model, args=args, processing_class=tokenizer, train_dataset=load_test_dataset("standard_language_modeling"))
+    trainer = SFTTrainer(
+        model, args=args, processing_class=tokenizer, train_dataset=load_test_dataset("standard_language_modeling")
+    )
     assert isinstance(trainer.args, SFTConfig)
     # Llama 3 has no pad token: the EOS token pads.
     assert trainer.pad_token_id == tokenizer.eos_token_id
@@ -302,11 +306,17 @@ def test_unknown_dataset_format_raises(tmp_path):
 def test_missing_text_column_names_the_field(tmp_path):
     dataset = load_test_dataset("standard_language_modeling")
     with pytest.raises(ValueError, match="content"):
-        SFTTrainer(get_tiny_model_path("qwen2"), args=make_config(tmp_path, dataset_text_field="content"), train_dataset=dataset)
+        SFTTrainer(
+            get_tiny_model_path("qwen2"),
+            args=make_config(tmp_path, dataset_text_field="content"),
+            train_dataset=dataset,
+        )
 
 
 def test_max_length_shorter_than_prompt_raises(tmp_path):
-    dataset = Dataset.from_dict({"prompt": ["one two three four five six seven eight nine ten"], "completion": [" eleven"]})
+    dataset = Dataset.from_dict(
+        {"prompt": ["one two three four five six seven eight nine ten"], "completion": [" eleven"]}
+    )
     with pytest.raises(ValueError, match="max_length"):
         SFTTrainer(get_tiny_model_path("qwen2"), args=make_config(tmp_path, max_length=3), train_dataset=dataset)
 
@@ -366,5 +376,7 @@ def test_router_aux_loss_coef_on_dense_model_raises(tmp_path):
 
 def test_model_init_kwargs_dtype_string(tmp_path):
     args = make_config(tmp_path, model_init_kwargs={"dtype": "bfloat16"})
-    trainer = SFTTrainer(get_tiny_model_path("qwen2"), args=args, train_dataset=load_test_dataset("standard_language_modeling"))
+    trainer = SFTTrainer(
+        get_tiny_model_path("qwen2"), args=args, train_dataset=load_test_dataset("standard_language_modeling")
+    )
     assert next(trainer.model.parameters()).dtype == torch.bfloat16

@@ -10,6 +10,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import os
+import sys
 from functools import lru_cache
 from itertools import chain
 from types import ModuleType
@@ -99,7 +100,9 @@ def require(available: bool, feature: str, install: str) -> None:
             The pip command that fixes it, e.g. ``"pip install trl[vllm]"``.
     """
     if not available:
-        raise ImportError(f"{feature} needs an optional dependency that is not installed. Install it with `{install}`.")
+        raise ImportError(
+            f"{feature} needs an optional dependency that is not installed. Install it with `{install}`."
+        )
 
 
 class _LazyModule(ModuleType):
@@ -132,6 +135,10 @@ class _LazyModule(ModuleType):
         self._objects = extra_objects or {}
         self._name = name
         self._import_structure = import_structure
+        # Keep the original module spec so importlib.util.find_spec("trl") and friends keep working.
+        original = sys.modules.get(name)
+        self.__spec__ = getattr(original, "__spec__", None)
+        self.__loader__ = getattr(original, "__loader__", None)
 
     def __dir__(self):
         result = super().__dir__()

@@ -18,7 +18,11 @@ _import_structure: dict[str, list[str]] = {
 if TYPE_CHECKING:
     from .base_config import _BaseConfig
     from .base_trainer import BaseTrainer
-    from .collators import DataCollatorForLanguageModeling, DataCollatorForPreference, DataCollatorForUnpairedPreference
+    from .collators import (
+        DataCollatorForLanguageModeling,
+        DataCollatorForPreference,
+        DataCollatorForUnpairedPreference,
+    )
     from .model_config import ModelConfig
     from .peft_utils import get_kbit_device_map, get_peft_config, get_quantization_config
     from .sft_config import SFTConfig

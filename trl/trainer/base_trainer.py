@@ -37,7 +37,10 @@ class BaseTrainer(Trainer):
     _template_file: str = "lm_model_card.md"
 
     def __init__(self, *args: Any, **kwargs: Any):
-        self._metrics: dict[str, defaultdict[str, list[float]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._metrics: dict[str, defaultdict[str, list[float]]] = {
+            "train": defaultdict(list),
+            "eval": defaultdict(list),
+        }
         super().__init__(*args, **kwargs)
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._tag_names)

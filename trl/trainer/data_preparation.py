@@ -189,7 +189,9 @@ def apply_formatting_func(
 
     # The formatted text replaces the raw columns, so the result is a plain language-modelling dataset.
     remove = [name for name in get_dataset_column_names(dataset) if name != text_field]
-    return dataset.map(_format, remove_columns=remove, **_map_kwargs(dataset, num_proc, "Applying formatting function"))
+    return dataset.map(
+        _format, remove_columns=remove, **_map_kwargs(dataset, num_proc, "Applying formatting function")
+    )
 
 
 def tokenize_dataset(
@@ -268,7 +270,9 @@ def truncate_or_pack(
     if packing:
         if extra:
             dataset = dataset.remove_columns(extra)
-        return pack_dataset(dataset, max_length, packing_strategy, map_kwargs=_map_kwargs(dataset, num_proc, "Packing"))
+        return pack_dataset(
+            dataset, max_length, packing_strategy, map_kwargs=_map_kwargs(dataset, num_proc, "Packing")
+        )
     if truncation_mode == "keep_end":
         return keep_end_truncate(dataset, max_length, num_proc)
     return truncate_dataset(dataset, max_length, map_kwargs=_map_kwargs(dataset, num_proc, "Truncating"))

@@ -47,7 +47,9 @@ def resolve_model_init_kwargs(model_init_kwargs: dict[str, Any] | None, trust_re
     kwargs = dict(model_init_kwargs or {})
     if "torch_dtype" in kwargs:
         if "dtype" in kwargs:
-            raise ValueError("model_init_kwargs sets both `dtype` and its deprecated alias `torch_dtype`; keep `dtype`.")
+            raise ValueError(
+                "model_init_kwargs sets both `dtype` and its deprecated alias `torch_dtype`; keep `dtype`."
+            )
         kwargs["dtype"] = kwargs.pop("torch_dtype")
     if "dtype" in kwargs:
         kwargs["dtype"] = resolve_dtype(kwargs["dtype"])

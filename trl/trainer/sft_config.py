@@ -134,7 +134,9 @@ class SFTConfig(_BaseConfig):
         if self.loss_type not in SFT_LOSS_TYPES:
             raise ValueError(f"Unknown loss_type {self.loss_type!r}; choose one of {SFT_LOSS_TYPES}.")
         if self.packing_strategy not in PACKING_STRATEGIES:
-            raise ValueError(f"Unknown packing_strategy {self.packing_strategy!r}; choose one of {PACKING_STRATEGIES}.")
+            raise ValueError(
+                f"Unknown packing_strategy {self.packing_strategy!r}; choose one of {PACKING_STRATEGIES}."
+            )
         if self.truncation_mode not in TRUNCATION_MODES:
             raise ValueError(f"Unknown truncation_mode {self.truncation_mode!r}; choose one of {TRUNCATION_MODES}.")
         if self.max_length is not None and self.max_length <= 0:

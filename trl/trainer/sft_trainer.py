@@ -48,7 +48,15 @@ from .utils import entropy_from_logits, selective_log_softmax
 
 
 # The collator's inputs; `Trainer` would otherwise drop the mask columns as unknown to `model.forward`.
-_SFT_COLUMNS = ["input_ids", "labels", "attention_mask", "position_ids", "completion_mask", "assistant_masks", "seq_lengths"]
+_SFT_COLUMNS = [
+    "input_ids",
+    "labels",
+    "attention_mask",
+    "position_ids",
+    "completion_mask",
+    "assistant_masks",
+    "seq_lengths",
+]
 
 
 def to_config(args: TrainingArguments | None, config_class: type, model_name: str, method: str) -> Any:
@@ -183,8 +191,10 @@ class SFTTrainer(BaseTrainer):
                 "completion_only_loss=True. Use a prompt-completion dataset, or set completion_only_loss=False."
             )
         if args.activation_offloading and not torch.cuda.is_available():
-            raise ValueError("activation_offloading moves activations from an accelerator to CPU memory; without "
-                             "a CUDA device there is nothing to offload. Set activation_offloading=False.")
+            raise ValueError(
+                "activation_offloading moves activations from an accelerator to CPU memory; without "
+                "a CUDA device there is nothing to offload. Set activation_offloading=False."
+            )
         if args.use_liger_kernel:
             from ..import_utils import is_liger_kernel_available, require
 
@@ -259,7 +269,9 @@ class SFTTrainer(BaseTrainer):
             dataset = dataset.shuffle(seed=args.seed)
         with args.main_process_first(desc=f"preparing the {name} dataset"):
             if formatting_func is not None:
-                dataset = apply_formatting_func(dataset, formatting_func, args.dataset_text_field, args.dataset_num_proc)
+                dataset = apply_formatting_func(
+                    dataset, formatting_func, args.dataset_text_field, args.dataset_num_proc
+                )
             if "input_ids" not in get_dataset_column_names(dataset):
                 self._check_chat_template(dataset, processing_class, args)
                 dataset = tokenize_dataset(
@@ -407,4 +419,3 @@ def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
 def _is_moe(model: PreTrainedModel) -> bool:
     config = getattr(model, "config", None)
     return any(hasattr(config, name) for name in ("num_experts", "num_local_experts", "router_aux_loss_coef"))
-

@@ -1,0 +1,262 @@
+"""
+The `trl` command: `trl <command> [--config file.yaml] [arguments]`.
+
+Training commands run `trl/scripts/<command>.py` through `accelerate launch`, always, so one process, several
+processes, DeepSpeed and FSDP take the same path: the script runs in a child process started by accelerate (a
+plain `python` process when nothing asks for distribution). Arguments that are not options of the script
+(`--num_processes 2`, `--mixed_precision bf16`, `--config_file ...`, from the command line or the YAML config)
+go to `accelerate launch`; `--accelerate_config <name|path>` picks a packaged profile (`trl/accelerate_configs/`)
+or an accelerate config file. Other commands (`env`) run in this process.
+
+Adding a command is one entry in `COMMANDS`: a training script module exposes
+`make_parser(subparsers=None, prog=None)` and `main(script_args, training_args, model_args, dataset_args)`; an
+in-process command exposes `make_parser(...)` and a `main` that takes the parsed dataclasses.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from .scripts.utils import (
+    LAUNCHED_BY_TRL_ENV,
+    TrlParser,
+    accelerate_launch_actions,
+    is_launch_option,
+    resolve_accelerate_config,
+)
+
+
+@dataclass(frozen=True)
+class Command:
+    """
+    One `trl` subcommand.
+
+    Args:
+        name (`str`):
+            Name typed after `trl` (hyphenated; the underscore spelling is accepted too).
+        module (`str`):
+            Module implementing it, e.g. `"trl.scripts.sft"`.
+        help (`str`):
+            One-line description shown by `trl --help`.
+        training (`bool`, *optional*, defaults to `True`):
+            Launch the module as a script through `accelerate launch` (else run its `main` in this process).
+        aliases (`tuple[str, ...]`, *optional*, defaults to `()`):
+            Other accepted names.
+    """
+
+    name: str
+    module: str
+    help: str
+    training: bool = True
+    aliases: tuple[str, ...] = ()
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("sft", "trl.scripts.sft", "Supervised fine-tuning (SFTTrainer)."),
+    Command("env", "trl.scripts.env", "Print the environment information to paste into a bug report.", False),
+)
+
+_TRUE_STRINGS = {"true", "1", "yes", "on"}
+_FALSE_STRINGS = {"false", "0", "no", "off"}
+
+
+def find_command(name: str) -> Command | None:
+    """
+    The command called `name`, accepting `_` for `-` (`online_dpo` for `online-dpo`) and the aliases.
+
+    Args:
+        name (`str`):
+            The word typed after `trl`.
+    """
+    normalised = name.replace("_", "-")
+    for command in COMMANDS:
+        if normalised == command.name or name in command.aliases or normalised in command.aliases:
+            return command
+    return None
+
+
+def usage() -> str:
+    """The text of `trl --help`."""
+    width = max(len(command.name) for command in COMMANDS) + 2
+    lines = [f"  {command.name:<{width}}{command.help}" for command in COMMANDS]
+    return (
+        "usage: trl <command> [--config config.yaml] [arguments]\n\ncommands:\n"
+        + "\n".join(lines)
+        + "\n\nRun `trl <command> --help` for the arguments of a command. Training commands also accept any "
+        "`accelerate launch` option (e.g. --num_processes 2) and --accelerate_config <name|path>."
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """
+    Entry point of the `trl` console script.
+
+    Args:
+        argv (`list[str]` or `None`, *optional*, defaults to `None`):
+            Arguments after `trl`; `sys.argv[1:]` when `None`.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return
+    if argv[0] == "--version":
+        from . import __version__
+
+        print(__version__)
+        return
+    command = find_command(argv[0])
+    if command is None:
+        print(usage(), file=sys.stderr)
+        raise SystemExit(f"trl: unknown command {argv[0]!r}; choose one of {[c.name for c in COMMANDS]}.")
+    module = importlib.import_module(command.module)
+    parser = module.make_parser(prog=f"trl {command.name}")
+    if command.training:
+        launch_training_script(module.__file__, parser, argv[1:])
+    else:
+        module.main(*parser.parse_args_and_config(argv[1:]))
+
+
+def launch_training_script(script_path: str, parser: TrlParser, args: list[str]) -> None:
+    """
+    Check the arguments of a training script, then run it with `accelerate launch`.
+
+    Args:
+        script_path (`str`):
+            The script file.
+        parser ([`TrlParser`]):
+            The script's parser: arguments it knows go to the script, the others to `accelerate launch`.
+        args (`list[str]`):
+            The command-line arguments (after the command name).
+    """
+    from accelerate.commands.launch import launch_command, launch_command_parser
+
+    # Parsing here reports a bad value or config before any process starts; the script parses again.
+    *_, config_remaining, _ = parser.parse_args_and_config(args, separate_remaining_strings=True)
+    script_args, cli_launch_args = split_script_and_launch_args(parser, args)
+    launch_args = prepare_launch_args(config_remaining + cli_launch_args)
+    launch_namespace = launch_command_parser().parse_args([*launch_args, script_path, *script_args])
+
+    previous = os.environ.get(LAUNCHED_BY_TRL_ENV)
+    os.environ[LAUNCHED_BY_TRL_ENV] = "1"
+    try:
+        launch_command(launch_namespace)
+    except subprocess.CalledProcessError as error:
+        raise SystemExit(error.returncode) from error
+    finally:
+        if previous is None:
+            os.environ.pop(LAUNCHED_BY_TRL_ENV, None)
+        else:
+            os.environ[LAUNCHED_BY_TRL_ENV] = previous
+
+
+def group_options(args: list[str]) -> list[list[str]]:
+    """
+    Split command-line strings into `[option, *values]` groups: `["--a", "1", "--b"]` -> `[["--a", "1"], ["--b"]]`.
+
+    Negative numbers are values, not options. Strings before the first option form a group of their own.
+
+    Args:
+        args (`list[str]`):
+            The strings.
+    """
+    groups: list[list[str]] = []
+    for arg in args:
+        if _is_option(arg) or not groups:
+            groups.append([arg])
+        else:
+            groups[-1].append(arg)
+    return groups
+
+
+def _is_option(arg: str) -> bool:
+    if not arg.startswith("-") or arg == "-":
+        return False
+    try:
+        float(arg)
+    except ValueError:
+        return True
+    return False
+
+
+def split_script_and_launch_args(parser: TrlParser, args: list[str]) -> tuple[list[str], list[str]]:
+    """
+    Separate the command line into the script's arguments and `accelerate launch` options.
+
+    Args:
+        parser ([`TrlParser`]):
+            The script's parser. `--config` stays with the script, which reads the YAML file again.
+        args (`list[str]`):
+            The command-line strings.
+
+    Returns:
+        `tuple[list[str], list[str]]`: The script's strings and the launch strings, each in their original order.
+
+    Raises:
+        ValueError: For an argument that is neither a script option nor an `accelerate launch` option.
+    """
+    script_args, launch_args, unknown = [], [], []
+    for group in group_options(args):
+        option = group[0].split("=", 1)[0]
+        if option in parser._option_string_actions or option == "--config":
+            script_args.extend(group)
+        elif _is_option(option) and is_launch_option(option):
+            launch_args.extend(group)
+        else:
+            unknown.append(option)
+    if unknown:
+        raise ValueError(
+            f"Unknown arguments {unknown}: neither an option of `{parser.prog}` nor an `accelerate launch` option. "
+            f"Check the spelling (see `{parser.prog} --help` and `accelerate launch --help`)."
+        )
+    return script_args, launch_args
+
+
+def prepare_launch_args(args: list[str]) -> list[str]:
+    """
+    Turn launch strings from the YAML config and the command line into valid `accelerate launch` arguments.
+
+    `--accelerate_config <name|path>` becomes `--config_file <path>`. On/off flags (`--cpu`) accept a boolean
+    value, as a YAML key does (`cpu: true` -> `--cpu`; `false` drops it). Later strings override earlier ones.
+
+    Args:
+        args (`list[str]`):
+            `--option value...` strings, config first then command line.
+
+    Raises:
+        ValueError: For an unknown option or an unknown accelerate profile.
+    """
+    actions = accelerate_launch_actions()
+    prepared = []
+    for option, *values in group_options(args):
+        if "=" in option:
+            option, value = option.split("=", 1)
+            values = [value, *values]
+        if not is_launch_option(option):
+            raise ValueError(f"Unknown argument {option!r}: not an option of the script nor of `accelerate launch`.")
+        if option in ("--accelerate_config", "--accelerate-config"):
+            if len(values) != 1:
+                raise ValueError("`--accelerate_config` takes one value: a profile name or a config file path.")
+            prepared += ["--config_file", resolve_accelerate_config(values[0])]
+        elif actions[option].nargs == 0:
+            prepared += _flag(option, values)
+        else:
+            prepared += [option, *values]
+    return prepared
+
+
+def _flag(option: str, values: list[str]) -> list[str]:
+    if not values:
+        return [option]
+    if len(values) == 1 and values[0].lower() in _TRUE_STRINGS:
+        return [option]
+    if len(values) == 1 and values[0].lower() in _FALSE_STRINGS:
+        return []
+    raise ValueError(f"`accelerate launch {option}` is an on/off flag; give it no value, or true/false, not {values}.")
+
+
+if __name__ == "__main__":
+    main()
