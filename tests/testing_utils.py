@@ -18,7 +18,10 @@ def free_port() -> int:
 
 
 def run_accelerate(args: list[str], num_processes: int = 2, timeout: int = 300, cwd: str | None = None) -> str:
-    """Run `accelerate launch --num_processes N --cpu <args>` (gloo backend) and return its combined output.
+    """Run `accelerate launch --num_processes N` on CPU (gloo backend) and return its combined output.
+
+    `accelerate launch --cpu` starts several processes only through mpirun, so the torchrun launcher
+    (`--multi_gpu`) runs them, with `ACCELERATE_USE_CPU` keeping every process on the CPU.
 
     Args:
         args (`list[str]`):
@@ -33,10 +36,11 @@ def run_accelerate(args: list[str], num_processes: int = 2, timeout: int = 300, 
     command = [
         sys.executable, "-m", "accelerate.commands.launch",
         "--num_processes", str(num_processes), "--num_machines", "1", "--mixed_precision", "no",
-        "--dynamo_backend", "no", "--cpu", "--main_process_port", str(free_port()),
+        "--dynamo_backend", "no", "--multi_gpu", "--main_process_port", str(free_port()),
         *args,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRL_QUIET": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env["ACCELERATE_USE_CPU"] = "true"
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"accelerate launch failed ({result.returncode}):\n{output[-6000:]}"

@@ -137,20 +137,48 @@ def launch_training_script(script_path: str, parser: TrlParser, args: list[str])
     # Parsing here reports a bad value or config before any process starts; the script parses again.
     *_, config_remaining, _ = parser.parse_args_and_config(args, separate_remaining_strings=True)
     script_args, cli_launch_args = split_script_and_launch_args(parser, args)
-    launch_args = prepare_launch_args(config_remaining + cli_launch_args)
+    launch_args, extra_env = cpu_multiprocess_launch_args(prepare_launch_args(config_remaining + cli_launch_args))
     launch_namespace = launch_command_parser().parse_args([*launch_args, script_path, *script_args])
 
-    previous = os.environ.get(LAUNCHED_BY_TRL_ENV)
-    os.environ[LAUNCHED_BY_TRL_ENV] = "1"
+    extra_env[LAUNCHED_BY_TRL_ENV] = "1"
+    previous = {name: os.environ.get(name) for name in extra_env}
+    os.environ.update(extra_env)
     try:
         launch_command(launch_namespace)
     except subprocess.CalledProcessError as error:
         raise SystemExit(error.returncode) from error
     finally:
-        if previous is None:
-            os.environ.pop(LAUNCHED_BY_TRL_ENV, None)
-        else:
-            os.environ[LAUNCHED_BY_TRL_ENV] = previous
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def cpu_multiprocess_launch_args(launch_args: list[str]) -> tuple[list[str], dict[str, str]]:
+    """
+    Make `--cpu --num_processes N` (N > 1) start N processes.
+
+    `accelerate launch --cpu` starts several CPU processes only through `mpirun`; without a hostfile it silently
+    runs one. Here such a launch goes through the torchrun launcher (`--multi_gpu`) with `ACCELERATE_USE_CPU` set,
+    which gives N CPU processes joined in a gloo process group.
+
+    Args:
+        launch_args (`list[str]`):
+            Prepared `accelerate launch` arguments.
+
+    Returns:
+        `tuple[list[str], dict[str, str]]`: The arguments to launch with and the environment variables to set.
+    """
+    groups = group_options(launch_args)
+    options = {group[0]: group[1:] for group in groups}
+    num_processes = int((options.get("--num_processes") or ["1"])[0])
+    if "--cpu" not in options or num_processes < 2 or "--mpirun_hostfile" in options:
+        return launch_args, {}
+    rewritten = [arg for group in groups if group[0] != "--cpu" for arg in group]
+    if "--multi_gpu" not in options:
+        rewritten.append("--multi_gpu")
+    return rewritten, {"ACCELERATE_USE_CPU": "true"}
 
 
 def group_options(args: list[str]) -> list[list[str]]:

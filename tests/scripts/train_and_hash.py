@@ -1,0 +1,53 @@
+"""Train a few steps with a trl trainer under `accelerate launch`, then write each rank's parameter hash.
+
+Usage: `accelerate launch ... tests/scripts/train_and_hash.py <method> <output_dir>`; the test compares the files
+`<output_dir>/rank-<i>.txt` written by every process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+
+import torch
+
+
+def parameter_digest(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters()):
+        digest.update(name.encode())
+        digest.update(param.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def build_sft(output_dir: str):
+    from trl import SFTConfig, SFTTrainer
+    from trl.testing import get_tiny_model_path, load_test_dataset
+
+    args = SFTConfig(
+        output_dir=output_dir, report_to="none", max_steps=3, per_device_train_batch_size=2, save_strategy="no",
+        learning_rate=1e-2, max_length=64, seed=0,
+    )  # fmt: skip
+    return SFTTrainer(
+        get_tiny_model_path("qwen2"), args=args, train_dataset=load_test_dataset("standard_prompt_completion")
+    )
+
+
+BUILDERS = {"sft": build_sft}
+
+
+def main() -> None:
+    method, output_dir = sys.argv[1], sys.argv[2]
+    trainer = BUILDERS[method](output_dir)
+    before = parameter_digest(trainer.model)
+    trainer.train()
+    after = parameter_digest(trainer.accelerator.unwrap_model(trainer.model))
+    rank = trainer.accelerator.process_index
+    world = trainer.accelerator.num_processes
+    with open(os.path.join(output_dir, f"rank-{rank}.txt"), "w") as file:
+        file.write(f"{world} {before} {after}\n")
+
+
+if __name__ == "__main__":
+    main()
