@@ -365,6 +365,20 @@ def test_invalid_config_values_raise_before_loading(tmp_path):
         )
 
 
+def test_unknown_dataset_kwargs_and_cpu_activation_offloading_raise(tmp_path):
+    dataset = load_test_dataset("standard_language_modeling")
+    with pytest.raises(ValueError, match="skip_prepare_dataset"):
+        SFTTrainer(
+            get_tiny_model_path("qwen2"),
+            args=make_config(tmp_path, dataset_kwargs={"add_eos": True}),
+            train_dataset=dataset,
+        )
+    with pytest.raises(ValueError, match="activation_offloading=False"):
+        SFTTrainer(
+            get_tiny_model_path("qwen2"), args=make_config(tmp_path, activation_offloading=True), train_dataset=dataset
+        )
+
+
 def test_router_aux_loss_coef_on_dense_model_raises(tmp_path):
     with pytest.raises(ValueError, match="mixture-of-experts"):
         SFTTrainer(

@@ -13,6 +13,7 @@ small model and prompt/padding positions carry no loss); entropy and accuracy co
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
 import os
@@ -194,6 +195,12 @@ class SFTTrainer(BaseTrainer):
             raise ValueError(
                 "activation_offloading moves activations from an accelerator to CPU memory; without "
                 "a CUDA device there is nothing to offload. Set activation_offloading=False."
+            )
+        unknown = set(args.dataset_kwargs or {}) - {"skip_prepare_dataset"}
+        if unknown:
+            raise ValueError(
+                f"Unknown dataset_kwargs keys {sorted(unknown)}: the only option is `skip_prepare_dataset`. Prepare "
+                "the dataset yourself (e.g. with `dataset.map`) for anything else."
             )
         if args.use_liger_kernel:
             from ..import_utils import is_liger_kernel_available, require
@@ -394,6 +401,16 @@ class SFTTrainer(BaseTrainer):
         if totals[2] > 0:
             self.log_metric("entropy", (totals[0] / totals[2]).item(), mode)
             self.log_metric("mean_token_accuracy", (totals[1] / totals[2]).item(), mode)
+
+    def compute_loss_context_manager(self):
+        context = super().compute_loss_context_manager()
+        if not self.args.activation_offloading:
+            return context
+        # Tensors saved for the backward pass live in (pinned) CPU memory until they are needed.
+        stack = contextlib.ExitStack()
+        stack.enter_context(context)
+        stack.enter_context(torch.autograd.graph.save_on_cpu(pin_memory=True))
+        return stack
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         # Without compute_metrics nothing reads the logits: skip collecting them (and keep logits_to_keep).
