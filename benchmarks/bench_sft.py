@@ -10,13 +10,12 @@ import json
 import random
 import sys
 import tempfile
-import time
 
 import torch
 from datasets import Dataset
-from transformers import AutoConfig, TrainerCallback
+from transformers import AutoConfig
 
-from benchmarks.common import measured_matmul_peak, peak_rss_mib
+from benchmarks.common import StepTimer, measured_matmul_peak, peak_rss_mib
 
 
 CASES = [
@@ -36,20 +35,6 @@ def synthetic_prompt_completion(num_examples: int, seed: int = 0) -> Dataset:
         rows["prompt"].append(" ".join(rng.choices(words, k=rng.randint(4, 40))))
         rows["completion"].append(" " + " ".join(rng.choices(words, k=rng.randint(4, 80))))
     return Dataset.from_dict(rows)
-
-
-class _StepTimer(TrainerCallback):
-    """Times the steps after the first (warm-up) one."""
-
-    def __init__(self):
-        self.start = None
-        self.steps = 0
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == 1:
-            self.start = time.perf_counter()
-        elif self.start is not None:
-            self.steps += 1
 
 
 def run_case(size: str, packing: bool, steps: int = 12, batch_size: int = 8, max_length: int = 256) -> dict:
@@ -73,10 +58,10 @@ def run_case(size: str, packing: bool, steps: int = 12, batch_size: int = 8, max
             save_strategy="no",
             learning_rate=1e-4,
         )
-        timer = _StepTimer()
+        timer = StepTimer()
         trainer = SFTTrainer(model_path, args=args, train_dataset=dataset, callbacks=[timer])
         trainer.train()
-        elapsed = time.perf_counter() - timer.start
+        elapsed = timer.elapsed()
     tokens_per_step = trainer._total_train_tokens / steps
     tokens_per_second = tokens_per_step * timer.steps / elapsed
     config = AutoConfig.from_pretrained(model_path)

@@ -10,6 +10,7 @@ import sys
 import time
 
 import torch
+from transformers import TrainerCallback
 
 
 def measured_matmul_peak(size: int = 1024, repeats: int = 20, dtype: torch.dtype = torch.float32) -> float:
@@ -40,3 +41,21 @@ def run_case_in_subprocess(module: str, case: dict) -> dict:
     if output.returncode != 0:
         raise RuntimeError(f"benchmark case {case} failed:\n{output.stderr[-4000:]}")
     return json.loads(output.stdout.strip().splitlines()[-1])
+
+
+class StepTimer(TrainerCallback):
+    """Times the optimizer steps after the first one, which pays for warm-up (allocations, lazy imports)."""
+
+    def __init__(self):
+        self.start: float | None = None
+        self.steps = 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 1:
+            self.start = time.perf_counter()
+        elif self.start is not None:
+            self.steps += 1
+
+    def elapsed(self) -> float:
+        """Seconds since the end of the first step."""
+        return time.perf_counter() - self.start

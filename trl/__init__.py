@@ -41,6 +41,8 @@ _import_structure: dict[str, list[str]] = {
     "scripts": ["DatasetMixtureConfig", "ScriptArguments", "TrlParser", "get_dataset", "init_zero_verbose"],
     "trainer": [
         "ModelConfig",
+        "PRMConfig",
+        "PRMTrainer",
         "SFTConfig",
         "SFTTrainer",
         "get_kbit_device_map",
@@ -75,6 +77,8 @@ if TYPE_CHECKING:
     from .scripts import DatasetMixtureConfig, ScriptArguments, TrlParser, get_dataset, init_zero_verbose
     from .trainer import (
         ModelConfig,
+        PRMConfig,
+        PRMTrainer,
         SFTConfig,
         SFTTrainer,
         get_kbit_device_map,

@@ -57,8 +57,11 @@ class Command:
 
 COMMANDS: tuple[Command, ...] = (
     Command("sft", "trl.scripts.sft", "Supervised fine-tuning (SFTTrainer)."),
+    Command("prm", "trl.scripts.prm", "Process reward modelling (PRMTrainer) on stepwise supervision."),
     Command("env", "trl.scripts.env", "Print the environment information to paste into a bug report.", False),
-    Command("vllm-serve", "trl.scripts.vllm_serve", "Serve a model for online training (vLLM or transformers).", False),
+    Command(
+        "vllm-serve", "trl.scripts.vllm_serve", "Serve a model for online training (vLLM or transformers).", False
+    ),
 )
 
 _TRUE_STRINGS = {"true", "1", "yes", "on"}

@@ -34,7 +34,49 @@ def build_sft(output_dir: str):
     )
 
 
-BUILDERS = {"sft": build_sft}
+def build_prm(output_dir: str):
+    from trl.testing import get_tiny_model_path, load_test_dataset
+    from trl.trainer.prm_config import PRMConfig
+    from trl.trainer.prm_trainer import PRMTrainer
+
+    args = PRMConfig(
+        output_dir=output_dir, report_to="none", max_steps=3, per_device_train_batch_size=2, save_strategy="no",
+        learning_rate=1e-2, max_length=64, seed=0,
+    )  # fmt: skip
+    dataset = load_test_dataset("standard_stepwise_supervision")
+    return PRMTrainer(get_tiny_model_path("qwen2-token-cls"), args=args, train_dataset=dataset)
+
+
+def even_tokens(completion_ids, **kwargs):
+    return [sum(token % 2 == 0 for token in ids) / max(len(ids), 1) for ids in completion_ids]
+
+
+def build_online(method: str, output_dir: str):
+    from trl.testing import get_tiny_model_path, load_test_dataset
+    from trl.trainer.grpo_config import GRPOConfig
+    from trl.trainer.grpo_trainer import GRPOTrainer
+    from trl.trainer.rloo_config import RLOOConfig
+    from trl.trainer.rloo_trainer import RLOOTrainer
+
+    config_class, trainer_class = {"grpo": (GRPOConfig, GRPOTrainer), "rloo": (RLOOConfig, RLOOTrainer)}[method]
+    # One group of 4 completions split over the two processes: rewards are gathered before the advantages.
+    args = config_class(
+        output_dir=output_dir, report_to="none", max_steps=2, per_device_train_batch_size=2, num_generations=4,
+        max_completion_length=8, save_strategy="no", learning_rate=1e-2, seed=0, beta=0.05,
+    )  # fmt: skip
+    dataset = load_test_dataset("conversational_prompt_only")
+    return trainer_class(get_tiny_model_path("qwen2"), reward_funcs=even_tokens, args=args, train_dataset=dataset)
+
+
+def build_grpo(output_dir: str):
+    return build_online("grpo", output_dir)
+
+
+def build_rloo(output_dir: str):
+    return build_online("rloo", output_dir)
+
+
+BUILDERS = {"sft": build_sft, "prm": build_prm, "grpo": build_grpo, "rloo": build_rloo}
 
 
 def main() -> None:

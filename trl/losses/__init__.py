@@ -5,6 +5,7 @@
 - `odds_ratio`: ORPO's odds-ratio term;
 - `unpaired`: KTO, APO-zero (unpaired) and BCO;
 - `reward`: the Bradley-Terry loss of reward modelling;
+- `token_classification`: the cross-entropy on labelled positions of process reward models (PRM);
 - `sequence`: per-token to sequence log-probs (sum / mean), LD-DPO and WPO helpers;
 - `advantages`: reward aggregation, GRPO group advantages, RLOO leave-one-out, PPO's GAE and whitening;
 - `policy`: policy-gradient losses (clipped surrogate, CISPO, SAPO, VESPO; token/sequence importance ratios;
@@ -80,6 +81,7 @@ from .preference import (
 )
 from .reward import bradley_terry_loss
 from .sequence import ld_dpo_logps, sequence_logps, wpo_pair_weights, wpo_sequence_weights
+from .token_classification import token_classification_loss
 from .unpaired import (
     UnpairedLossOutput,
     apo_zero_unpaired_loss,
@@ -160,6 +162,7 @@ __all__ = [
     "sigmoid_norm_loss",
     "simpo_loss",
     "sppo_hard_loss",
+    "token_classification_loss",
     "vespo_weights",
     "wpo_pair_weights",
     "wpo_sequence_weights",

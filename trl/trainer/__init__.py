@@ -11,6 +11,8 @@ _import_structure: dict[str, list[str]] = {
     "collators": ["DataCollatorForLanguageModeling", "DataCollatorForPreference", "DataCollatorForUnpairedPreference"],
     "model_config": ["ModelConfig"],
     "peft_utils": ["get_kbit_device_map", "get_peft_config", "get_quantization_config"],
+    "prm_config": ["PRMConfig"],
+    "prm_trainer": ["PRMTrainer"],
     "sft_config": ["SFTConfig"],
     "sft_trainer": ["SFTTrainer"],
 }
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
     )
     from .model_config import ModelConfig
     from .peft_utils import get_kbit_device_map, get_peft_config, get_quantization_config
+    from .prm_config import PRMConfig
+    from .prm_trainer import PRMTrainer
     from .sft_config import SFTConfig
     from .sft_trainer import SFTTrainer
 else:
