@@ -14,12 +14,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import bench_prm, bench_sft  # noqa: E402
+from benchmarks import bench_dpo, bench_prm, bench_reward, bench_sft  # noqa: E402
 from benchmarks.common import run_case_in_subprocess  # noqa: E402
 
 
 SUITES = {
     "sft": ("benchmarks.bench_sft", bench_sft.CASES),
+    "dpo": ("benchmarks.bench_dpo", bench_dpo.CASES),
+    "reward": ("benchmarks.bench_reward", bench_reward.CASES),
     "prm": ("benchmarks.bench_prm", bench_prm.CASES),
 }
 

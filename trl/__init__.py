@@ -40,16 +40,23 @@ _import_structure: dict[str, list[str]] = {
     ],
     "scripts": ["DatasetMixtureConfig", "ScriptArguments", "TrlParser", "get_dataset", "init_zero_verbose"],
     "trainer": [
+        "DPOConfig",
+        "DPOTrainer",
+        "FDivergenceConstants",
+        "FDivergenceType",
         "ModelConfig",
         "PRMConfig",
         "PRMTrainer",
+        "RewardConfig",
+        "RewardTrainer",
         "SFTConfig",
         "SFTTrainer",
+        "SyncRefModelCallback",
         "get_kbit_device_map",
         "get_peft_config",
         "get_quantization_config",
     ],
-    "models": [],
+    "models": ["create_reference_model"],
 }
 
 if TYPE_CHECKING:
@@ -75,12 +82,20 @@ if TYPE_CHECKING:
         unpair_preference_dataset,
     )
     from .scripts import DatasetMixtureConfig, ScriptArguments, TrlParser, get_dataset, init_zero_verbose
+    from .models import create_reference_model
     from .trainer import (
+        DPOConfig,
+        DPOTrainer,
+        FDivergenceConstants,
+        FDivergenceType,
         ModelConfig,
         PRMConfig,
         PRMTrainer,
+        RewardConfig,
+        RewardTrainer,
         SFTConfig,
         SFTTrainer,
+        SyncRefModelCallback,
         get_kbit_device_map,
         get_peft_config,
         get_quantization_config,

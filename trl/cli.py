@@ -57,6 +57,8 @@ class Command:
 
 COMMANDS: tuple[Command, ...] = (
     Command("sft", "trl.scripts.sft", "Supervised fine-tuning (SFTTrainer)."),
+    Command("dpo", "trl.scripts.dpo", "Direct Preference Optimization (DPOTrainer)."),
+    Command("reward", "trl.scripts.reward", "Reward modelling (RewardTrainer)."),
     Command("prm", "trl.scripts.prm", "Process reward modelling (PRMTrainer) on stepwise supervision."),
     Command("env", "trl.scripts.env", "Print the environment information to paste into a bug report.", False),
     Command(

@@ -8,11 +8,21 @@ from ..import_utils import _LazyModule
 _import_structure: dict[str, list[str]] = {
     "base_config": ["_BaseConfig"],
     "base_trainer": ["BaseTrainer"],
-    "collators": ["DataCollatorForLanguageModeling", "DataCollatorForPreference", "DataCollatorForUnpairedPreference"],
+    "callbacks": ["SyncRefModelCallback"],
+    "collators": [
+        "DataCollatorForLanguageModeling",
+        "DataCollatorForPreference",
+        "DataCollatorForRewardPreference",
+        "DataCollatorForUnpairedPreference",
+    ],
+    "dpo_config": ["DPOConfig", "FDivergenceConstants", "FDivergenceType"],
+    "dpo_trainer": ["DPOTrainer"],
     "model_config": ["ModelConfig"],
     "peft_utils": ["get_kbit_device_map", "get_peft_config", "get_quantization_config"],
     "prm_config": ["PRMConfig"],
     "prm_trainer": ["PRMTrainer"],
+    "reward_config": ["RewardConfig"],
+    "reward_trainer": ["RewardTrainer"],
     "sft_config": ["SFTConfig"],
     "sft_trainer": ["SFTTrainer"],
 }
@@ -20,15 +30,21 @@ _import_structure: dict[str, list[str]] = {
 if TYPE_CHECKING:
     from .base_config import _BaseConfig
     from .base_trainer import BaseTrainer
+    from .callbacks import SyncRefModelCallback
     from .collators import (
         DataCollatorForLanguageModeling,
         DataCollatorForPreference,
+        DataCollatorForRewardPreference,
         DataCollatorForUnpairedPreference,
     )
+    from .dpo_config import DPOConfig, FDivergenceConstants, FDivergenceType
+    from .dpo_trainer import DPOTrainer
     from .model_config import ModelConfig
     from .peft_utils import get_kbit_device_map, get_peft_config, get_quantization_config
     from .prm_config import PRMConfig
     from .prm_trainer import PRMTrainer
+    from .reward_config import RewardConfig
+    from .reward_trainer import RewardTrainer
     from .sft_config import SFTConfig
     from .sft_trainer import SFTTrainer
 else:

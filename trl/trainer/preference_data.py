@@ -1,0 +1,382 @@
+"""Preparation of paired preference data (`prompt`?, `chosen`, `rejected`), shared by the preference trainers.
+
+Two layouts come out of it:
+
+- **prompt / completions** (DPO, CPO, ORPO): `prompt_ids`, `chosen_ids`, `rejected_ids`, the prompt stored once.
+  The collator builds the rows `prompt + chosen` and `prompt + rejected` and marks the completion tokens.
+- **whole sequences** (reward modelling): `chosen_ids`, `rejected_ids`, each the complete prompt + answer.
+
+Accepted input, per row: standard (strings) or conversational (lists of `{"role", "content"}` messages, also the
+ShareGPT `{"from", "value"}` style); explicit prompt (`prompt` column) or implicit prompt (the prompt is the common
+start of `chosen` and `rejected` and is extracted); optional `tools` and `chat_template_kwargs` columns for the chat
+template. Datasets that already hold the tokenised columns are only truncated.
+
+Tokenisation keeps `prompt_ids + chosen_ids` equal to tokenising the text `prompt + chosen` whenever the tokenizer
+allows it: the completion is what tokenising the concatenation adds after the prompt's tokens. Only when a token
+merges across the boundary (e.g. a prompt ending with a space) are the two parts tokenised separately.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from datasets import Dataset, IterableDataset
+
+from ..data_utils import apply_chat_template, get_dataset_column_names, is_conversational, maybe_convert_to_chatml
+from ..data_utils import maybe_extract_prompt as _maybe_extract_prompt
+from .data_preparation import _map_kwargs, first_example
+from .model_utils import get_tokenizer
+
+
+PREFERENCE_TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids")
+REWARD_TOKEN_COLUMNS = ("chosen_ids", "rejected_ids")
+# Column names of the pre-tokenised format of trl 0.x reward modelling.
+_LEGACY_REWARD_COLUMNS = {"input_ids_chosen": "chosen_ids", "input_ids_rejected": "rejected_ids"}
+
+
+# ---------------------------------------------------------------------------------------------- checks
+def check_preference_columns(columns: list[str], trainer_name: str) -> None:
+    """Raise a clear error when a dataset is not paired preference data.
+
+    Args:
+        columns (`list[str]`):
+            The dataset's column names.
+        trainer_name (`str`):
+            Named in the message, e.g. `"DPOTrainer"`.
+    """
+    if all(name in columns for name in PREFERENCE_TOKEN_COLUMNS) or all(
+        name in columns for name in ("chosen", "rejected")
+    ):
+        return
+    if all(name in columns for name in REWARD_TOKEN_COLUMNS):
+        return
+    missing = [name for name in ("chosen", "rejected") if name not in columns]
+    hint = ""
+    if "completion" in columns and "label" in columns:
+        hint = " This looks like unpaired preference data (prompt, completion, label): use KTOTrainer or BCOTrainer."
+    raise ValueError(
+        f"{trainer_name} needs paired preference data with 'chosen' and 'rejected' columns (and optionally "
+        f"'prompt'); the dataset has {sorted(columns)}, missing {missing}.{hint}"
+    )
+
+
+def _check_no_images(example: dict[str, Any], trainer_name: str) -> None:
+    if "images" in example or "image" in example:
+        raise ValueError(
+            f"{trainer_name} in this version trains text-only models; the dataset has an image column. Remove the "
+            "'image'/'images' column to train on the text alone."
+        )
+
+
+# ------------------------------------------------------------------------------------------ tokenising
+def _chat_kwargs(example: dict[str, Any], tools: list | None) -> dict[str, Any]:
+    kwargs = dict(example.get("chat_template_kwargs") or {})
+    example_tools = example.get("tools")
+    if example_tools is not None:
+        kwargs["tools"] = example_tools
+    elif tools is not None:
+        kwargs["tools"] = tools
+    return kwargs
+
+
+def _completion_ids(tokenizer: Any, prompt: str, prompt_ids: list[int], completion: str, special: bool) -> list[int]:
+    """Tokens that tokenising `prompt + completion` adds after `prompt_ids`, or the completion's own tokens when
+    a merge across the boundary changes the prompt's tokens."""
+    full_ids = list(tokenizer(text=prompt + completion, add_special_tokens=special)["input_ids"])
+    if full_ids[: len(prompt_ids)] == prompt_ids:
+        return full_ids[len(prompt_ids) :]
+    return list(tokenizer(text=completion, add_special_tokens=False)["input_ids"])
+
+
+def tokenize_preference_example(
+    example: dict[str, Any],
+    processing_class: Any,
+    tools: list | None = None,
+    eos_token: str | None = None,
+) -> dict[str, list[int]]:
+    """Tokenise one explicit-prompt preference example into `prompt_ids`, `chosen_ids` and `rejected_ids`.
+
+    Conversational examples are rendered with the chat template (the prompt with the generation prompt; the chosen
+    and rejected answers as what rendering prompt + answer adds), then tokenised without extra special tokens (the
+    template writes them). Standard answers get `eos_token` appended when they lack it, so the model learns to stop.
+
+    Args:
+        example (`dict[str, Any]`):
+            A row with `prompt`, `chosen`, `rejected` (strings, or lists of messages), optionally `tools` and
+            `chat_template_kwargs`.
+        processing_class (`PreTrainedTokenizerBase` or `ProcessorMixin`):
+            The tokenizer (or a processor holding one).
+        tools (`list` or `None`, *optional*, defaults to `None`):
+            Tools for the chat template when the row has no `tools` column.
+        eos_token (`str` or `None`, *optional*, defaults to `None`):
+            Appended to standard answers that do not end with it; `None` appends nothing.
+    """
+    tokenizer = get_tokenizer(processing_class)
+    if is_conversational(example):
+        rendered = apply_chat_template(
+            {key: example[key] for key in ("prompt", "chosen", "rejected")},
+            tokenizer,
+            **_chat_kwargs(example, tools),
+        )
+        prompt, chosen, rejected, special = rendered["prompt"], rendered["chosen"], rendered["rejected"], False
+    else:
+        prompt, chosen, rejected, special = example["prompt"], example["chosen"], example["rejected"], True
+        if eos_token is not None:
+            chosen = chosen if chosen.endswith(eos_token) else chosen + eos_token
+            rejected = rejected if rejected.endswith(eos_token) else rejected + eos_token
+    prompt_ids = list(tokenizer(text=prompt, add_special_tokens=special)["input_ids"])
+    return {
+        "prompt_ids": prompt_ids,
+        "chosen_ids": _completion_ids(tokenizer, prompt, prompt_ids, chosen, special),
+        "rejected_ids": _completion_ids(tokenizer, prompt, prompt_ids, rejected, special),
+    }
+
+
+def truncate_preference_example(
+    example: dict[str, Any], max_prompt_length: int | None, max_completion_length: int | None
+) -> dict[str, list[int]]:
+    """Keep the last `max_prompt_length` prompt tokens and the first `max_completion_length` completion tokens.
+
+    Args:
+        example (`dict[str, Any]`):
+            A tokenised row (`prompt_ids`, `chosen_ids`, `rejected_ids`).
+        max_prompt_length (`int` or `None`):
+            Prompt budget; `None` keeps the whole prompt.
+        max_completion_length (`int` or `None`):
+            Budget of each completion; `None` keeps them whole.
+    """
+    prompt_ids = example["prompt_ids"]
+    if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
+        prompt_ids = prompt_ids[len(prompt_ids) - max_prompt_length :]
+    end = max_completion_length
+    return {
+        "prompt_ids": prompt_ids,
+        "chosen_ids": example["chosen_ids"][:end],
+        "rejected_ids": example["rejected_ids"][:end],
+    }
+
+
+def _to_chatml_if_needed(dataset: Dataset | IterableDataset, num_proc: int | None) -> Dataset | IterableDataset:
+    example = first_example(dataset)
+    value = example.get("chosen")
+    if isinstance(value, list) and value and isinstance(value[0], dict) and "from" in value[0]:
+        dataset = dataset.map(maybe_convert_to_chatml, **_map_kwargs(dataset, num_proc, "Converting to ChatML"))
+    return dataset
+
+
+def extract_prompts(dataset: Dataset | IterableDataset, num_proc: int | None = None) -> Dataset | IterableDataset:
+    """Give implicit-prompt rows an explicit `prompt` (the common start of `chosen` and `rejected`).
+
+    Args:
+        dataset (`Dataset` or `IterableDataset`):
+            Preference data with or without a `prompt` column.
+        num_proc (`int` or `None`, *optional*, defaults to `None`):
+            Processes for `Dataset.map`.
+    """
+    example = first_example(dataset)
+    if "prompt" in example and is_conversational({"prompt": example["prompt"]}) == is_conversational(
+        {"chosen": example["chosen"]}
+    ):
+        return dataset
+    return dataset.map(_maybe_extract_prompt, **_map_kwargs(dataset, num_proc, "Extracting prompts"))
+
+
+def prepare_preference_dataset(
+    dataset: Dataset | IterableDataset,
+    processing_class: Any,
+    *,
+    trainer_name: str,
+    tools: list | None = None,
+    eos_token: str | None = None,
+    max_prompt_length: int | None = None,
+    max_completion_length: int | None = None,
+    num_proc: int | None = None,
+) -> Dataset | IterableDataset:
+    """Tokenise a paired preference dataset into `prompt_ids`, `chosen_ids`, `rejected_ids` and truncate them.
+
+    Other columns (e.g. precomputed `ref_chosen_logps`) are kept; the text columns are removed.
+
+    Args:
+        dataset (`Dataset` or `IterableDataset`):
+            Preference data (see the module docstring), or data already holding the tokenised columns.
+        processing_class (`PreTrainedTokenizerBase` or `ProcessorMixin`):
+            The tokenizer.
+        trainer_name (`str`):
+            Named in error messages.
+        tools (`list` or `None`, *optional*, defaults to `None`):
+            Tools for the chat template.
+        eos_token (`str` or `None`, *optional*, defaults to `None`):
+            Appended to standard answers.
+        max_prompt_length (`int` or `None`, *optional*, defaults to `None`):
+            Keep the last tokens of the prompt.
+        max_completion_length (`int` or `None`, *optional*, defaults to `None`):
+            Keep the first tokens of each completion.
+        num_proc (`int` or `None`, *optional*, defaults to `None`):
+            Processes for `Dataset.map`.
+    """
+    columns = get_dataset_column_names(dataset)
+    check_preference_columns(columns, trainer_name)
+    _check_no_images(first_example(dataset), trainer_name)
+    if not all(name in columns for name in PREFERENCE_TOKEN_COLUMNS):
+        dataset = _to_chatml_if_needed(dataset, num_proc)
+        dataset = extract_prompts(dataset, num_proc)
+        if is_conversational(first_example(dataset)):
+            _check_chat_template(processing_class, trainer_name)
+
+        def tokenize(example: dict[str, Any]) -> dict[str, list[int]]:
+            return tokenize_preference_example(example, processing_class, tools, eos_token)
+
+        text_columns = [name for name in ("prompt", "chosen", "rejected") if name in get_dataset_column_names(dataset)]
+        dataset = dataset.map(tokenize, remove_columns=text_columns, **_map_kwargs(dataset, num_proc, "Tokenizing"))
+    if max_prompt_length is not None or max_completion_length is not None:
+
+        def truncate(example: dict[str, Any]) -> dict[str, list[int]]:
+            return truncate_preference_example(example, max_prompt_length, max_completion_length)
+
+        dataset = dataset.map(truncate, **_map_kwargs(dataset, num_proc, "Truncating"))
+    return dataset
+
+
+def _check_chat_template(processing_class: Any, trainer_name: str) -> None:
+    if get_tokenizer(processing_class).chat_template is None:
+        raise ValueError(
+            f"The dataset is conversational but the tokenizer has no chat template, so {trainer_name} cannot render "
+            "it. Set `chat_template_path` (where the config has it) or assign `tokenizer.chat_template`."
+        )
+
+
+def count_empty_completions(dataset: Dataset, max_length: int | None, truncation_mode: str) -> int:
+    """Number of rows whose chosen or rejected completion loses every token to the `max_length` cut.
+
+    Args:
+        dataset (`Dataset`):
+            Tokenised preference data.
+        max_length (`int` or `None`):
+            Row length limit; `None` means no cut.
+        truncation_mode (`str`):
+            `"keep_start"` (cut the end of the row) or `"keep_end"` (cut its start).
+    """
+    if not isinstance(dataset, Dataset):
+        return 0
+    empty = 0
+    for prompt, chosen, rejected in zip(dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"]):
+        for completion in (chosen, rejected):
+            if not completion or (
+                max_length is not None and truncation_mode == "keep_start" and len(prompt) >= max_length
+            ):
+                empty += 1
+                break
+    return empty
+
+
+# ------------------------------------------------------------------------------------- reward modelling
+def tokenize_reward_example(
+    example: dict[str, Any], processing_class: Any, tools: list | None = None, eos_token: str | None = None
+) -> dict[str, list[int]]:
+    """Tokenise one preference example into whole sequences `chosen_ids` and `rejected_ids` (prompt + answer).
+
+    With an explicit prompt the prompt is prepended to each answer; implicit-prompt rows are used as they are.
+    Conversations are rendered with the chat template; standard texts get `eos_token` appended when they lack it.
+
+    Args:
+        example (`dict[str, Any]`):
+            A row with `chosen`, `rejected` and optionally `prompt`, `tools`, `chat_template_kwargs`.
+        processing_class (`PreTrainedTokenizerBase` or `ProcessorMixin`):
+            The tokenizer.
+        tools (`list` or `None`, *optional*, defaults to `None`):
+            Tools for the chat template when the row has no `tools` column.
+        eos_token (`str` or `None`, *optional*, defaults to `None`):
+            Appended to standard sequences that do not end with it.
+    """
+    tokenizer = get_tokenizer(processing_class)
+    prompt = example.get("prompt")
+    output = {}
+    for key in ("chosen", "rejected"):
+        answer = example[key]
+        if is_conversational({key: answer}):
+            messages = (prompt or []) + answer
+            rendered = tokenizer.apply_chat_template(
+                messages, tokenize=True, return_dict=True, **_chat_kwargs(example, tools)
+            )
+            output[f"{key}_ids"] = list(rendered["input_ids"])
+        else:
+            text = (prompt or "") + answer
+            if eos_token is not None and not text.endswith(eos_token):
+                text = text + eos_token
+            output[f"{key}_ids"] = list(tokenizer(text=text)["input_ids"])
+    return output
+
+
+def prepare_reward_dataset(
+    dataset: Dataset | IterableDataset,
+    processing_class: Any,
+    *,
+    max_length: int | None = None,
+    tools: list | None = None,
+    eos_token: str | None = None,
+    num_proc: int | None = None,
+) -> Dataset | IterableDataset:
+    """Tokenise preference data into `chosen_ids` / `rejected_ids` and drop pairs longer than `max_length`.
+
+    Pairs are filtered rather than truncated: cutting an answer would change what is being preferred. The legacy
+    pre-tokenised columns `input_ids_chosen` / `input_ids_rejected` are accepted too (a `margin` column, if any, is
+    kept).
+
+    Args:
+        dataset (`Dataset` or `IterableDataset`):
+            Preference data.
+        processing_class (`PreTrainedTokenizerBase` or `ProcessorMixin`):
+            The tokenizer.
+        max_length (`int` or `None`, *optional*, defaults to `None`):
+            Drop pairs with a sequence longer than this; `None` keeps all.
+        tools (`list` or `None`, *optional*, defaults to `None`):
+            Tools for the chat template.
+        eos_token (`str` or `None`, *optional*, defaults to `None`):
+            Appended to standard sequences.
+        num_proc (`int` or `None`, *optional*, defaults to `None`):
+            Processes for `Dataset.map`.
+    """
+    columns = get_dataset_column_names(dataset)
+    if all(name in columns for name in _LEGACY_REWARD_COLUMNS):
+        dataset = dataset.rename_columns(_LEGACY_REWARD_COLUMNS)
+        legacy_masks = [name for name in ("attention_mask_chosen", "attention_mask_rejected") if name in columns]
+        dataset = dataset.remove_columns(legacy_masks) if legacy_masks else dataset
+        columns = get_dataset_column_names(dataset)
+    check_preference_columns(columns, "RewardTrainer")
+    _check_no_images(first_example(dataset), "RewardTrainer")
+    if not all(name in columns for name in REWARD_TOKEN_COLUMNS):
+        dataset = _to_chatml_if_needed(dataset, num_proc)
+        if is_conversational(first_example(dataset)):
+            _check_chat_template(processing_class, "RewardTrainer")
+
+        def tokenize(example: dict[str, Any]) -> dict[str, list[int]]:
+            return tokenize_reward_example(example, processing_class, tools, eos_token)
+
+        text_columns = [name for name in ("prompt", "chosen", "rejected") if name in columns]
+        dataset = dataset.map(tokenize, remove_columns=text_columns, **_map_kwargs(dataset, num_proc, "Tokenizing"))
+    if max_length is not None:
+        dataset = _drop_long_pairs(dataset, max_length, num_proc)
+    return dataset
+
+
+def _drop_long_pairs(dataset: Dataset | IterableDataset, max_length: int, num_proc: int | None):
+    def fits(example: dict[str, Any]) -> bool:
+        return len(example["chosen_ids"]) <= max_length and len(example["rejected_ids"]) <= max_length
+
+    before = len(dataset) if isinstance(dataset, Dataset) else None
+    dataset = dataset.filter(fits, **_map_kwargs(dataset, num_proc, f"Dropping pairs longer than {max_length}"))
+    if before is not None:
+        if len(dataset) == 0:
+            raise ValueError(
+                f"Every pair has a sequence longer than max_length={max_length}; increase max_length (pairs are "
+                "dropped, not truncated)."
+            )
+        if len(dataset) < before:
+            warnings.warn(
+                f"Dropped {before - len(dataset)} of {before} pairs longer than max_length={max_length}. Increase "
+                "max_length to keep them.",
+                UserWarning,
+                stacklevel=3,
+            )
+    return dataset

@@ -1,0 +1,298 @@
+"""Reward modelling with the Bradley-Terry objective.
+
+A sequence-classification model with one output scores each whole sequence (prompt + answer) at its last token:
+r = f(x, y). Per batch of B pairs,
+
+    L = mean_pairs(−log σ(r_c − r_r − m)) + c · mean_pairs((r_c + r_r)²)
+
+where m is the optional per-pair `margin` column (Llama 2's preference strength; 0 when absent) and
+c = `center_rewards_coefficient` (Eisenstein et al., 2023; the term is off when `None`). The formula lives in
+`trl.losses.bradley_terry_loss`. Chosen and rejected sequences go through the model in one forward pass.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from datasets import Dataset, IterableDataset
+from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel, TrainingArguments
+
+from ..chat_template_utils import clone_chat_template
+from ..losses import bradley_terry_loss
+from .base_trainer import BaseTrainer
+from .collators import DataCollatorForRewardPreference
+from .model_utils import (
+    check_model_init_kwargs_unused,
+    get_tokenizer,
+    is_peft_model,
+    load_model,
+    load_processing_class,
+    prepare_peft_model,
+    resolve_pad_token_id,
+)
+from .preference_data import prepare_reward_dataset
+from .reward_config import RewardConfig
+from .sft_trainer import model_name_of, to_config
+from .utils import disable_dropout_in_model
+
+
+_REWARD_COLUMNS = ["chosen_ids", "rejected_ids", "margin"]
+# Attribute names of the classification head in transformers' sequence-classification models.
+_HEAD_NAMES = ("score", "classifier")
+
+
+def score_head_name(model: torch.nn.Module) -> str | None:
+    """Name of the classification head of a sequence-classification model (`"score"` for most decoders)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return next((name for name in _HEAD_NAMES if isinstance(getattr(base, name, None), torch.nn.Module)), None)
+
+
+def apply_chat_template_path(model: PreTrainedModel, processing_class: Any, path: str | None):
+    """Use the chat template of `path`: a `.jinja` file, or a tokenizer whose template and special tokens are cloned
+    (resizing the embeddings if needed). Returns the (model, processing_class) pair."""
+    if path is None:
+        return model, processing_class
+    if os.path.isfile(path) and path.endswith((".jinja", ".j2")):
+        with open(path, encoding="utf-8") as file:
+            get_tokenizer(processing_class).chat_template = file.read()
+        return model, processing_class
+    model, processing_class, _ = clone_chat_template(model, processing_class, path)
+    return model, processing_class
+
+
+class RewardTrainer(BaseTrainer):
+    """Trainer for outcome reward models (Bradley-Terry on paired preferences).
+
+    Args:
+        model (`str`, `PreTrainedModel` or `PeftModel`):
+            Model id / local path, loaded with `AutoModelForSequenceClassification.from_pretrained(model,
+            num_labels=1, **model_init_kwargs)` (a causal LM checkpoint gets a new, randomly initialised score head),
+            or an instantiated sequence-classification model with one label.
+        args (`RewardConfig`, `TrainingArguments` or `None`, *optional*, defaults to `None`):
+            Training configuration. `None` uses `RewardConfig(output_dir="<model>-Reward")`.
+        data_collator (`Callable` or `None`, *optional*, defaults to `None`):
+            Defaults to [`DataCollatorForRewardPreference`].
+        train_dataset (`Dataset` or `IterableDataset`):
+            Paired preference data, explicit (`prompt`, `chosen`, `rejected`) or implicit prompt (`chosen`,
+            `rejected`), standard or conversational, with an optional `margin` column; or pre-tokenised
+            (`chosen_ids`, `rejected_ids`, or the 0.x `input_ids_chosen`, `input_ids_rejected`).
+        eval_dataset (`Dataset`, `IterableDataset`, `dict[str, Dataset]` or `None`, *optional*, defaults to `None`):
+            Evaluation data in the same formats.
+        processing_class (`PreTrainedTokenizerBase` or `None`, *optional*, defaults to `None`):
+            Defaults to the tokenizer of `model`.
+        compute_metrics (`Callable` or `None`, *optional*, defaults to `None`):
+            Receives predictions of shape `[N, 2]` (chosen, rejected rewards) and labels 0, e.g.
+            `trl.trainer.utils.compute_accuracy`.
+        callbacks, optimizers, optimizer_cls_and_kwargs, preprocess_logits_for_metrics:
+            As in [`~transformers.Trainer`].
+        quantization_config (`BitsAndBytesConfig` or `None`, *optional*, defaults to `None`):
+            Used when `model` is a string.
+        peft_config (`PeftConfig` or `None`, *optional*, defaults to `None`):
+            Adapter configuration. The score head is always trained in full (added to `modules_to_save`).
+    """
+
+    _tag_names = ["trl", "reward-trainer"]
+    _name = "Reward"
+    _template_file = "rm_model_card.md"
+    _paper = {}
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel,
+        args: RewardConfig | TrainingArguments | None = None,
+        data_collator: Callable | None = None,
+        train_dataset: Dataset | IterableDataset | None = None,
+        eval_dataset: Dataset | IterableDataset | dict[str, Dataset] | None = None,
+        processing_class: Any = None,
+        compute_metrics: Callable | None = None,
+        callbacks: list | None = None,
+        optimizers: tuple = (None, None),
+        optimizer_cls_and_kwargs: tuple | None = None,
+        preprocess_logits_for_metrics: Callable | None = None,
+        quantization_config: Any = None,
+        peft_config: Any = None,
+    ):
+        args = to_config(args, RewardConfig, model_name_of(model), self._name)
+        self._validate_config(args, model, train_dataset)
+        model = self._setup_model(model, args, quantization_config)
+        processing_class = processing_class or load_processing_class(model.config._name_or_path, args)
+        model, processing_class = apply_chat_template_path(model, processing_class, args.chat_template_path)
+        self.pad_token_id = resolve_pad_token_id(processing_class, args.pad_token)
+        if model.config.pad_token_id is None:
+            # The model scores the last non-pad token: it must know which id pads the batch.
+            model.config.pad_token_id = self.pad_token_id
+        model = prepare_peft_model(model, self._with_trainable_head(peft_config, model), args)
+        if args.disable_dropout:
+            disable_dropout_in_model(model)
+
+        eos_token = args.eos_token or get_tokenizer(processing_class).eos_token
+        prepare = self._prepare_dataset
+        train_dataset = prepare(train_dataset, processing_class, args, eos_token, "train")
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {
+                name: prepare(ds, processing_class, args, eos_token, name) for name, ds in eval_dataset.items()
+            }
+        elif eval_dataset is not None:
+            eval_dataset = prepare(eval_dataset, processing_class, args, eos_token, "eval")
+        if data_collator is None:
+            data_collator = DataCollatorForRewardPreference(
+                self.pad_token_id, pad_to_multiple_of=args.pad_to_multiple_of
+            )
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        )
+        # The loss is a mean over the pairs of each micro-batch: Trainer divides it by the accumulation steps.
+        self.model_accepts_loss_kwargs = False
+        self._total_train_tokens = 0
+
+    # ------------------------------------------------------------------------------------------------- setup
+    @staticmethod
+    def _validate_config(args: RewardConfig, model: Any, train_dataset: Any) -> None:
+        check_model_init_kwargs_unused(model, args)
+        if train_dataset is None:
+            raise ValueError("RewardTrainer needs a train_dataset of paired preference data.")
+        if args.activation_offloading and not torch.cuda.is_available():
+            raise ValueError(
+                "activation_offloading moves activations from an accelerator to CPU memory; without a "
+                "CUDA device there is nothing to offload. Set activation_offloading=False."
+            )
+
+    @staticmethod
+    def _setup_model(model: str | PreTrainedModel, args: RewardConfig, quantization_config: Any) -> PreTrainedModel:
+        if isinstance(model, str):
+            config = AutoConfig.from_pretrained(model, trust_remote_code=args.trust_remote_code)
+            architectures = getattr(config, "architectures", None) or []
+            if not any(name.endswith("ForSequenceClassification") for name in architectures):
+                warnings.warn(
+                    f"{model} is a {', '.join(architectures) or 'base'} checkpoint: it is loaded as a "
+                    "sequence-classification model whose score head (hidden size -> 1) is newly initialised at "
+                    "random and trained from scratch. This is expected when turning a language model into a reward "
+                    "model.",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            overrides = {"num_labels": 1}
+            if quantization_config is not None:
+                overrides["quantization_config"] = quantization_config
+            return load_model(model, args, AutoModelForSequenceClassification, **overrides)
+        if quantization_config is not None:
+            raise ValueError("quantization_config only applies when `model` is a string; the model is already loaded.")
+        if score_head_name(model) is None or getattr(model.config, "num_labels", None) != 1:
+            raise ValueError(
+                f"RewardTrainer needs a sequence-classification model with one output, got {type(model).__name__} "
+                f"(num_labels={getattr(model.config, 'num_labels', None)}). Load it with "
+                "AutoModelForSequenceClassification.from_pretrained(path, num_labels=1), or pass the model id."
+            )
+        return model
+
+    @staticmethod
+    def _with_trainable_head(peft_config: Any, model: PreTrainedModel) -> Any:
+        """A copy of `peft_config` whose `modules_to_save` includes the score head, so that the freshly initialised
+        head is trained in full next to the adapters."""
+        if peft_config is None or is_peft_model(model):
+            return peft_config
+        head = score_head_name(model)
+        task_type = getattr(peft_config, "task_type", None)
+        task_type = getattr(task_type, "value", task_type)
+        modules = list(getattr(peft_config, "modules_to_save", None) or [])
+        if head is None or (head in modules and task_type in (None, "SEQ_CLS")):
+            return peft_config
+        peft_config = copy.deepcopy(peft_config)
+        if task_type not in (None, "SEQ_CLS"):
+            warnings.warn(
+                f"peft_config.task_type={task_type!r} does not match a reward model; using 'SEQ_CLS'. Pass "
+                "LoraConfig(task_type='SEQ_CLS') to silence this warning.",
+                UserWarning,
+                stacklevel=4,
+            )
+            peft_config.task_type = "SEQ_CLS"
+        if head not in modules and hasattr(peft_config, "modules_to_save"):
+            peft_config.modules_to_save = [*modules, head]
+        return peft_config
+
+    @staticmethod
+    def _prepare_dataset(
+        dataset: Dataset | IterableDataset, processing_class: Any, args: RewardConfig, eos_token: str | None, name: str
+    ) -> Dataset | IterableDataset:
+        with args.main_process_first(desc=f"preparing the {name} dataset"):
+            return prepare_reward_dataset(
+                dataset,
+                processing_class,
+                max_length=args.max_length,
+                eos_token=eos_token,
+                num_proc=args.dataset_num_proc,
+            )
+
+    def _set_signature_columns_if_needed(self) -> None:
+        if self._signature_columns is None:
+            self._signature_columns = list(_REWARD_COLUMNS)
+
+    def _derived_quantities(self) -> dict[str, Any]:
+        rows = super()._derived_quantities()
+        global_pairs = rows.pop("global batch (sequences/step)")
+        rows["global batch (pairs/step)"] = global_pairs
+        if self.args.max_length:
+            rows["max tokens per step"] = 2 * global_pairs * self.args.max_length
+        rows["center_rewards_coefficient"] = self.args.center_rewards_coefficient
+        return rows
+
+    # --------------------------------------------------------------------------------------------------- loss
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        mode = "train" if model.training else "eval"
+        rewards_R = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits.squeeze(-1)
+        half = rewards_R.shape[0] // 2
+        chosen_rewards, rejected_rewards = rewards_R[:half], rewards_R[half:]
+        loss, _ = bradley_terry_loss(
+            chosen_rewards, rejected_rewards, inputs.get("margin"), self.args.center_rewards_coefficient
+        )
+        self._log_metrics(inputs, chosen_rewards.detach(), rejected_rewards.detach(), mode)
+        if return_outputs:
+            return loss, {"chosen_rewards": chosen_rewards.detach(), "rejected_rewards": rejected_rewards.detach()}
+        return loss
+
+    @torch.no_grad()
+    def _log_metrics(
+        self, inputs: dict[str, torch.Tensor], chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, mode: str
+    ) -> None:
+        # The metrics of the whole (all-process) batch, from the gathered rewards.
+        gather = self.accelerator.gather_for_metrics
+        _, metrics = bradley_terry_loss(gather(chosen_rewards.float()), gather(rejected_rewards.float()))
+        for name, value in metrics.items():
+            self.log_metric(name, value, mode)
+        if mode == "train":
+            num_tokens = inputs["attention_mask"].sum().reshape(1)
+            self._total_train_tokens += int(self.accelerator.gather(num_tokens).sum().item())
+            self.log_metric("num_tokens", self._total_train_tokens, mode)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+        loss = loss.detach()
+        if prediction_loss_only:
+            return loss, None, None
+        # Predictions are the (chosen, rejected) rewards; the label 0 names the chosen column.
+        logits = torch.stack([outputs["chosen_rewards"], outputs["rejected_rewards"]], dim=1)
+        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        return loss, logits, labels
