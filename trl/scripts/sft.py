@@ -23,28 +23,16 @@ trl sft --config sft.yaml --use_peft --lora_target_modules all-linear --accelera
 
 from __future__ import annotations
 
-from trl.scripts.utils import (
-    DatasetMixtureConfig,
-    ScriptArguments,
-    TrlParser,
-    get_split,
-    ignore_bool_buffers,
-    load_dataset_from_args,
-    merge_model_init_kwargs,
-    model_init_kwargs_from_args,
-    parse_script_args,
-)
-from trl.trainer.model_config import ModelConfig
-from trl.trainer.peft_utils import get_peft_config
+from trl.scripts.utils import make_training_parser, parse_script_args, run_training
 
 
 COMMAND = "sft"
 DESCRIPTION = "Supervised fine-tuning (SFTTrainer) on a language-modeling or prompt-completion dataset."
 
 
-def make_parser(subparsers=None, prog: str | None = None) -> TrlParser:
+def make_parser(subparsers=None, prog: str | None = None):
     """
-    Parser of the SFT script: `(ScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig)`.
+    Parser of the `sft` script: `(ScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig)`.
 
     Args:
         subparsers (`argparse._SubParsersAction` or `None`, *optional*, defaults to `None`):
@@ -52,55 +40,16 @@ def make_parser(subparsers=None, prog: str | None = None) -> TrlParser:
         prog (`str` or `None`, *optional*, defaults to `None`):
             Program name shown in the usage line of a standalone parser.
     """
-    from trl import SFTConfig
+    from trl.trainer.sft_config import SFTConfig
 
-    dataclass_types = (ScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig)
-    if subparsers is not None:
-        return subparsers.add_parser(
-            COMMAND, help=DESCRIPTION, description=DESCRIPTION, dataclass_types=dataclass_types
-        )
-    return TrlParser(dataclass_types, prog=prog, description=DESCRIPTION)
+    return make_training_parser(COMMAND, DESCRIPTION, SFTConfig, subparsers, prog)
 
 
 def main(script_args, training_args, model_args, dataset_args) -> None:
-    """
-    Train with [`SFTTrainer`], save the model and optionally push it to the Hub.
+    """Train with [`SFTTrainer`], save the model and optionally push it to the Hub."""
+    from trl.trainer.sft_trainer import SFTTrainer
 
-    Args:
-        script_args ([`ScriptArguments`]):
-            Dataset name, configuration and splits.
-        training_args ([`SFTConfig`]):
-            The trainer configuration.
-        model_args ([`ModelConfig`]):
-            Model to load, dtype, LoRA and quantization options.
-        dataset_args ([`DatasetMixtureConfig`]):
-            A dataset mixture (used instead of `dataset_name` when it lists datasets).
-    """
-    from trl import SFTTrainer
-
-    if model_args.model_name_or_path is None:
-        raise ValueError("No model given: set `--model_name_or_path` (a Hub id or a local directory).")
-    training_args.model_init_kwargs = merge_model_init_kwargs(
-        model_init_kwargs_from_args(model_args), training_args.model_init_kwargs
-    )
-    dataset = load_dataset_from_args(script_args, dataset_args)
-    eval_dataset = None
-    if training_args.eval_strategy != "no":
-        eval_dataset = get_split(dataset, script_args.dataset_test_split, "--dataset_test_split")
-    trainer = SFTTrainer(
-        model=model_args.model_name_or_path,
-        args=training_args,
-        train_dataset=get_split(dataset, script_args.dataset_train_split, "--dataset_train_split"),
-        eval_dataset=eval_dataset,
-        peft_config=get_peft_config(model_args),
-    )
-    if script_args.ignore_bias_buffers:
-        ignore_bool_buffers(trainer.model)
-
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    trainer.save_model(training_args.output_dir)
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    run_training(SFTTrainer, script_args, training_args, model_args, dataset_args)
 
 
 if __name__ == "__main__":

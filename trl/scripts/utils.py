@@ -689,3 +689,98 @@ def resolve_accelerate_config(name_or_path: str) -> str:
         f"Accelerate config {name_or_path!r} is neither a file nor a valid config in the trl package; pass a path "
         f"to an accelerate YAML file or one of {available_accelerate_configs()}."
     )
+
+
+def make_training_parser(
+    command: str,
+    description: str,
+    config_class: type,
+    subparsers: Any = None,
+    prog: str | None = None,
+    lora_task_type: str | None = None,
+) -> TrlParser:
+    """
+    Parser of a training script: `(ScriptArguments, <config_class>, ModelConfig, DatasetMixtureConfig)`.
+
+    Args:
+        command (`str`):
+            The `trl` subcommand, e.g. `"sft"`.
+        description (`str`):
+            One-line description shown in `--help`.
+        config_class (`type`):
+            The trainer's config dataclass.
+        subparsers (`argparse._SubParsersAction` or `None`, *optional*, defaults to `None`):
+            When given (created with `parser_class=TrlParser`), the command is added to them.
+        prog (`str` or `None`, *optional*, defaults to `None`):
+            Program name shown in the usage line of a standalone parser.
+        lora_task_type (`str` or `None`, *optional*, defaults to `None`):
+            Default `--lora_task_type` (e.g. `"SEQ_CLS"` for reward models); `None` keeps `CAUSAL_LM`.
+    """
+    from ..trainer.model_config import ModelConfig
+
+    dataclass_types = (ScriptArguments, config_class, ModelConfig, DatasetMixtureConfig)
+    if subparsers is not None:
+        parser = subparsers.add_parser(
+            command, help=description, description=description, dataclass_types=dataclass_types
+        )
+    else:
+        parser = TrlParser(dataclass_types, prog=prog, description=description)
+    if lora_task_type is not None:
+        parser.set_defaults(lora_task_type=lora_task_type)
+    return parser
+
+
+def run_training(
+    trainer_class: type,
+    script_args: ScriptArguments,
+    training_args: Any,
+    model_args: ModelConfig,
+    dataset_args: DatasetMixtureConfig | None = None,
+    **trainer_kwargs: Any,
+):
+    """
+    The flow every training script shares: model kwargs from `model_args`, dataset loading, train, save, push.
+
+    Args:
+        trainer_class (`type`):
+            The trainer, e.g. `SFTTrainer`.
+        script_args ([`ScriptArguments`]):
+            Dataset name, configuration and splits.
+        training_args:
+            The trainer configuration.
+        model_args ([`ModelConfig`]):
+            Model to load, dtype, LoRA and quantization options.
+        dataset_args ([`DatasetMixtureConfig`] or `None`, *optional*, defaults to `None`):
+            A dataset mixture (used instead of `dataset_name` when it lists datasets).
+        **trainer_kwargs:
+            Extra trainer arguments (e.g. `reward_funcs` for GRPO).
+
+    Returns:
+        The trained trainer.
+    """
+    from trl.trainer.peft_utils import get_peft_config
+
+    if model_args.model_name_or_path is None:
+        raise ValueError("No model given: set `--model_name_or_path` (a Hub id or a local directory).")
+    training_args.model_init_kwargs = merge_model_init_kwargs(
+        model_init_kwargs_from_args(model_args), training_args.model_init_kwargs
+    )
+    dataset = load_dataset_from_args(script_args, dataset_args)
+    eval_dataset = None
+    if training_args.eval_strategy != "no":
+        eval_dataset = get_split(dataset, script_args.dataset_test_split, "--dataset_test_split")
+    trainer = trainer_class(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=get_split(dataset, script_args.dataset_train_split, "--dataset_train_split"),
+        eval_dataset=eval_dataset,
+        peft_config=get_peft_config(model_args),
+        **trainer_kwargs,
+    )
+    if script_args.ignore_bias_buffers:
+        ignore_bool_buffers(trainer.model)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    return trainer
