@@ -71,6 +71,25 @@ class BaseTrainer(Trainer):
         super().log(logs, start_time)
         self._metrics[mode].clear()
 
+    def router_aux_loss(self, aux_loss: torch.Tensor | None, mode: str) -> torch.Tensor | float:
+        """The MoE router load-balancing term to add to the loss, logged as `aux_loss`.
+
+        Its weight is the config's `router_aux_loss_coef`, or the model config's when that is `None`.
+
+        Args:
+            aux_loss (`torch.Tensor` or `None`):
+                The model output's `aux_loss` (`None` for dense models, or when router logits are off).
+            mode (`str`):
+                `"train"` or `"eval"`.
+        """
+        if aux_loss is None:
+            return 0.0
+        coef = getattr(self.args, "router_aux_loss_coef", None)
+        if coef is None:
+            coef = getattr(self.accelerator.unwrap_model(self.model).config, "router_aux_loss_coef", 0.0)
+        self.log_metric("aux_loss", self.accelerator.gather(aux_loss.detach().reshape(1)).mean(), mode)
+        return coef * aux_loss
+
     # ------------------------------------------------------------ training summary
     def _derived_quantities(self) -> dict[str, Any]:
         """The numbers a user should check before a long run; subclasses add their own rows."""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import os
 import warnings
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, TrainingArguments
 
 from ..import_utils import is_peft_available, require
 
@@ -191,3 +194,74 @@ def is_peft_model(model: Any) -> bool:
     from peft import PeftModel
 
     return isinstance(model, PeftModel)
+
+
+def to_config(args: TrainingArguments | None, config_class: type, model_name: str, method: str) -> Any:
+    """Return `args` as an instance of `config_class`.
+
+    `None` gives the default config with `output_dir="<model name>-<method>"`; a plain `TrainingArguments` is
+    converted field by field (not through `to_dict()`, which redacts the `*_token` fields).
+
+    Args:
+        args (`TrainingArguments` or `None`):
+            What the user passed.
+        config_class (`type`):
+            The trainer's config class.
+        model_name (`str`):
+            The model id, used for the default output directory.
+        method (`str`):
+            The method name, e.g. `"SFT"`.
+    """
+    if args is None:
+        return config_class(output_dir=f"{model_name.split('/')[-1]}-{method}")
+    if isinstance(args, config_class):
+        return args
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
+    return config_class(**values)
+
+
+def model_name_of(model: str | PreTrainedModel) -> str:
+    """The id or path of a model given as a string or an instance."""
+    if isinstance(model, str):
+        return model
+    return getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
+
+
+def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the (possibly PEFT-wrapped) model's forward takes `logits_to_keep`, which lets trainers project only
+    the positions they need through the LM head."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def is_moe_model(model: PreTrainedModel) -> bool:
+    """Whether the model's config describes a mixture of experts with a router."""
+    config = getattr(model, "config", None)
+    return any(hasattr(config, name) for name in ("num_experts", "num_local_experts", "router_aux_loss_coef"))
+
+
+def apply_chat_template_path(model: PreTrainedModel, processing_class: Any, path: str | None):
+    """Use the chat template of `path`: a `.jinja` file, or a tokenizer whose template and special tokens are cloned
+    (the embeddings grow when tokens are added).
+
+    Args:
+        model (`PreTrainedModel`):
+            The model (resized when tokens are added).
+        processing_class (`PreTrainedTokenizerBase`):
+            The tokenizer receiving the template.
+        path (`str` or `None`):
+            The config's `chat_template_path`; `None` changes nothing.
+
+    Returns:
+        `tuple`: The `(model, processing_class)` pair.
+    """
+    if path is None:
+        return model, processing_class
+    if os.path.isfile(path) and path.endswith((".jinja", ".j2")):
+        with open(path, encoding="utf-8") as file:
+            get_tokenizer(processing_class).chat_template = file.read()
+        return model, processing_class
+    from ..chat_template_utils import clone_chat_template
+
+    model, processing_class, _ = clone_chat_template(model, processing_class, path)
+    return model, processing_class

@@ -14,9 +14,6 @@ small model and prompt/padding positions carry no loss); entropy and accuracy co
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import inspect
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +21,7 @@ import torch
 from datasets import Dataset, IterableDataset
 from transformers import AutoModelForCausalLM, PreTrainedModel, TrainingArguments
 
-from ..chat_template_utils import check_chat_template, clone_chat_template, get_training_chat_template
+from ..chat_template_utils import check_chat_template, get_training_chat_template
 from ..data_utils import get_dataset_column_names, is_conversational
 from .base_trainer import BaseTrainer
 from .collators import DataCollatorForLanguageModeling
@@ -37,12 +34,17 @@ from .data_preparation import (
     truncate_or_pack,
 )
 from .model_utils import (
+    accepts_logits_to_keep,
+    apply_chat_template_path,
     check_model_init_kwargs_unused,
     get_tokenizer,
+    is_moe_model,
     load_model,
     load_processing_class,
+    model_name_of,
     prepare_peft_model,
     resolve_pad_token_id,
+    to_config,
 )
 from .sft_config import SFTConfig
 from .utils import entropy_from_logits, selective_log_softmax
@@ -58,26 +60,6 @@ _SFT_COLUMNS = [
     "assistant_masks",
     "seq_lengths",
 ]
-
-
-def to_config(args: TrainingArguments | None, config_class: type, model_name: str, method: str) -> Any:
-    """Return `args` as an instance of `config_class`.
-
-    `None` gives the default config with `output_dir="<model name>-<method>"`; a plain `TrainingArguments` is
-    converted field by field (not through `to_dict()`, which redacts the `*_token` fields).
-    """
-    if args is None:
-        return config_class(output_dir=f"{model_name.split('/')[-1]}-{method}")
-    if isinstance(args, config_class):
-        return args
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
-    return config_class(**values)
-
-
-def model_name_of(model: str | PreTrainedModel) -> str:
-    if isinstance(model, str):
-        return model
-    return getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__
 
 
 class SFTTrainer(BaseTrainer):
@@ -136,7 +118,7 @@ class SFTTrainer(BaseTrainer):
         self._validate_config(args, model, formatting_func)
         model = self._setup_model(model, args, quantization_config)
         processing_class = processing_class or load_processing_class(model.config._name_or_path, args)
-        model, processing_class = self._setup_chat_template(model, processing_class, args)
+        model, processing_class = apply_chat_template_path(model, processing_class, args.chat_template_path)
         model = prepare_peft_model(model, peft_config, args)
         self.pad_token_id = resolve_pad_token_id(processing_class, args.pad_token)
         self.eos_token = self._resolve_eos_token(processing_class, args)
@@ -180,7 +162,7 @@ class SFTTrainer(BaseTrainer):
         self.model_accepts_loss_kwargs = True
         self.loss_is_scaled_for_ga = True
         self._total_train_tokens = 0
-        self._logits_to_keep_supported = _accepts_logits_to_keep(self.accelerator.unwrap_model(self.model))
+        self._logits_to_keep_supported = accepts_logits_to_keep(self.accelerator.unwrap_model(self.model))
 
     # ------------------------------------------------------------------ setup
     @staticmethod
@@ -214,23 +196,12 @@ class SFTTrainer(BaseTrainer):
             model = load_model(model, args, AutoModelForCausalLM, **overrides)
         elif quantization_config is not None:
             raise ValueError("quantization_config only applies when `model` is a string; the model is already loaded.")
-        if args.router_aux_loss_coef not in (None, 0.0) and not _is_moe(model):
+        if args.router_aux_loss_coef not in (None, 0.0) and not is_moe_model(model):
             raise ValueError(
                 f"router_aux_loss_coef={args.router_aux_loss_coef} is set but {type(model).__name__} is not a "
                 "mixture-of-experts model (its config has no router). Leave router_aux_loss_coef=None."
             )
         return model
-
-    @staticmethod
-    def _setup_chat_template(model: PreTrainedModel, processing_class: Any, args: SFTConfig):
-        path = args.chat_template_path
-        if path is not None:
-            if os.path.isfile(path) and path.endswith((".jinja", ".j2")):
-                with open(path, encoding="utf-8") as file:
-                    get_tokenizer(processing_class).chat_template = file.read()
-            else:
-                model, processing_class, _ = clone_chat_template(model, processing_class, path)
-        return model, processing_class
 
     @staticmethod
     def _resolve_eos_token(processing_class: Any, args: SFTConfig) -> str | None:
@@ -365,19 +336,9 @@ class SFTTrainer(BaseTrainer):
         if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.args.world_size > 1:
             # num_items_in_batch counts every process's tokens while DDP averages gradients over processes.
             loss = loss * self.accelerator.num_processes
-        loss = loss + self._router_aux_loss(outputs, mode)
+        loss = loss + self.router_aux_loss(getattr(outputs, "aux_loss", None), mode)
         self._log_token_metrics(inputs, logits_N_V, targets_N, mode)
         return (loss, outputs) if return_outputs else loss
-
-    def _router_aux_loss(self, outputs: Any, mode: str) -> torch.Tensor | float:
-        aux_loss = getattr(outputs, "aux_loss", None)
-        if aux_loss is None:
-            return 0.0
-        coef = self.args.router_aux_loss_coef
-        if coef is None:
-            coef = getattr(self.accelerator.unwrap_model(self.model).config, "router_aux_loss_coef", 0.0)
-        self.log_metric("aux_loss", aux_loss, mode)
-        return coef * aux_loss
 
     @torch.no_grad()
     def _log_token_metrics(
@@ -428,11 +389,7 @@ class SFTTrainer(BaseTrainer):
         return rows
 
 
-def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
-
-
-def _is_moe(model: PreTrainedModel) -> bool:
-    config = getattr(model, "config", None)
-    return any(hasattr(config, name) for name in ("num_experts", "num_local_experts", "router_aux_loss_coef"))
+# Kept for modules that imported these helpers from here before they moved to `model_utils`.
+_accepts_logits_to_keep = accepts_logits_to_keep
+_is_moe = is_moe_model
+__all__ = ["SFTTrainer", "model_name_of", "to_config"]
