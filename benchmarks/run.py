@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import bench_dpo, bench_prm, bench_reward, bench_sft  # noqa: E402
+from benchmarks import bench_dpo, bench_grpo, bench_prm, bench_reward, bench_sft  # noqa: E402
 from benchmarks.common import run_case_in_subprocess  # noqa: E402
 
 
@@ -23,6 +23,7 @@ SUITES = {
     "dpo": ("benchmarks.bench_dpo", bench_dpo.CASES),
     "reward": ("benchmarks.bench_reward", bench_reward.CASES),
     "prm": ("benchmarks.bench_prm", bench_prm.CASES),
+    "grpo": ("benchmarks.bench_grpo", bench_grpo.CASES),
 }
 
 

@@ -59,6 +59,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("sft", "trl.scripts.sft", "Supervised fine-tuning (SFTTrainer)."),
     Command("dpo", "trl.scripts.dpo", "Direct Preference Optimization (DPOTrainer)."),
     Command("reward", "trl.scripts.reward", "Reward modelling (RewardTrainer)."),
+    Command("grpo", "trl.scripts.grpo", "Group Relative Policy Optimization (GRPOTrainer) with reward functions."),
+    Command("rloo", "trl.scripts.rloo", "REINFORCE Leave-One-Out (RLOOTrainer) with reward functions."),
     Command("prm", "trl.scripts.prm", "Process reward modelling (PRMTrainer) on stepwise supervision."),
     Command("env", "trl.scripts.env", "Print the environment information to paste into a bug report.", False),
     Command(

@@ -17,12 +17,16 @@ _import_structure: dict[str, list[str]] = {
     ],
     "dpo_config": ["DPOConfig", "FDivergenceConstants", "FDivergenceType"],
     "dpo_trainer": ["DPOTrainer"],
+    "grpo_config": ["GRPOConfig"],
+    "grpo_trainer": ["GRPOTrainer"],
     "model_config": ["ModelConfig"],
     "peft_utils": ["get_kbit_device_map", "get_peft_config", "get_quantization_config"],
     "prm_config": ["PRMConfig"],
     "prm_trainer": ["PRMTrainer"],
     "reward_config": ["RewardConfig"],
     "reward_trainer": ["RewardTrainer"],
+    "rloo_config": ["RLOOConfig"],
+    "rloo_trainer": ["RLOOTrainer"],
     "sft_config": ["SFTConfig"],
     "sft_trainer": ["SFTTrainer"],
 }
@@ -39,12 +43,16 @@ if TYPE_CHECKING:
     )
     from .dpo_config import DPOConfig, FDivergenceConstants, FDivergenceType
     from .dpo_trainer import DPOTrainer
+    from .grpo_config import GRPOConfig
+    from .grpo_trainer import GRPOTrainer
     from .model_config import ModelConfig
     from .peft_utils import get_kbit_device_map, get_peft_config, get_quantization_config
     from .prm_config import PRMConfig
     from .prm_trainer import PRMTrainer
     from .reward_config import RewardConfig
     from .reward_trainer import RewardTrainer
+    from .rloo_config import RLOOConfig
+    from .rloo_trainer import RLOOTrainer
     from .sft_config import SFTConfig
     from .sft_trainer import SFTTrainer
 else:

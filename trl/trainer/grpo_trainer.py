@@ -1,0 +1,264 @@
+"""Group Relative Policy Optimization (GRPO, arXiv 2402.03300) and its variants (DAPO, Dr. GRPO, GSPO, CISPO, SAPO,
+LUSPO, VESPO).
+
+For each prompt, `G = num_generations` completions are sampled and scored; the advantage of completion `i` is its
+reward relative to its group,
+
+    A_i = (r_i − mean_group(r)) / (std_group(r) + 1e-4)          (scale_rewards="group"; "batch" / "none" differ)
+
+with `r = Σ_k w_k r_k` over the reward functions (NaN-aware: `None` rewards are ignored, a completion no function
+scores gets A = 0). The loss is the clipped surrogate per token,
+
+    l_t = −min(ρ_t·A, clip(ρ_t, 1 − ε, 1 + ε_high)·A) + β·k3(π_θ, π_ref),   ρ_t = π_θ(y_t) / π_old(y_t)
+
+(`ρ` per sequence with `importance_sampling_level="sequence"`, capped at `delta` when set), reduced by
+`loss_type`: `dapo` (default) divides the sum over the optimizer step's completion tokens by their number on every
+process, so gradient accumulation and the number of processes do not change the loss; `grpo` averages per sequence
+then over sequences; `bnpo` averages over the micro-batch's tokens; `dr_grpo` divides by `B·max_completion_length`.
+
+Deviations from the reference, all deliberate: unscorable completions get a zero advantage instead of a reward of 0;
+`frac_reward_zero_std` always counts groups; the sequence-level vLLM importance weight uses the mean token log-ratio
+(not the sum); each process samples from its own random stream. The rollout (sampling, generation, scoring,
+buffering, resume) lives in `trl.trainer.rollout`; the formulas in `trl.losses`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, TrainingArguments
+
+from ..losses import LOSS_AGGREGATIONS, aggregate_loss, compute_advantages, entropy_mask, off_policy_mask, policy_loss
+from ..losses.policy import sampler_correction_weights
+from .grpo_config import GRPOConfig
+from .model_utils import model_name_of, to_config
+from .rollout import OnlineTrainer, RewardFunc
+
+
+class GRPOTrainer(OnlineTrainer):
+    """Trainer for Group Relative Policy Optimization (GRPO).
+
+    Args:
+        model (`str`, `PreTrainedModel` or `PeftModel`):
+            Model id / local path (loaded with `AutoModelForCausalLM.from_pretrained(model, **model_init_kwargs)`),
+            or an instantiated causal LM.
+        reward_funcs (`RewardFunc` or `list[RewardFunc]`):
+            Reward functions (callables `f(prompts, completions, completion_ids, **kwargs) -> list[float | None]`,
+            sync or async), reward models (`PreTrainedModel` sequence classifiers) or reward model ids / paths.
+        args (`GRPOConfig`, `TrainingArguments` or `None`, *optional*, defaults to `None`):
+            Training configuration. `None` uses `GRPOConfig(output_dir="<model>-GRPO")`.
+        train_dataset (`Dataset` or `IterableDataset`):
+            Prompt-only data (`prompt` column, standard or conversational); the other columns are passed to the
+            reward functions.
+        eval_dataset (`Dataset`, `dict[str, Dataset]` or `None`, *optional*, defaults to `None`):
+            Evaluation prompts; the evaluation loss is the GRPO loss on `num_generations_eval` completions each.
+        processing_class (`PreTrainedTokenizerBase` or `None`, *optional*, defaults to `None`):
+            Defaults to the tokenizer of `model`.
+        reward_processing_classes (`PreTrainedTokenizerBase`, `list` or `None`, *optional*, defaults to `None`):
+            Tokenizers of the reward models, aligned with `reward_funcs`.
+        callbacks, optimizers:
+            As in [`~transformers.Trainer`].
+        quantization_config (`BitsAndBytesConfig` or `None`, *optional*, defaults to `None`):
+            Used when `model` is a string.
+        peft_config (`PeftConfig` or `None`, *optional*, defaults to `None`):
+            Adapter configuration; with `beta > 0` the reference is the base model with adapters disabled.
+        tools, rollout_func, environment_factory:
+            Agent training hooks of the reference API; not supported by this version (a `ValueError` when set).
+    """
+
+    _tag_names = ["trl", "grpo"]
+    _name = "GRPO"
+    _paper = {
+        "title": "DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models",
+        "id": "2402.03300",
+        "citation": (
+            "@article{shao2024deepseekmath,\n    title        = {{DeepSeekMath: Pushing the Limits of Mathematical "
+            "Reasoning in Open Language Models}},\n    author       = {Zhihong Shao and Peiyi Wang and Qihao Zhu and "
+            "Runxin Xu and Junxiao Song and Mingchuan Zhang and Y. K. Li and Y. Wu and Daya Guo},\n    year         "
+            "= 2024,\n    eprint       = {arXiv:2402.03300},\n}"
+        ),
+    }
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel,
+        reward_funcs: RewardFunc | list[RewardFunc] | None = None,
+        args: GRPOConfig | TrainingArguments | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        reward_processing_classes: Any = None,
+        callbacks: list | None = None,
+        optimizers: tuple = (None, None),
+        quantization_config: Any = None,
+        peft_config: Any = None,
+        tools: list | None = None,
+        rollout_func: Any = None,
+        environment_factory: Any = None,
+    ):
+        args = to_config(args, GRPOConfig, model_name_of(model), self._name)
+        _reject_agent_features(args, tools, rollout_func, environment_factory)
+        if reward_funcs is None:
+            raise ValueError("GRPOTrainer needs reward_funcs: reward functions, reward models or reward model ids.")
+        self._entropy_coef = args.entropy_coef
+        self._step_entropies: list[float] = []
+        super().__init__(
+            model,
+            reward_funcs,
+            args,
+            train_dataset,
+            eval_dataset,
+            processing_class,
+            reward_processing_classes,
+            callbacks,
+            optimizers,
+            quantization_config,
+            peft_config,
+        )
+
+    # ----------------------------------------------------------------------------------------------- rollout
+    @property
+    def _use_sampler_correction(self) -> bool:
+        return self.args.use_vllm and self.args.vllm_importance_sampling_correction
+
+    def _wants_sampler_logps(self) -> bool:
+        return self._use_sampler_correction or (self.args.use_vllm and self.args.off_policy_mask_threshold is not None)
+
+    def _needs_old_logps(self, mode: str) -> bool:
+        # The correction compares the sampler with the training model's view of the same (unchanged) policy.
+        return super()._needs_old_logps(mode) or (mode == "train" and self._use_sampler_correction)
+
+    def _process_rollout(self, batch: dict, rewards_B_F: torch.Tensor, num_generations: int, mode: str):
+        args = self.args
+        advantages_B, _, stats = compute_advantages(
+            rewards_B_F,
+            num_generations,
+            self.reward_scorer.weights.to(rewards_B_F.device),
+            args.scale_rewards,
+            args.multi_objective_aggregation,
+        )
+        batch["advantages"] = self._local(advantages_B)
+        for name in ("reward", "reward_std", "frac_reward_zero_std"):
+            self.log_metric(name, stats[name], mode)
+        if mode == "train" and self._use_sampler_correction and "sampler_logps" in batch:
+            batch["sampler_weights"], sampling_stats = sampler_correction_weights(
+                batch["old_logps"],
+                batch["sampler_logps"],
+                batch["completion_mask"],
+                args.vllm_importance_sampling_mode,
+                args.vllm_importance_sampling_clip_min,
+                args.vllm_importance_sampling_clip_max,
+            )
+            for name, value in sampling_stats.items():
+                reduction = name.rsplit("/", 1)[-1]
+                self.log_metric(name, getattr(self.accelerator.gather(value.reshape(1)), reduction)(), mode)
+        return advantages_B
+
+    # -------------------------------------------------------------------------------------------------- loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if return_outputs:
+            raise ValueError("GRPOTrainer.compute_loss does not return model outputs.")
+        args = self.args
+        mode = "train" if model.training else "eval"
+        mask_B_C = inputs["completion_mask"]
+        advantages_B = inputs["advantages"]
+        bonus = self._entropy_coef != 0.0 or args.use_adaptive_entropy
+        logps_B_C, entropies_B_C, outputs = self._completion_logps(model, inputs, True, bonus and mode == "train")
+        keep_B_C = None
+        if args.top_entropy_quantile < 1.0:
+            keep_B_C = entropy_mask(entropies_B_C, mask_B_C, args.top_entropy_quantile)
+        loss, metrics = policy_loss(
+            logps_B_C,
+            self._old_logps(inputs, mode),
+            advantages_B,
+            mask_B_C,
+            loss_type=args.loss_type,
+            importance_sampling_level=args.importance_sampling_level,
+            epsilon=args.epsilon,
+            epsilon_high=args.epsilon_high,
+            delta=args.delta,
+            beta=args.beta,
+            ref_logps_B_T=inputs.get("ref_logps"),
+            max_completion_length=args.max_completion_length,
+            num_items_in_batch=inputs["num_items_in_batch"],
+            entropy_mask_B_T=keep_B_C,
+            off_policy_mask_B=self._off_policy_mask(logps_B_C, inputs, advantages_B, mode),
+            sampler_weights_B_T=inputs.get("sampler_weights") if mode == "train" else None,
+            use_bias_correction_kl=args.use_bias_correction_kl,
+            sapo_temperature_pos=args.sapo_temperature_pos,
+            sapo_temperature_neg=args.sapo_temperature_neg,
+            vespo_k_pos=args.vespo_k_pos,
+            vespo_lambda_pos=args.vespo_lambda_pos,
+            vespo_k_neg=args.vespo_k_neg,
+            vespo_lambda_neg=args.vespo_lambda_neg,
+        )
+        global_normaliser = LOSS_AGGREGATIONS[args.loss_type] == "dapo"
+        if bonus:
+            entropy_term = aggregate_loss(
+                entropies_B_C, mask_B_C, args.loss_type, args.max_completion_length, inputs["num_items_in_batch"]
+            )
+            loss = loss - self._entropy_coef * entropy_term
+        loss = self._scale_loss(loss, global_normaliser, mode) + self._aux_loss(outputs, mode)
+        self._log_loss_metrics(metrics, entropies_B_C, mask_B_C, mode)
+        return loss
+
+    def _off_policy_mask(self, logps_B_C, inputs, advantages_B, mode: str) -> torch.Tensor | None:
+        threshold = self.args.off_policy_mask_threshold
+        sampler_logps = inputs.get("sampler_logps", self._old_logps(inputs, mode))
+        if threshold is None or sampler_logps is None or mode != "train":
+            return None
+        return off_policy_mask(logps_B_C, sampler_logps, advantages_B, inputs["completion_mask"], threshold)
+
+    def _log_loss_metrics(self, metrics: dict, entropies_B_C, mask_B_C, mode: str) -> None:
+        entropy = self._log_entropy(entropies_B_C, mask_B_C, mode)
+        if mode == "train":
+            self._step_entropies.append(float(entropy))
+        for name, value in metrics.items():
+            if name == "clip_ratio/low_mean":
+                self._log_gathered(name, value, mode, ("mean", "min"))
+            elif name == "clip_ratio/high_mean":
+                self._log_gathered(name, value, mode, ("mean", "max"))
+            else:
+                self._log_gathered(name, value, mode)
+        if self._entropy_coef != 0.0 or self.args.use_adaptive_entropy:
+            self.log_metric("entropy_coef", self._entropy_coef, mode)
+
+    def _on_optimizer_step_end(self) -> None:
+        args = self.args
+        if args.use_adaptive_entropy and self._step_entropies:
+            entropy = sum(self._step_entropies) / len(self._step_entropies)
+            step = args.entropy_coef_delta if entropy < args.entropy_target else -args.entropy_coef_delta
+            self._entropy_coef = min(max(self._entropy_coef + step, args.entropy_coef_min), args.entropy_coef_max)
+        self._step_entropies = []
+
+    # ------------------------------------------------------------------------------------------- checkpoint
+    def _rollout_state_dict(self) -> dict[str, Any]:
+        return {**super()._rollout_state_dict(), "entropy_coef": self._entropy_coef}
+
+    def _load_rollout_state_dict(self, state: dict[str, Any]) -> None:
+        super()._load_rollout_state_dict(state)
+        self._entropy_coef = state.get("entropy_coef", self._entropy_coef)
+
+    def _derived_quantities(self) -> dict[str, Any]:
+        args = self.args
+        rows = super()._derived_quantities()
+        rows["loss"] = f"{args.loss_type} (importance sampling per {args.importance_sampling_level})"
+        rows["advantage scaling"] = f"{args.scale_rewards} ({args.multi_objective_aggregation})"
+        rows["beta (KL)"] = args.beta
+        return rows
+
+
+def _reject_agent_features(args: GRPOConfig, tools: Any, rollout_func: Any, environment_factory: Any) -> None:
+    for name, value in (
+        ("tools", tools),
+        ("rollout_func", rollout_func),
+        ("environment_factory", environment_factory),
+    ):
+        if value is not None:
+            raise ValueError(
+                f"`{name}` (agent training) is not supported by this version of GRPOTrainer. Score tool use with a "
+                "reward function instead, or remove it."
+            )
+    if args.max_tool_calling_iterations is not None:
+        raise ValueError("max_tool_calling_iterations only applies with tools, which are not supported: unset it.")

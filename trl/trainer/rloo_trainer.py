@@ -1,0 +1,200 @@
+"""REINFORCE Leave-One-Out (RLOO, arXiv 2402.14740).
+
+For each prompt, `G = num_generations` completions are sampled and scored. The reward of a completion is the
+weighted sum of the reward functions (NaN-aware), optionally clipped to `reward_clip_range`, minus the KL penalty
+`β·Σ_t (log π_old(y_t) − log π_ref(y_t))` of the whole sequence. Each completion's baseline is the mean reward of
+the other completions of its prompt (the scorable ones), so
+
+    A_i = r_i − mean_{j≠i} r_j = G/(G−1)·(r_i − mean(r)),
+
+optionally normalised over the batch (`normalize_advantages`). The loss is the clipped surrogate on the sequence
+likelihood ratio `ρ = exp(Σ_t log π_θ − Σ_t log π_old)`, averaged over the micro-batch's sequences:
+
+    L = mean_i −min(ρ_i·A_i, clip(ρ_i, 1 − ε, 1 + ε_high)·A_i)
+
+Fully on-policy (`ρ = 1`) this is REINFORCE with the leave-one-out baseline. Unscorable completions (every reward
+function returned `None`) get a zero advantage and are left out of their siblings' baselines. The rollout lives in
+`trl.trainer.rollout`; the formulas in `trl.losses`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel, TrainingArguments
+
+from ..losses import aggregate_rewards, nan_mean_std, policy_loss, rloo_advantages, sequence_kl
+from .model_utils import model_name_of, to_config
+from .rloo_config import RLOOConfig
+from .rollout import OnlineTrainer, RewardFunc
+
+
+# Keyword arguments of the trl <= 0.21 RLOOTrainer: old name -> new name (None: no longer used).
+_DEPRECATED_KWARGS = {
+    "config": "args",
+    "reward_model": "reward_funcs",
+    "policy": "model",
+    "ref_policy": None,
+    "data_collator": None,
+}
+
+
+class RLOOTrainer(OnlineTrainer):
+    """Trainer for REINFORCE Leave-One-Out (RLOO).
+
+    Args:
+        model (`str`, `PreTrainedModel` or `PeftModel`):
+            Model id / local path, or an instantiated causal LM.
+        reward_funcs (`RewardFunc` or `list[RewardFunc]`):
+            Reward functions (sync or async callables returning floats or `None`), reward models or their ids.
+        args (`RLOOConfig`, `TrainingArguments` or `None`, *optional*, defaults to `None`):
+            Training configuration. `None` uses `RLOOConfig(output_dir="<model>-RLOO")`.
+        train_dataset (`Dataset` or `IterableDataset`):
+            Prompt-only data (`prompt` column); other columns go to the reward functions.
+        eval_dataset (`Dataset`, `dict[str, Dataset]` or `None`, *optional*, defaults to `None`):
+            Evaluation prompts.
+        processing_class (`PreTrainedTokenizerBase` or `None`, *optional*, defaults to `None`):
+            Defaults to the tokenizer of `model`.
+        reward_processing_classes (`PreTrainedTokenizerBase`, `list` or `None`, *optional*, defaults to `None`):
+            Tokenizers of the reward models, aligned with `reward_funcs`.
+        callbacks, optimizers:
+            As in [`~transformers.Trainer`].
+        quantization_config (`BitsAndBytesConfig` or `None`, *optional*, defaults to `None`):
+            Used when `model` is a string.
+        peft_config (`PeftConfig` or `None`, *optional*, defaults to `None`):
+            Adapter configuration; the reference is then the base model with adapters disabled.
+        **deprecated_kwargs:
+            trl <= 0.21 names: `config` (→ `args`), `reward_model` (→ `reward_funcs`), `policy` (→ `model`);
+            `ref_policy` and `data_collator` are no longer used. Each warns.
+    """
+
+    _tag_names = ["trl", "rloo"]
+    _name = "RLOO"
+    _paper = {
+        "title": "Back to Basics: Revisiting REINFORCE-Style Optimization for Learning from Human Feedback in LLMs",
+        "id": "2402.14740",
+        "citation": (
+            "@inproceedings{ahmadian2024back,\n    title        = {{Back to Basics: Revisiting REINFORCE-Style "
+            "Optimization for Learning from Human Feedback in LLMs}},\n    author       = {Arash Ahmadian and Chris "
+            "Cremer and Matthias Gall{\\'{e}} and Marzieh Fadaee and Julia Kreutzer and Olivier Pietquin and Ahmet "
+            '{\\"{U}}st{\\"{u}}n and Sara Hooker},\n    year         = 2024,\n    booktitle    = {ACL 2024},\n}'
+        ),
+    }
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel | None = None,
+        reward_funcs: RewardFunc | list[RewardFunc] | None = None,
+        args: RLOOConfig | TrainingArguments | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        reward_processing_classes: Any = None,
+        callbacks: list | None = None,
+        optimizers: tuple = (None, None),
+        quantization_config: Any = None,
+        peft_config: Any = None,
+        **deprecated_kwargs: Any,
+    ):
+        given = {"args": args, "reward_funcs": reward_funcs, "model": model}
+        given = _apply_deprecated_kwargs(given, deprecated_kwargs)
+        model, reward_funcs = given["model"], given["reward_funcs"]
+        if model is None:
+            raise ValueError("RLOOTrainer needs a model (an id, a path or a PreTrainedModel).")
+        if reward_funcs is None:
+            raise ValueError("RLOOTrainer needs reward_funcs: reward functions, reward models or reward model ids.")
+        args = to_config(given["args"], RLOOConfig, model_name_of(model), self._name)
+        super().__init__(
+            model,
+            reward_funcs,
+            args,
+            train_dataset,
+            eval_dataset,
+            processing_class,
+            reward_processing_classes,
+            callbacks,
+            optimizers,
+            quantization_config,
+            peft_config,
+        )
+
+    def _needs_old_logps(self, mode: str) -> bool:
+        # The KL penalty enters the reward, before the advantages: it needs the generating policy's log-probs.
+        return super()._needs_old_logps(mode) or self.args.beta != 0.0
+
+    def _process_rollout(self, batch: dict, rewards_B_F: torch.Tensor, num_generations: int, mode: str):
+        args = self.args
+        rewards_B = aggregate_rewards(rewards_B_F, self.reward_scorer.weights.to(rewards_B_F.device))
+        if args.reward_clip_range is not None:
+            rewards_B = rewards_B.clamp(*args.reward_clip_range)
+        self._log_reward_stats(rewards_B, num_generations, mode)
+        if args.beta != 0.0:
+            local_kl_B = sequence_kl(batch["old_logps"], batch["ref_logps"], batch["completion_mask"])
+            kl_B = self.accelerator.gather(local_kl_B)
+            self.log_metric("kl", kl_B.mean(), mode)
+            rewards_B = rewards_B - args.beta * kl_B
+        advantages_B, _ = rloo_advantages(rewards_B, num_generations, args.normalize_advantages)
+        batch["advantages"] = self._local(advantages_B)
+        return advantages_B
+
+    def _log_reward_stats(self, rewards_B: torch.Tensor, num_generations: int, mode: str) -> None:
+        """`reward`, `reward_std` (mean of the group standard deviations) and `frac_reward_zero_std` of the task
+        reward, before the KL penalty."""
+        _, std_P, _ = nan_mean_std(rewards_B.view(-1, num_generations), dim=1)
+        self.log_metric("reward", nan_mean_std(rewards_B)[0], mode)
+        self.log_metric("reward_std", std_P.mean(), mode)
+        self.log_metric("frac_reward_zero_std", torch.isclose(std_P, torch.zeros_like(std_P)).float().mean(), mode)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if return_outputs:
+            raise ValueError("RLOOTrainer.compute_loss does not return model outputs.")
+        args = self.args
+        mode = "train" if model.training else "eval"
+        mask_B_C = inputs["completion_mask"]
+        logps_B_C, entropies_B_C, outputs = self._completion_logps(model, inputs, with_entropy=True)
+        loss, metrics = policy_loss(
+            logps_B_C,
+            self._old_logps(inputs, mode),
+            inputs["advantages"],
+            mask_B_C,
+            loss_type="grpo",
+            importance_sampling_level="sequence_sum",
+            epsilon=args.epsilon,
+            epsilon_high=args.epsilon_high,
+        )
+        loss = self._scale_loss(loss, False, mode) + self._aux_loss(outputs, mode)
+        self._log_entropy(entropies_B_C, mask_B_C, mode)
+        self._log_gathered("clip_ratio/low_mean", metrics["clip_ratio/low_mean"], mode, ("mean", "min"))
+        self._log_gathered("clip_ratio/high_mean", metrics["clip_ratio/high_mean"], mode, ("mean", "max"))
+        self._log_gathered("clip_ratio/region_mean", metrics["clip_ratio/region_mean"], mode)
+        return loss
+
+    def _derived_quantities(self) -> dict[str, Any]:
+        rows = super()._derived_quantities()
+        rows["loss"] = "leave-one-out REINFORCE, clipped sequence ratio"
+        rows["beta (KL in the reward)"] = self.args.beta
+        rows["normalize advantages"] = self.args.normalize_advantages
+        return rows
+
+
+def _apply_deprecated_kwargs(given: dict[str, Any], deprecated: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(deprecated) - set(_DEPRECATED_KWARGS))
+    if unknown:
+        raise TypeError(f"RLOOTrainer got unexpected keyword arguments {unknown}.")
+    for old, value in deprecated.items():
+        new = _DEPRECATED_KWARGS[old]
+        if new is None:
+            warnings.warn(
+                f"`{old}` is no longer used by RLOOTrainer and is ignored: the reference model is a frozen copy of "
+                "the policy (or the base model under PEFT) and prompts are collated internally. Remove it.",
+                FutureWarning,
+                stacklevel=3,
+            )
+            continue
+        warnings.warn(f"`{old}` is deprecated; use `{new}` instead.", FutureWarning, stacklevel=3)
+        if given[new] is not None:
+            raise ValueError(f"Both `{old}` and `{new}` were given; pass only `{new}`.")
+        given[new] = value
+    return given
