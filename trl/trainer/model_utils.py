@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
 import os
@@ -265,3 +266,50 @@ def apply_chat_template_path(model: PreTrainedModel, processing_class: Any, path
 
     model, processing_class, _ = clone_chat_template(model, processing_class, path)
     return model, processing_class
+
+
+_HEAD_NAMES = ("score", "classifier")
+
+
+def classification_head_name(model: torch.nn.Module) -> str | None:
+    """Name of the classification head of a sequence- or token-classification model (`"score"` for most decoders)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return next((name for name in _HEAD_NAMES if isinstance(getattr(base, name, None), torch.nn.Module)), None)
+
+
+def classification_peft_config(peft_config: Any, model: PreTrainedModel, task_type: str, method: str) -> Any:
+    """A copy of `peft_config` for a classification model: task type `task_type` and the head in `modules_to_save`,
+    so the (often freshly initialised) head is trained in full next to the adapters.
+
+    A copy, because PEFT extends `modules_to_save` in place. A mismatching task type is replaced with a warning.
+
+    Args:
+        peft_config (`PeftConfig` or `None`):
+            The user's adapter configuration.
+        model (`PreTrainedModel`):
+            The classification model.
+        task_type (`str`):
+            `"SEQ_CLS"` (reward models) or `"TOKEN_CLS"` (process reward models).
+        method (`str`):
+            The method, named in the warning.
+    """
+    if peft_config is None or is_peft_model(model):
+        return peft_config
+    current = getattr(peft_config, "task_type", None)
+    current = getattr(current, "value", current)
+    head = classification_head_name(model)
+    modules = list(getattr(peft_config, "modules_to_save", None) or [])
+    if current == task_type and (head is None or head in modules):
+        return peft_config
+    peft_config = copy.deepcopy(peft_config)
+    if current not in (None, task_type):
+        warnings.warn(
+            f"peft_config.task_type={current!r} does not match a {method} model; using {task_type!r}. Pass "
+            f"LoraConfig(task_type={task_type!r}) to silence this warning.",
+            UserWarning,
+            stacklevel=4,
+        )
+    peft_config.task_type = task_type
+    if head is not None and head not in modules and hasattr(peft_config, "modules_to_save"):
+        peft_config.modules_to_save = [*modules, head]
+    return peft_config

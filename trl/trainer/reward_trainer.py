@@ -12,8 +12,6 @@ c = `center_rewards_coefficient` (Eisenstein et al., 2023; the term is off when 
 
 from __future__ import annotations
 
-import copy
-import os
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -22,47 +20,28 @@ import torch
 from datasets import Dataset, IterableDataset
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel, TrainingArguments
 
-from ..chat_template_utils import clone_chat_template
 from ..losses import bradley_terry_loss
 from .base_trainer import BaseTrainer
 from .collators import DataCollatorForRewardPreference
 from .model_utils import (
+    apply_chat_template_path,
     check_model_init_kwargs_unused,
+    classification_head_name,
+    classification_peft_config,
     get_tokenizer,
-    is_peft_model,
     load_model,
     load_processing_class,
+    model_name_of,
     prepare_peft_model,
     resolve_pad_token_id,
+    to_config,
 )
 from .preference_data import prepare_reward_dataset
 from .reward_config import RewardConfig
-from .sft_trainer import model_name_of, to_config
 from .utils import disable_dropout_in_model
 
 
 _REWARD_COLUMNS = ["chosen_ids", "rejected_ids", "margin"]
-# Attribute names of the classification head in transformers' sequence-classification models.
-_HEAD_NAMES = ("score", "classifier")
-
-
-def score_head_name(model: torch.nn.Module) -> str | None:
-    """Name of the classification head of a sequence-classification model (`"score"` for most decoders)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return next((name for name in _HEAD_NAMES if isinstance(getattr(base, name, None), torch.nn.Module)), None)
-
-
-def apply_chat_template_path(model: PreTrainedModel, processing_class: Any, path: str | None):
-    """Use the chat template of `path`: a `.jinja` file, or a tokenizer whose template and special tokens are cloned
-    (resizing the embeddings if needed). Returns the (model, processing_class) pair."""
-    if path is None:
-        return model, processing_class
-    if os.path.isfile(path) and path.endswith((".jinja", ".j2")):
-        with open(path, encoding="utf-8") as file:
-            get_tokenizer(processing_class).chat_template = file.read()
-        return model, processing_class
-    model, processing_class, _ = clone_chat_template(model, processing_class, path)
-    return model, processing_class
 
 
 class RewardTrainer(BaseTrainer):
@@ -126,7 +105,7 @@ class RewardTrainer(BaseTrainer):
         if model.config.pad_token_id is None:
             # The model scores the last non-pad token: it must know which id pads the batch.
             model.config.pad_token_id = self.pad_token_id
-        model = prepare_peft_model(model, self._with_trainable_head(peft_config, model), args)
+        model = prepare_peft_model(model, classification_peft_config(peft_config, model, "SEQ_CLS", "reward"), args)
         if args.disable_dropout:
             disable_dropout_in_model(model)
 
@@ -192,38 +171,13 @@ class RewardTrainer(BaseTrainer):
             return load_model(model, args, AutoModelForSequenceClassification, **overrides)
         if quantization_config is not None:
             raise ValueError("quantization_config only applies when `model` is a string; the model is already loaded.")
-        if score_head_name(model) is None or getattr(model.config, "num_labels", None) != 1:
+        if classification_head_name(model) is None or getattr(model.config, "num_labels", None) != 1:
             raise ValueError(
                 f"RewardTrainer needs a sequence-classification model with one output, got {type(model).__name__} "
                 f"(num_labels={getattr(model.config, 'num_labels', None)}). Load it with "
                 "AutoModelForSequenceClassification.from_pretrained(path, num_labels=1), or pass the model id."
             )
         return model
-
-    @staticmethod
-    def _with_trainable_head(peft_config: Any, model: PreTrainedModel) -> Any:
-        """A copy of `peft_config` whose `modules_to_save` includes the score head, so that the freshly initialised
-        head is trained in full next to the adapters."""
-        if peft_config is None or is_peft_model(model):
-            return peft_config
-        head = score_head_name(model)
-        task_type = getattr(peft_config, "task_type", None)
-        task_type = getattr(task_type, "value", task_type)
-        modules = list(getattr(peft_config, "modules_to_save", None) or [])
-        if head is None or (head in modules and task_type in (None, "SEQ_CLS")):
-            return peft_config
-        peft_config = copy.deepcopy(peft_config)
-        if task_type not in (None, "SEQ_CLS"):
-            warnings.warn(
-                f"peft_config.task_type={task_type!r} does not match a reward model; using 'SEQ_CLS'. Pass "
-                "LoraConfig(task_type='SEQ_CLS') to silence this warning.",
-                UserWarning,
-                stacklevel=4,
-            )
-            peft_config.task_type = "SEQ_CLS"
-        if head not in modules and hasattr(peft_config, "modules_to_save"):
-            peft_config.modules_to_save = [*modules, head]
-        return peft_config
 
     @staticmethod
     def _prepare_dataset(
