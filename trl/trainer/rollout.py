@@ -59,10 +59,12 @@ from .model_utils import (
 )
 from .utils import (
     RepeatSampler,
+    message_text,
     disable_dropout_in_model,
     get_callable_name,
     identity,
     is_async_callable,
+    print_prompt_completions_sample,
     use_adapter,
 )
 
@@ -534,63 +536,6 @@ class RewardScorer:
 
 
 # ------------------------------------------------------------------------------------------ completion tables
-def print_prompt_completions_sample(
-    prompts: list,
-    completions: list,
-    rewards: dict[str, list[float]],
-    advantages: list[float] | None,
-    step: int,
-    num_samples: int | None = None,
-    extra: dict[str, list] | None = None,
-) -> None:
-    """Print a table of prompts, completions, rewards and advantages with rich (nothing happens without rich).
-
-    Args:
-        prompts (`list`):
-            The prompts (strings or message lists).
-        completions (`list`):
-            The completions.
-        rewards (`dict[str, list[float]]`):
-            Reward of every completion, per reward function name.
-        advantages (`list[float]` or `None`):
-            Advantage of every completion.
-        step (`int`):
-            The training step, shown in the title.
-        num_samples (`int` or `None`, *optional*, defaults to `None`):
-            Print this many rows chosen at random; `None` prints every row.
-        extra (`dict[str, list]` or `None`, *optional*, defaults to `None`):
-            More columns (e.g. logged by reward functions through `log_extra`).
-    """
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:
-        return
-    rows = list(range(len(prompts)))
-    if num_samples is not None and num_samples < len(rows):
-        import random
-
-        rows = sorted(random.Random(step).sample(rows, num_samples))
-    table = Table(title=f"Step {step}", show_lines=True)
-    extra = extra or {}
-    for header in ("prompt", "completion", *rewards, *(["advantage"] if advantages is not None else []), *extra):
-        table.add_column(header)
-    for i in rows:
-        cells = [_as_text(prompts[i]), _as_text(completions[i])]
-        cells += [f"{values[i]:.2f}" for values in rewards.values()]
-        if advantages is not None:
-            cells.append(f"{advantages[i]:.2f}")
-        cells += [str(values[i]) for values in extra.values()]
-        table.add_row(*cells)
-    Console().print(table)
-
-
-def _as_text(value: Any) -> str:
-    if isinstance(value, list):
-        return "\n".join(f"{message['role']}: {message.get('content', '')}" for message in value)
-    return str(value)
-
-
 # ----------------------------------------------------------------------------------------- generation buffer
 class GenerationBuffer:
     """The micro-batches of the current generation batch, served to the next training steps.
@@ -1133,7 +1078,7 @@ class OnlineTrainer(BaseTrainer):
     def _record_completions(self, prompts: list[str], completions: list, rewards_B_F, advantages_B) -> None:
         from accelerate.utils import gather_object
 
-        texts = [_as_text(c) for c in completions]
+        texts = [message_text(c) for c in completions]
         prompts, texts = gather_object(prompts), gather_object(texts)
         extra = {key: gather_object(values) for key, values in sorted(self._extra_log_columns.items())}
         self._completion_log = defaultdict(list)

@@ -622,3 +622,60 @@ def compute_mfu(
             f"{peak_flops_per_device})."
         )
     return flops_per_token * tokens_per_second / (world_size * peak_flops_per_device)
+
+
+def print_prompt_completions_sample(
+    prompts: list,
+    completions: list,
+    rewards: dict[str, list[float]],
+    advantages: list[float] | None,
+    step: int,
+    num_samples: int | None = None,
+    extra: dict[str, list] | None = None,
+) -> None:
+    """Print a table of prompts, completions, rewards and advantages with rich (nothing happens without rich).
+
+    Args:
+        prompts (`list`):
+            The prompts (strings or message lists).
+        completions (`list`):
+            The completions.
+        rewards (`dict[str, list[float]]`):
+            Reward of every completion, per reward function name.
+        advantages (`list[float]` or `None`):
+            Advantage of every completion.
+        step (`int`):
+            The training step, shown in the title.
+        num_samples (`int` or `None`, *optional*, defaults to `None`):
+            Print this many rows chosen at random; `None` prints every row.
+        extra (`dict[str, list]` or `None`, *optional*, defaults to `None`):
+            More columns (e.g. logged by reward functions through `log_extra`).
+    """
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        return
+    rows = list(range(len(prompts)))
+    if num_samples is not None and num_samples < len(rows):
+        import random
+
+        rows = sorted(random.Random(step).sample(rows, num_samples))
+    table = Table(title=f"Step {step}", show_lines=True)
+    extra = extra or {}
+    for header in ("prompt", "completion", *rewards, *(["advantage"] if advantages is not None else []), *extra):
+        table.add_column(header)
+    for i in rows:
+        cells = [message_text(prompts[i]), message_text(completions[i])]
+        cells += [f"{values[i]:.2f}" for values in rewards.values()]
+        if advantages is not None:
+            cells.append(f"{advantages[i]:.2f}")
+        cells += [str(values[i]) for values in extra.values()]
+        table.add_row(*cells)
+    Console().print(table)
+
+
+def message_text(value: Any) -> str:
+    if isinstance(value, list):
+        return "\n".join(f"{message['role']}: {message.get('content', '')}" for message in value)
+    return str(value)
