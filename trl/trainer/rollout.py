@@ -59,11 +59,11 @@ from .model_utils import (
 )
 from .utils import (
     RepeatSampler,
-    message_text,
     disable_dropout_in_model,
     get_callable_name,
     identity,
     is_async_callable,
+    message_text,
     print_prompt_completions_sample,
     use_adapter,
 )
