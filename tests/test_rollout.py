@@ -8,22 +8,21 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerState
 
 from trl.testing import get_tiny_model_path
-from trl.trainer.rollout import (
+from trl.trainer.reward_scoring import RewardScorer, _run_async
+from trl.trainer.rollout import _trim_padding
+from trl.trainer.rollout_utils import (
     GenerationBuffer,
     GenerationRNG,
     PhaseTimer,
-    RewardScorer,
     RolloutSampler,
-    _run_async,
-    _trim_padding,
     completion_logps,
     decode_completions,
     pad_rows,
     policy_inputs,
-    print_prompt_completions_sample,
     render_prompts,
     tokenize_prompts,
 )
+from trl.trainer.utils import print_prompt_completions_sample
 
 
 @pytest.fixture(scope="module")

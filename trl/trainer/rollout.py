@@ -21,28 +21,28 @@ One generation step, in order:
 Every phase is timed ([`PhaseTimer`]) and logged as `timing/{generate,score,reference,train,weight_sync}`, in
 seconds per optimizer step. A method subclasses [`OnlineTrainer`] and adds its advantage (`_process_rollout`) and
 its loss (`compute_loss`, built on [`OnlineTrainer._completion_logps`]).
+
+The building blocks live in `trl.trainer.rollout_utils` (timing, sampling, prompts, buffer) and
+`trl.trainer.reward_scoring` (reward functions and models).
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import math
 import os
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from functools import partial
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from ..data_utils import get_dataset_column_names, is_conversational, maybe_apply_chat_template
+from ..data_utils import get_dataset_column_names
 from ..generation.base import GenerationBackend, SamplingParams
-from ..kernels import selective_log_softmax, selective_log_softmax_and_entropy
 from ..models.utils import create_reference_model, prepare_ref_model
 from .base_trainer import BaseTrainer
 from .callbacks import SyncRefModelCallback
@@ -55,528 +55,32 @@ from .model_utils import (
     load_model,
     load_processing_class,
     prepare_peft_model,
-    resolve_model_init_kwargs,
+)
+from .reward_scoring import RewardFunc, RewardScorer
+from .rollout_utils import (
+    GenerationBuffer,
+    GenerationRNG,
+    PhaseTimer,
+    RolloutSampler,
+    completion_logps,
+    decode_completions,
+    pad_rows,
+    policy_inputs,
+    render_prompts,
+    tokenize_prompts,
 )
 from .utils import (
-    RepeatSampler,
     disable_dropout_in_model,
-    get_callable_name,
     identity,
-    is_async_callable,
     message_text,
     print_prompt_completions_sample,
     use_adapter,
 )
 
 
-ROLLOUT_PHASES = ("generate", "score", "reference", "train", "weight_sync")
 ROLLOUT_STATE_FILE = "rollout_state{suffix}.pt"
 # Dataset columns that are not passed to reward functions as extra keyword arguments.
 _NOT_REWARD_KWARGS = ("prompt", "completion", "completion_ids")
-
-RewardFunc = str | PreTrainedModel | Callable[..., list[float | None]]
-
-
-# ----------------------------------------------------------------------------------------------------- timing
-class PhaseTimer:
-    """Wall-clock seconds spent in each named phase since the last [`~PhaseTimer.pop`].
-
-    Example:
-        `with timer("generate"): ...` adds the block's duration to `timer.seconds["generate"]`.
-    """
-
-    def __init__(self):
-        self.seconds: dict[str, float] = defaultdict(float)
-
-    @contextlib.contextmanager
-    def __call__(self, phase: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[phase] += time.perf_counter() - start
-
-    def total(self) -> float:
-        """Seconds recorded in every phase together."""
-        return sum(self.seconds.values())
-
-    def pop(self) -> dict[str, float]:
-        """The recorded seconds of every rollout phase (0 for phases that did not run), then reset."""
-        seconds = {phase: self.seconds.get(phase, 0.0) for phase in ROLLOUT_PHASES}
-        self.seconds.clear()
-        return seconds
-
-
-# --------------------------------------------------------------------------------------------- random streams
-class GenerationRNG:
-    """A random stream reserved for sampling completions, separate from the training one.
-
-    Seeded from `(seed, process_index)`: two processes holding prompts of the same group draw different
-    completions, and dropout or data shuffling never shift what is sampled. Its state is saved in checkpoints.
-
-    Args:
-        seed (`int`):
-            The run's seed.
-        process_index (`int`):
-            This process's rank.
-        device (`torch.device`):
-            The device generation runs on (its CUDA random state is forked too).
-    """
-
-    def __init__(self, seed: int, process_index: int, device: torch.device):
-        self.device = torch.device(device)
-        with torch.random.fork_rng(devices=self._devices()):
-            torch.manual_seed(seed * 1_000_003 + process_index)
-            if self.device.type == "cuda":
-                torch.cuda.manual_seed(seed * 1_000_003 + process_index)
-            self._state = self._capture()
-
-    def _devices(self) -> list:
-        return [self.device] if self.device.type == "cuda" else []
-
-    def _capture(self) -> dict[str, torch.Tensor]:
-        state = {"cpu": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            state["cuda"] = torch.cuda.get_rng_state(self.device)
-        return state
-
-    def _restore(self, state: dict[str, torch.Tensor]) -> None:
-        torch.set_rng_state(state["cpu"])
-        if "cuda" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda"], self.device)
-
-    @contextlib.contextmanager
-    def __call__(self) -> Iterator[None]:
-        """Run the block on this stream; the global random state is left as it was."""
-        with torch.random.fork_rng(devices=self._devices()):
-            self._restore(self._state)
-            yield
-            self._state = self._capture()
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {key: value.clone() for key, value in self._state.items()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self._state = {key: value.clone() for key, value in state.items()}
-
-
-class RolloutSampler(RepeatSampler):
-    """[`RepeatSampler`] whose shuffling depends only on `(seed, epoch)`, so a resumed run replays the same order.
-
-    Args:
-        data_source (`Sized`):
-            The dataset.
-        mini_repeat_count (`int`):
-            Consecutive repeats of each prompt (`num_generations`).
-        batch_size (`int`, *optional*, defaults to `1`):
-            Distinct prompts per generation batch.
-        repeat_count (`int`, *optional*, defaults to `1`):
-            Repeats of each generation batch (`steps_per_generation × num_iterations`).
-        shuffle (`bool`, *optional*, defaults to `True`):
-            Shuffle the prompts, with a new order every epoch.
-        seed (`int`, *optional*, defaults to `0`):
-            Seed of the order.
-    """
-
-    def __init__(
-        self,
-        data_source: Sequence,
-        mini_repeat_count: int,
-        batch_size: int = 1,
-        repeat_count: int = 1,
-        shuffle: bool = True,
-        seed: int = 0,
-    ):
-        super().__init__(data_source, mini_repeat_count, batch_size, repeat_count, shuffle, seed)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        if self.shuffle:
-            self.generator.manual_seed(self.seed + self.epoch)
-        return super().__iter__()
-
-
-# ---------------------------------------------------------------------------------- prompts and completions
-def render_prompts(rows: list[dict[str, Any]], processing_class: Any, **chat_template_kwargs: Any) -> list[str]:
-    """The text of each row's `prompt`: conversational prompts through the chat template (with the generation
-    prompt, and the row's `tools` / `chat_template_kwargs` when it has them), standard ones unchanged.
-
-    Args:
-        rows (`list[dict[str, Any]]`):
-            Dataset rows with a `prompt` column.
-        processing_class (`PreTrainedTokenizerBase` or `ProcessorMixin`):
-            Provides the chat template.
-        **chat_template_kwargs:
-            Extra chat-template arguments (`chat_template_kwargs` of the config).
-    """
-    texts = []
-    for row in rows:
-        example = {"prompt": row["prompt"]}
-        for key in ("tools", "chat_template_kwargs"):
-            if row.get(key) is not None:
-                example[key] = row[key]
-        texts.append(maybe_apply_chat_template(example, processing_class, **chat_template_kwargs)["prompt"])
-    return texts
-
-
-def tokenize_prompts(texts: list[str], tokenizer: Any, max_prompt_length: int | None = None) -> list[list[int]]:
-    """Token ids of rendered prompts, without added special tokens (the chat template writes them), keeping the
-    last `max_prompt_length` tokens when set."""
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    if max_prompt_length is not None:
-        ids = [row[-max_prompt_length:] for row in ids]
-    return [list(row) for row in ids]
-
-
-def decode_completions(
-    prompts: list[Any], completion_ids: list[list[int]], tokenizer: Any
-) -> list[str | list[dict[str, str]]]:
-    """Completions in the prompts' format: strings for standard prompts, `[{"role": "assistant", "content": ...}]`
-    for conversational ones. A conversational prompt that ends with an assistant message was continued, so that
-    message's content starts the completion."""
-    texts = tokenizer.batch_decode(completion_ids, skip_special_tokens=True)
-    completions = []
-    for prompt, text in zip(prompts, texts, strict=True):
-        if is_conversational({"prompt": prompt}):
-            prefix = prompt[-1]["content"] if prompt[-1]["role"] == "assistant" else ""
-            completions.append([{"role": "assistant", "content": prefix + text}])
-        else:
-            completions.append(text)
-    return completions
-
-
-def pad_rows(
-    rows: Sequence[Sequence[float]], padding_value: float, side: str, dtype: torch.dtype, device: Any
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad variable-length rows into `(values_B_L, mask_B_L)`, the values on the `side` opposite the padding.
-
-    Example:
-        `pad_rows([[1, 2], [3]], 0, "right", torch.long, "cpu")` gives `([[1, 2], [3, 0]], [[1, 1], [1, 0]])`.
-    """
-    width = max((len(row) for row in rows), default=0)
-    values = torch.full((len(rows), width), padding_value, dtype=dtype)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        if not len(row):
-            continue
-        columns = slice(0, len(row)) if side == "right" else slice(width - len(row), width)
-        values[i, columns] = torch.as_tensor(list(row), dtype=dtype)
-        mask[i, columns] = 1
-    return values.to(device), mask.to(device)
-
-
-def policy_inputs(
-    prompt_ids_B_P: torch.Tensor,
-    prompt_mask_B_P: torch.Tensor,
-    completion_ids_B_C: torch.Tensor,
-    completion_mask_B_C: torch.Tensor,
-    pad_to_multiple_of: int | None = None,
-) -> dict[str, torch.Tensor]:
-    """Model inputs that score the completions: `[left-padded prompt | right-padded completion]` rows with position
-    ids counted over real tokens (as `generate` counts them), and `logits_to_keep_B_L`, the positions whose next token
-    is a completion token. Columns that are padding in every row are dropped first.
-
-    Returns:
-        `dict[str, torch.Tensor]`: `input_ids`, `attention_mask`, `position_ids`, `logits_to_keep_B_L` (bool), and
-        the trimmed `completion_ids` / `completion_mask` (width `C'`); logits taken at `logits_to_keep_B_L` come in
-        the order of `completion_ids[completion_mask]`.
-    """
-    prompt_used = prompt_mask_B_P.bool().any(dim=0).nonzero()
-    first = int(prompt_used.min()) if prompt_used.numel() else prompt_mask_B_P.shape[1]
-    completion_used = completion_mask_B_C.bool().any(dim=0).nonzero()
-    width = int(completion_used.max()) + 1 if completion_used.numel() else 0
-    prompt_ids, prompt_mask = prompt_ids_B_P[:, first:], prompt_mask_B_P[:, first:]
-    completion_ids, completion_mask = completion_ids_B_C[:, :width], completion_mask_B_C[:, :width]
-    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-    if pad_to_multiple_of:
-        extra = -input_ids.shape[1] % pad_to_multiple_of
-        input_ids = torch.nn.functional.pad(input_ids, (0, extra), value=0)
-        attention_mask = torch.nn.functional.pad(attention_mask, (0, extra), value=0)
-    position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-    keep_B_L = torch.zeros_like(attention_mask, dtype=torch.bool)
-    prompt_length = prompt_ids.shape[1]
-    keep_B_L[:, prompt_length - 1 : prompt_length - 1 + width] = completion_mask.bool()
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "position_ids": position_ids,
-        "logits_to_keep_B_L": keep_B_L,
-        "completion_ids": completion_ids,
-        "completion_mask": completion_mask,
-    }
-
-
-def completion_logps(
-    model: torch.nn.Module,
-    inputs: dict[str, torch.Tensor],
-    temperature: float = 1.0,
-    with_entropy: bool = False,
-    entropy_requires_grad: bool = False,
-    logits_to_keep_supported: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor | None, Any]:
-    """Per-token log-probs (and entropies) of the completion tokens under `model`, on `softmax(logits / T)`.
-
-    The LM head runs only at the completion positions (boolean `logits_to_keep`), without cache.
-
-    Args:
-        model (`torch.nn.Module`):
-            A causal LM (possibly wrapped).
-        inputs (`dict[str, torch.Tensor]`):
-            Output of [`policy_inputs`].
-        temperature (`float`, *optional*, defaults to `1.0`):
-            The sampling temperature.
-        with_entropy (`bool`, *optional*, defaults to `False`):
-            Also return the entropy of each completion position.
-        entropy_requires_grad (`bool`, *optional*, defaults to `False`):
-            Keep the entropy in the autograd graph (entropy bonus).
-        logits_to_keep_supported (`bool`, *optional*, defaults to `True`):
-            Whether the model's forward takes `logits_to_keep`; otherwise the full logits are computed and indexed.
-
-    Returns:
-        `tuple`: `logps_B_C` and `entropies_B_C` (`None` without `with_entropy`), both `[B, C']` with 0 outside the
-        completion mask, and the model outputs.
-    """
-    keep_B_L = inputs["logits_to_keep_B_L"]
-    model_inputs = {key: inputs[key] for key in ("input_ids", "attention_mask", "position_ids")}
-    if logits_to_keep_supported:
-        model_inputs["logits_to_keep"] = keep_B_L
-    outputs = model(**model_inputs, use_cache=False)
-    logits_N_V = outputs.logits if logits_to_keep_supported else outputs.logits[keep_B_L]
-    mask_B_C = inputs["completion_mask"].bool()
-    targets_N = inputs["completion_ids"][mask_B_C]
-    assert logits_N_V.shape[0] == targets_N.shape[0], "kept logits and completion tokens are misaligned"
-    entropies_B_C = None
-    if with_entropy:
-        logps_N, entropy_N = selective_log_softmax_and_entropy(
-            logits_N_V, targets_N, entropy_requires_grad=entropy_requires_grad, temperature=temperature
-        )
-        entropies_B_C = entropy_N.new_zeros(mask_B_C.shape).masked_scatter(mask_B_C, entropy_N)
-    else:
-        logps_N = selective_log_softmax(logits_N_V, targets_N, temperature=temperature)
-    logps_B_C = logps_N.new_zeros(mask_B_C.shape).masked_scatter(mask_B_C, logps_N)
-    return logps_B_C, entropies_B_C, outputs
-
-
-# -------------------------------------------------------------------------------------------------- rewards
-def _run_async(coroutines: list) -> list:
-    """Run coroutines concurrently to completion, also from inside a running event loop (e.g. a notebook)."""
-
-    async def gather():
-        return await asyncio.gather(*coroutines)
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(gather())
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, gather()).result()
-
-
-class RewardScorer:
-    """Scores completions with reward functions and reward models, one column per function.
-
-    - A callable is called with keyword arguments only: `prompts`, `completions`, `completion_ids`,
-      `trainer_state`, `log_extra`, `log_metric` and every dataset column except `prompt` / `completion`. It returns
-      one float per completion, or `None` where it does not apply (stored as NaN). `async def` functions run
-      concurrently with each other.
-    - A reward model (an id / path, loaded with `AutoModelForSequenceClassification(num_labels=1)`, or an instance)
-      scores `prompt + completion` (conversations rendered with its own tokenizer's chat template): `logits[:, 0]`.
-
-    Args:
-        reward_funcs (`RewardFunc` or `list[RewardFunc]`):
-            The reward functions and models.
-        reward_processing_classes (`PreTrainedTokenizerBase`, `list` or `None`, *optional*, defaults to `None`):
-            Tokenizers of the reward models, aligned with `reward_funcs` (`None` entries load the model's own).
-        reward_weights (`list[float]` or `None`, *optional*, defaults to `None`):
-            Weight of each function; `None` weighs them all 1.
-        model_init_kwargs (`dict` or `None`, *optional*, defaults to `None`):
-            `from_pretrained` arguments for reward models given as strings.
-    """
-
-    def __init__(
-        self,
-        reward_funcs: RewardFunc | list[RewardFunc],
-        reward_processing_classes: Any = None,
-        reward_weights: list[float] | None = None,
-        model_init_kwargs: dict | None = None,
-    ):
-        funcs = list(reward_funcs) if isinstance(reward_funcs, list | tuple) else [reward_funcs]
-        if not funcs:
-            raise ValueError("Pass at least one reward function or reward model in reward_funcs.")
-        if reward_processing_classes is None:
-            reward_processing_classes = [None] * len(funcs)
-        elif not isinstance(reward_processing_classes, list | tuple):
-            reward_processing_classes = [reward_processing_classes]
-        if len(reward_processing_classes) != len(funcs):
-            raise ValueError(
-                f"Got {len(reward_processing_classes)} reward_processing_classes for {len(funcs)} reward functions: "
-                "pass one per reward function (None for callables and for models that use their own tokenizer)."
-            )
-        if reward_weights is not None and len(reward_weights) != len(funcs):
-            raise ValueError(
-                f"Got {len(reward_weights)} reward_weights for {len(funcs)} reward functions: pass one weight per "
-                "reward function, in the same order."
-            )
-        self.funcs = [self._load(func, model_init_kwargs) for func in funcs]
-        self.processing_classes = [
-            self._reward_tokenizer(func, cls) if isinstance(func, torch.nn.Module) else None
-            for func, cls in zip(self.funcs, reward_processing_classes, strict=True)
-        ]
-        self.names = [self._name(func) for func in self.funcs]
-        self.weights = torch.tensor(reward_weights if reward_weights is not None else [1.0] * len(funcs))
-
-    @staticmethod
-    def _load(func: RewardFunc, model_init_kwargs: dict | None) -> Any:
-        if isinstance(func, str):
-            kwargs = resolve_model_init_kwargs(model_init_kwargs)
-            kwargs.pop("use_cache", None)
-            return AutoModelForSequenceClassification.from_pretrained(func, num_labels=1, **kwargs).eval()
-        if isinstance(func, torch.nn.Module):
-            return func.eval()
-        if not callable(func):
-            raise ValueError(f"A reward function must be a callable, a model or a model id; got {type(func)}.")
-        return func
-
-    @staticmethod
-    def _reward_tokenizer(model: torch.nn.Module, processing_class: Any) -> Any:
-        if processing_class is None:
-            processing_class = AutoTokenizer.from_pretrained(model.config._name_or_path)
-        tokenizer = get_tokenizer(processing_class)
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        # The classifier reads the score at the last non-pad token, so it must know the pad id.
-        model.config.pad_token_id = tokenizer.pad_token_id
-        return processing_class
-
-    @staticmethod
-    def _name(func: Any) -> str:
-        if isinstance(func, torch.nn.Module):
-            return str(func.config._name_or_path).rstrip("/").split("/")[-1]
-        return get_callable_name(func)
-
-    @property
-    def models(self) -> list[torch.nn.Module]:
-        return [func for func in self.funcs if isinstance(func, torch.nn.Module)]
-
-    def prepare(self, accelerator: Any) -> None:
-        """Place the reward models for the accelerator (device, DeepSpeed or FSDP), in eval mode."""
-        self.funcs = [
-            prepare_ref_model(func, accelerator) if isinstance(func, torch.nn.Module) else func for func in self.funcs
-        ]
-
-    def score(
-        self,
-        prompts: list[Any],
-        completions: list[Any],
-        completion_ids: list[list[int]],
-        columns: dict[str, list[Any]],
-        device: Any = "cpu",
-        **context: Any,
-    ) -> torch.Tensor:
-        """Rewards `[B, F]` of the completions under every function, NaN where a function returned `None`.
-
-        Args:
-            prompts (`list`):
-                One prompt per completion (strings or message lists).
-            completions (`list`):
-                The completions, in the prompts' format.
-            completion_ids (`list[list[int]]`):
-                Their token ids.
-            columns (`dict[str, list]`):
-                The other dataset columns, one value per completion.
-            device (`torch.device` or `str`, *optional*, defaults to `"cpu"`):
-                Device of the returned tensor.
-            **context:
-                More keyword arguments for the callables (`trainer_state`, `log_extra`, `log_metric`).
-        """
-        kwargs = {"prompts": prompts, "completions": completions, "completion_ids": completion_ids, **columns}
-        kwargs.update(context)
-        rewards_B_F = torch.full((len(completions), len(self.funcs)), float("nan"), dtype=torch.float32)
-        pending = [(i, func(**kwargs)) for i, func in enumerate(self.funcs) if is_async_callable(func)]
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            # The coroutines run on a worker thread while synchronous functions and models run here.
-            async_results = pool.submit(_run_async, [coro for _, coro in pending]) if pending else None
-            for i, func in enumerate(self.funcs):
-                if isinstance(func, torch.nn.Module):
-                    rewards_B_F[:, i] = self._model_scores(func, self.processing_classes[i], prompts, completions)
-                elif not is_async_callable(func):
-                    rewards_B_F[:, i] = self._as_column(func(**kwargs), len(completions), self.names[i])
-            if async_results is not None:
-                for (i, _), values in zip(pending, async_results.result(), strict=True):
-                    rewards_B_F[:, i] = self._as_column(values, len(completions), self.names[i])
-        return rewards_B_F.to(device)
-
-    @staticmethod
-    def _as_column(values: Any, length: int, name: str) -> torch.Tensor:
-        values = list(values)
-        if len(values) != length:
-            raise ValueError(
-                f"Reward function {name!r} returned {len(values)} values for {length} completions: return exactly one "
-                "float (or None) per completion."
-            )
-        return torch.tensor([float("nan") if v is None else float(v) for v in values], dtype=torch.float32)
-
-    @torch.no_grad()
-    def _model_scores(self, model: Any, processing_class: Any, prompts: list, completions: list) -> torch.Tensor:
-        tokenizer = get_tokenizer(processing_class)
-        texts = []
-        for prompt, completion in zip(prompts, completions, strict=True):
-            if is_conversational({"prompt": prompt}):
-                texts.append(tokenizer.apply_chat_template(prompt + completion, tokenize=False))
-            else:
-                texts.append(prompt + completion)
-        batch = tokenizer(texts, padding=True, padding_side="right", add_special_tokens=False, return_tensors="pt")
-        device = next(model.parameters()).device
-        logits = model(**{key: value.to(device) for key, value in batch.items()}).logits
-        return logits[:, 0].float().cpu()
-
-
-# ------------------------------------------------------------------------------------------ completion tables
-# ----------------------------------------------------------------------------------------- generation buffer
-class GenerationBuffer:
-    """The micro-batches of the current generation batch, served to the next training steps.
-
-    Attributes:
-        slices (`list[dict[str, torch.Tensor]]`):
-            `steps_per_generation` micro-batches of this process.
-        tokens (`list[float]`):
-            Completion tokens of each micro-batch summed over every process (normalisers of token-mean losses).
-    """
-
-    def __init__(self):
-        self.slices: list[dict[str, torch.Tensor]] = []
-        self.tokens: list[float] = []
-
-    def fill(self, slices: list[dict[str, torch.Tensor]], tokens: list[float]) -> None:
-        self.slices, self.tokens = slices, tokens
-
-    def __bool__(self) -> bool:
-        return bool(self.slices)
-
-    def normaliser(self, position: int, cycle: int, gradient_accumulation_steps: int) -> float:
-        """Completion tokens of the whole optimizer step that micro-step `position` of the cycle belongs to.
-
-        Exact when the cycle (`steps_per_generation × num_iterations` micro-steps) is a whole number of optimizer
-        steps; otherwise the later generation batches of the step are not known yet, and the step's count is
-        estimated from this cycle's mean tokens per micro-step.
-        """
-        per_step = [self.tokens[k % len(self.tokens)] for k in range(cycle)]
-        if cycle % gradient_accumulation_steps == 0:
-            start = position - position % gradient_accumulation_steps
-            return float(sum(per_step[start : start + gradient_accumulation_steps]))
-        return gradient_accumulation_steps * sum(per_step) / cycle
-
-    def state_dict(self) -> dict[str, Any]:
-        slices = [{key: value.detach().cpu() for key, value in part.items()} for part in self.slices]
-        return {"slices": slices, "tokens": list(self.tokens)}
-
-    def load_state_dict(self, state: dict[str, Any], device: Any) -> None:
-        self.slices = [{key: value.to(device) for key, value in part.items()} for part in state["slices"]]
-        self.tokens = list(state["tokens"])
 
 
 # ------------------------------------------------------------------------------------------------- trainer
