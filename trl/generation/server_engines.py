@@ -1,0 +1,479 @@
+"""Generation engines behind `trl vllm-serve`: a transformers model (CPU-friendly, weights updated over HTTP) and
+vLLM (GPU; data-parallel worker processes, NCCL weight sync through [`WeightSyncWorkerExtension`])."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+
+if TYPE_CHECKING:
+    from trl.scripts.vllm_serve import ScriptArguments
+
+import base64
+import io
+import logging
+import multiprocessing
+import os
+
+from trl.generation.base import GenerationResult, sanitize_logprob
+from trl.generation.vllm_generation import vllm_sampling_kwargs
+from trl.import_utils import is_vllm_available
+
+
+logger = logging.getLogger("trl.vllm_serve")
+
+
+def chunk_list(items: list, n: int) -> list[list]:
+    """
+    Split `items` into `n` consecutive chunks whose sizes differ by at most one (the first ones are longer).
+
+    Args:
+        items (`list`):
+            What to split.
+        n (`int`):
+            Number of chunks (some are empty when `n > len(items)`).
+
+    Example:
+
+    ```python
+    >>> chunk_list([1, 2, 3, 4, 5, 6], 4)
+    [[1, 2], [3, 4], [5], [6]]
+    ```
+    """
+    size, extra = divmod(len(items), n)
+    chunks, start = [], 0
+    for index in range(n):
+        end = start + size + (1 if index < extra else 0)
+        chunks.append(items[start:end])
+        start = end
+    return chunks
+
+
+class RequestError(ValueError):
+    """A request the server cannot serve as asked (answered with HTTP 400 and this message)."""
+
+
+class EndpointNotFound(LookupError):
+    """No endpoint at this method and path (answered with HTTP 404)."""
+
+
+# ======================================================================================================= engines
+
+
+class TransformersEngine:
+    """
+    Serves a transformers model (CPU, or one GPU when available); weights arrive in the HTTP body.
+
+    Args:
+        args ([`ScriptArguments`]):
+            The server arguments.
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
+            The model's tokenizer (for EOS and padding ids).
+    """
+
+    backend = "transformers"
+    weight_transport = "http"
+    world_size = 1
+
+    def __init__(self, args: ScriptArguments, tokenizer):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from trl.generation.transformers_backend import TransformersBackend
+        from trl.generation.vllm_client import parse_dtype
+
+        if args.tensor_parallel_size != 1 or args.data_parallel_size != 1:
+            raise ValueError(
+                "`--backend transformers` serves one model copy: leave `--tensor_parallel_size` and "
+                "`--data_parallel_size` at 1, or use `--backend vllm`."
+            )
+        _warn_vllm_only_arguments(args)
+        dtype = "auto" if args.dtype == "auto" else parse_dtype(args.dtype)
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = AutoModelForCausalLM.from_pretrained(
+            args.model, revision=args.revision, dtype=dtype, trust_remote_code=args.trust_remote_code
+        ).to(device)
+        self.model.eval()
+        eos = _as_list(self.model.generation_config.eos_token_id) + _as_list(tokenizer.eos_token_id)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+        self.generator = TransformersBackend(self.model, pad_token_id=pad, eos_token_id=sorted(set(eos)))
+        self.max_model_len = args.max_model_len or getattr(self.model.config, "max_position_embeddings", None)
+
+    def generate(self, prompt_ids, sampling, texts=None, images=None, regex=None) -> GenerationResult:
+        if images is not None and any(image is not None for image in images):
+            raise RequestError("Images need `--backend vllm`; the transformers backend serves text models.")
+        if regex is not None:
+            raise RequestError("`guided_decoding_regex` needs `--backend vllm`.")
+        if self.max_model_len is not None and max(map(len, prompt_ids)) + sampling.max_tokens > self.max_model_len:
+            raise RequestError(
+                f"Prompt + `max_tokens` exceeds the model length ({self.max_model_len}); lower `max_tokens` or "
+                "`truncate_prompt_tokens`."
+            )
+        try:
+            return self.generator.generate(prompt_ids, sampling)
+        except ValueError as error:  # bad generation_kwargs and the like
+            raise RequestError(str(error)) from error
+
+    def sequence_logprobs(self, sequences, prompt_lengths, top_logprobs, temperature) -> dict[str, list]:
+        import torch
+
+        device = next(self.model.parameters()).device
+        # Right padding keeps every sequence at positions 0..len-1 (a plain forward does not shift position ids
+        # for left padding).
+        longest = max(len(sequence) for sequence in sequences)
+        input_ids = torch.full((len(sequences), longest), self.generator.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, sequence in enumerate(sequences):
+            input_ids[row, : len(sequence)] = torch.as_tensor(sequence)
+            attention_mask[row, : len(sequence)] = 1
+        with torch.no_grad():
+            logits = self.model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+        top = min(top_logprobs, logits.shape[-1])
+        answer = {"logprobs": [], "logprob_token_ids": [], "actual_logprobs": [], "actual_token_ids": []}
+        for row, (sequence, prompt_length) in enumerate(zip(sequences, prompt_lengths)):
+            # Logits at position p - 1 predict the token at position p.
+            logps = torch.log_softmax(logits[row, prompt_length - 1 : len(sequence) - 1].float() / temperature, -1)
+            values, ids = logps.topk(top, dim=-1)
+            actual_ids = torch.as_tensor(sequence[prompt_length:], device=logps.device, dtype=torch.long)
+            actual = logps.gather(-1, actual_ids[:, None])
+            pad = top_logprobs - top
+            answer["logprobs"].append([[sanitize_logprob(v) for v in pos] + [None] * pad for pos in values.tolist()])
+            answer["logprob_token_ids"].append([pos + [0] * pad for pos in ids.tolist()])
+            answer["actual_logprobs"].append([[sanitize_logprob(v[0])] for v in actual.tolist()])
+            answer["actual_token_ids"].append([[token] for token in sequence[prompt_length:]])
+        return answer
+
+    def init_communicator(self, **_) -> None:
+        """Nothing to set up: weights arrive in the request body."""
+
+    def update_named_params(self, params: list[dict]) -> None:
+        from trl.generation.vllm_client import decode_tensor
+
+        updates = []
+        for entry in params:  # check everything before changing anything
+            if "data" not in entry:
+                raise RequestError(
+                    "This server uses `--backend transformers`: send the tensor bytes in `data` (VLLMClient does so "
+                    "after `init_communicator()`)."
+                )
+            target = self._parameter(entry["name"])
+            tensor = decode_tensor(entry)
+            if tuple(tensor.shape) != tuple(target.shape):
+                raise RequestError(f"{entry['name']}: shape {list(tensor.shape)} != served {list(target.shape)}.")
+            updates.append((target, tensor))
+        import torch
+
+        with torch.no_grad():
+            for target, tensor in updates:
+                target.copy_(tensor.to(device=target.device, dtype=target.dtype))
+
+    def _parameter(self, name: str):
+        try:
+            return self.model.get_parameter(name)
+        except AttributeError:
+            try:
+                return self.model.get_buffer(name)
+            except AttributeError:
+                raise RequestError(f"The served model has no parameter named {name!r}.") from None
+
+    def reset_prefix_cache(self) -> None:
+        """No cache outlives a request."""
+
+    def close_communicator(self) -> None:
+        """Nothing to tear down."""
+
+    def shutdown(self) -> None:
+        """Nothing to stop."""
+
+
+class VLLMEngine:
+    """
+    `data_parallel_size` worker processes, each holding a `vllm.LLM` over `tensor_parallel_size` GPUs, driven
+    through pipes. Weights arrive by NCCL broadcast from the trainer ([`WeightSyncWorkerExtension`]).
+
+    Args:
+        args ([`ScriptArguments`]):
+            The server arguments.
+    """
+
+    backend = "vllm"
+    weight_transport = "nccl"
+
+    def __init__(self, args: ScriptArguments):
+        if not is_vllm_available():
+            raise ImportError(VLLM_MISSING)
+        self.world_size = args.tensor_parallel_size * args.data_parallel_size
+        self.max_model_len = args.max_model_len
+        master_port = _free_port()
+        context = multiprocessing.get_context("spawn")
+        self.connections, self.processes = [], []
+        for rank in range(args.data_parallel_size):
+            parent, child = context.Pipe()
+            process = context.Process(target=_vllm_worker, args=(args, rank, master_port, child))
+            process.start()
+            self.connections.append(parent)
+            self.processes.append(process)
+        for connection in self.connections:
+            message = connection.recv()
+            if message.get("status") != "ready":
+                raise RuntimeError(f"A vLLM worker failed to start: {message}")
+
+    def _call(self, method: str, per_worker_args: list[tuple], fire_and_forget: bool = False) -> list:
+        kind = "fire_and_forget" if fire_and_forget else "call"
+        for connection, args in zip(self.connections, per_worker_args):
+            connection.send({"type": kind, "method": method, "args": args})
+        if fire_and_forget:
+            return []
+        results = [connection.recv() for connection in self.connections]
+        for result in results:
+            if isinstance(result, dict) and "worker_error" in result:
+                raise RuntimeError(f"vLLM worker error: {result['worker_error']}")
+        return results
+
+    def _broadcast(self, method: str, *args, fire_and_forget: bool = False) -> list:
+        return self._call(method, [args] * len(self.connections), fire_and_forget)
+
+    def generate(self, prompt_ids, sampling, texts=None, images=None, regex=None) -> GenerationResult:
+        prompts = []
+        for index, ids in enumerate(prompt_ids):
+            image = images[index] if images else None
+            if image is not None:
+                if texts is None:
+                    raise RequestError("Prompts with images must be texts (with the model's image placeholder).")
+                prompts.append({"prompt": texts[index], "image_b64": image})
+            else:
+                prompts.append({"prompt_token_ids": ids})
+        kwargs = vllm_sampling_kwargs(sampling)
+        chunks = chunk_list(prompts, len(self.connections))
+        # A worker with nothing to do still joins the data-parallel step, on a placeholder it then drops.
+        padded = [chunk or [{"prompt": "<placeholder>"}] for chunk in chunks]
+        results = self._call("trl_generate", [(chunk, kwargs, regex) for chunk in padded])
+        rows = [row for chunk, result in zip(chunks, results) if chunk for row in result]
+        return GenerationResult(
+            completion_ids=[c["ids"] for row in rows for c in row["completions"]],
+            finish_reasons=[c["finish_reason"] for row in rows for c in row["completions"]],
+            logprobs=[c["logprobs"] for row in rows for c in row["completions"]] if sampling.return_logprobs else None,
+            prompt_ids=[row["prompt_ids"] for row in rows],
+        )
+
+    def sequence_logprobs(self, sequences, prompt_lengths, top_logprobs, temperature) -> dict[str, list]:
+        items = list(zip(sequences, prompt_lengths))
+        chunks = chunk_list(items, len(self.connections))
+        padded = [chunk or [([0, 0], 1)] for chunk in chunks]
+        results = self._call("trl_sequence_logprobs", [(chunk, top_logprobs, temperature) for chunk in padded])
+        kept = [result for chunk, result in zip(chunks, results) if chunk]
+        return {key: [row for result in kept for row in result[key]] for key in kept[0]} if kept else {}
+
+    def init_communicator(self, host: str, port: int, world_size: int, client_device_uuid: str) -> None:
+        args = (host, port, world_size, client_device_uuid)
+        self._broadcast("collective_rpc", "init_communicator", args, fire_and_forget=True)
+
+    def update_named_param(self, name: str, dtype: str, shape: list[int]) -> None:
+        # The workers then block in the NCCL broadcast that the client starts once this request returns.
+        self._broadcast("collective_rpc", "update_named_param", (name, dtype, tuple(shape)), fire_and_forget=True)
+
+    def update_named_params(self, params: list[dict]) -> None:
+        raise RequestError("A vLLM server receives weights by NCCL: call `/update_named_param/` once per tensor.")
+
+    def reset_prefix_cache(self) -> None:
+        self._broadcast("reset_prefix_cache")
+
+    def close_communicator(self) -> None:
+        self._broadcast("collective_rpc", "close_communicator", (), fire_and_forget=True)
+
+    def shutdown(self) -> None:
+        for connection in self.connections:
+            connection.send({"type": "shutdown"})
+        for process in self.processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.terminate()
+
+
+def _vllm_worker(args: ScriptArguments, dp_rank: int, master_port: int, connection) -> None:
+    """One data-parallel worker: builds its `vllm.LLM`, then serves commands from the pipe until shutdown."""
+    os.environ["VLLM_DP_RANK"] = str(dp_rank)
+    os.environ["VLLM_DP_RANK_LOCAL"] = str(dp_rank)
+    os.environ["VLLM_DP_SIZE"] = str(args.data_parallel_size)
+    os.environ["VLLM_DP_MASTER_PORT"] = str(master_port)
+    from vllm import LLM
+
+    llm = LLM(
+        model=args.model,
+        revision=args.revision,
+        tensor_parallel_size=args.tensor_parallel_size,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        enforce_eager=args.enforce_eager,
+        dtype=args.dtype,
+        enable_prefix_caching=args.enable_prefix_caching,
+        kv_cache_dtype=args.kv_cache_dtype,
+        max_model_len=args.max_model_len,
+        worker_extension_cls="trl.generation.server_engines.WeightSyncWorkerExtension",
+        trust_remote_code=args.trust_remote_code,
+        model_impl=args.vllm_model_impl,
+    )
+    connection.send({"status": "ready"})
+    handlers = {"trl_generate": _worker_generate, "trl_sequence_logprobs": _worker_sequence_logprobs}
+    while True:
+        try:
+            command = connection.recv()
+        except (EOFError, KeyboardInterrupt):
+            break
+        if command["type"] == "shutdown":
+            break
+        method, args = command["method"], command["args"]
+        try:
+            if method in handlers:
+                result = handlers[method](llm, *args)
+            elif method == "collective_rpc":  # args: (extension method, its arguments)
+                result = llm.collective_rpc(args[0], args=tuple(args[1]))
+            else:
+                result = getattr(llm, method)(*args)
+        except Exception as error:  # reported to the HTTP process, which answers 500
+            logger.exception("vLLM worker %d failed on %s", dp_rank, command["method"])
+            result = {"worker_error": f"{type(error).__name__}: {error}"}
+        if command["type"] == "call":
+            connection.send(result)
+
+
+def _worker_generate(llm, prompts: list[dict], sampling_kwargs: dict, regex: str | None) -> list[dict]:
+    from vllm import SamplingParams as VLLMSamplingParams
+
+    from trl.generation.vllm_generation import guided_decoding_kwargs, sampled_token_logprobs
+
+    kwargs = dict(sampling_kwargs)
+    if regex is not None:
+        kwargs.update(guided_decoding_kwargs(regex))
+    inputs = []
+    for prompt in prompts:
+        if "image_b64" in prompt:
+            inputs.append(
+                {"prompt": prompt["prompt"], "multi_modal_data": {"image": _decode_image(prompt["image_b64"])}}
+            )
+        else:
+            inputs.append(prompt)
+    outputs = llm.generate(inputs, VLLMSamplingParams(**kwargs), use_tqdm=False)
+    with_logprobs = kwargs.get("logprobs") is not None
+    return [
+        {
+            "prompt_ids": list(output.prompt_token_ids),
+            "completions": [
+                {
+                    "ids": list(sample.token_ids),
+                    "finish_reason": "length" if sample.finish_reason == "length" else "stop",
+                    "logprobs": [sanitize_logprob(v) for v in sampled_token_logprobs(sample)]
+                    if with_logprobs
+                    else None,
+                }
+                for sample in output.outputs
+            ],
+        }
+        for output in outputs
+    ]
+
+
+def _worker_sequence_logprobs(llm, items: list, top_logprobs: int, temperature: float) -> dict[str, list]:
+    from vllm import SamplingParams as VLLMSamplingParams
+
+    params = VLLMSamplingParams(max_tokens=1, temperature=temperature, prompt_logprobs=top_logprobs)
+    outputs = llm.generate([{"prompt_token_ids": list(seq)} for seq, _ in items], params, use_tqdm=False)
+    answer = {"logprobs": [], "logprob_token_ids": [], "actual_logprobs": [], "actual_token_ids": []}
+    for output, (sequence, prompt_length) in zip(outputs, items):
+        rows = {key: [] for key in answer}
+        for position in range(prompt_length, len(sequence)):
+            entries = output.prompt_logprobs[position] or {}
+            ranked = sorted(entries.items(), key=lambda item: item[1].rank)[:top_logprobs]
+            pad = top_logprobs - len(ranked)
+            rows["logprobs"].append([sanitize_logprob(lp.logprob) for _, lp in ranked] + [None] * pad)
+            rows["logprob_token_ids"].append([int(token) for token, _ in ranked] + [0] * pad)
+            actual = entries.get(sequence[position])
+            rows["actual_logprobs"].append([sanitize_logprob(actual.logprob) if actual is not None else None])
+            rows["actual_token_ids"].append([sequence[position]])
+        for key in answer:
+            answer[key].append(rows[key])
+    return answer
+
+
+def _decode_image(data: str):
+    from PIL import Image
+
+    return Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
+
+
+class WeightSyncWorkerExtension:
+    """
+    Mixed into each vLLM worker (`worker_extension_cls`): joins the trainer's NCCL group and loads the tensors
+    the trainer broadcasts. Runs inside vLLM's worker processes, where `self.device` and `self.model_runner` exist.
+    """
+
+    communicator = None
+    client_rank = None
+
+    def init_communicator(self, host: str, port: int, world_size: int, client_device_uuid: str) -> None:
+        import torch
+        from vllm.distributed.device_communicators.pynccl import PyNcclCommunicator
+        from vllm.distributed.parallel_state import get_world_group
+        from vllm.distributed.utils import StatelessProcessGroup
+
+        if self.communicator is not None:
+            raise RuntimeError("The weight-update group already exists; call `close_communicator` first.")
+        if client_device_uuid == str(torch.cuda.get_device_properties(self.device).uuid):
+            raise RuntimeError(
+                "The trainer and this vLLM worker share a GPU, which NCCL cannot do: run `trl vllm-serve` on GPUs "
+                "the trainer does not use (CUDA_VISIBLE_DEVICES)."
+            )
+        rank = get_world_group().rank
+        group = StatelessProcessGroup.create(host=host, port=port, rank=rank, world_size=world_size)
+        self.communicator = PyNcclCommunicator(group, device=self.device)
+        self.client_rank = world_size - 1
+
+    def update_named_param(self, name: str, dtype: str, shape: tuple[int, ...]) -> None:
+        import torch
+
+        from trl.generation.vllm_client import parse_dtype
+
+        if self.communicator is None:
+            raise RuntimeError("Call `init_communicator` before updating weights.")
+        weight = torch.empty(shape, dtype=parse_dtype(dtype), device=self.device)
+        self.communicator.broadcast(weight, src=self.client_rank)
+        self.communicator.group.barrier()
+        self.model_runner.model.load_weights(weights=[(name, weight)])
+
+    def close_communicator(self) -> None:
+        if self.communicator is not None:
+            del self.communicator
+            self.communicator = None
+            self.client_rank = None
+
+
+# ================================================================================================ request handling
+
+
+VLLM_MISSING = "vLLM is not installed. Please install it with `pip install trl[vllm]`."
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
+
+
+def _as_list(value) -> list[int]:
+    if value is None:
+        return []
+    return [value] if isinstance(value, int) else list(value)
+
+
+def _warn_vllm_only_arguments(args: ScriptArguments) -> None:
+    defaults = {
+        "gpu_memory_utilization": 0.9,
+        "enable_prefix_caching": None,
+        "enforce_eager": False,
+        "kv_cache_dtype": "auto",
+        "vllm_model_impl": "vllm",
+    }
+    changed = [name for name, default in defaults.items() if getattr(args, name) != default]
+    if changed:
+        logger.warning("%s only apply to `--backend vllm`; the transformers backend does not use them.", changed)
