@@ -4,20 +4,6 @@ library's threading HTTP server."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from trl.generation.server_engines import (
-    VLLM_MISSING,
-    EndpointNotFound,
-    RequestError,
-    TransformersEngine,
-    VLLMEngine,
-)
-
-
-if TYPE_CHECKING:
-    from trl.scripts.vllm_serve import ScriptArguments
-
 import json
 import logging
 import threading
@@ -25,12 +11,22 @@ import time
 import uuid
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from trl.generation.base import GenerationResult, SamplingParams, sanitize_logprob
+from trl.generation.server_engines import (
+    VLLM_MISSING,
+    EndpointNotFound,
+    RequestError,
+    TransformersEngine,
+    VLLMEngine,
+)
 from trl.import_utils import is_vllm_available
 
+
+if TYPE_CHECKING:
+    from trl.scripts.vllm_serve import ScriptArguments
 
 logger = logging.getLogger("trl.vllm_serve")
 

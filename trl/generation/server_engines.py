@@ -3,22 +3,20 @@ vLLM (GPU; data-parallel worker processes, NCCL weight sync through [`WeightSync
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-
-if TYPE_CHECKING:
-    from trl.scripts.vllm_serve import ScriptArguments
-
 import base64
 import io
 import logging
 import multiprocessing
 import os
+from typing import TYPE_CHECKING
 
 from trl.generation.base import GenerationResult, sanitize_logprob
 from trl.generation.vllm_generation import vllm_sampling_kwargs
 from trl.import_utils import is_vllm_available
 
+
+if TYPE_CHECKING:
+    from trl.scripts.vllm_serve import ScriptArguments
 
 logger = logging.getLogger("trl.vllm_serve")
 
