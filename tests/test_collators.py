@@ -3,7 +3,6 @@ import torch
 import torch.nn.functional as F
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from trl.trainer import collators
 from trl.trainer.collators import (
     DataCollatorForLanguageModeling,
     DataCollatorForPreference,
@@ -81,20 +80,20 @@ def test_lm_assistant_masks_and_explicit_labels():
     assert torch.equal(batch["labels"], long([[5, 7, -100]]))
 
 
-def test_lm_packed_rows_in_padded_mode_restart_positions_and_warn(monkeypatch):
-    monkeypatch.setattr(collators, "_warned_packed_padded", False)
+def test_lm_packed_rows_stay_rows_with_per_document_positions_and_no_mask():
     examples = [{"input_ids": [1, 2, 3, 4, 5], "seq_lengths": [2, 3]}, {"input_ids": [6, 7], "seq_lengths": [2]}]
-    with pytest.warns(UserWarning, match="padding_free=True"):
-        batch = DataCollatorForLanguageModeling(pad_token_id=0, return_position_ids=True)(examples)
+    batch = DataCollatorForLanguageModeling(pad_token_id=0)(examples)
+    # The padding of the second row is one more document: positions restart at 0 there too.
     assert_tensors(
         batch,
         {
             "input_ids": long([[1, 2, 3, 4, 5], [6, 7, 0, 0, 0]]),
-            "attention_mask": long([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]]),
             "labels": long([[-100, 2, -100, 4, 5], [-100, 7, -100, -100, -100]]),
-            "position_ids": long([[0, 1, 0, 1, 2], [0, 1, 0, 0, 0]]),
+            "position_ids": long([[0, 1, 0, 1, 2], [0, 1, 0, 1, 2]]),
         },
     )
+    padded = DataCollatorForLanguageModeling(pad_token_id=0, pad_to_multiple_of=4)(examples)
+    assert padded["position_ids"].tolist() == [[0, 1, 0, 1, 2, 0, 1, 2], [0, 1, 0, 1, 2, 3, 4, 5]]
 
 
 def test_lm_rejects_bad_seq_lengths_and_return_tensors():

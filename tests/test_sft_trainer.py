@@ -136,15 +136,18 @@ def test_packing_bfd_keeps_every_token_and_separates_documents(tmp_path):
     dataset = load_test_dataset("standard_language_modeling")
     plain = SFTTrainer(get_tiny_model_path("qwen2"), args=make_config(tmp_path), train_dataset=dataset)
     packed = SFTTrainer(get_tiny_model_path("qwen2"), args=make_config(tmp_path, packing=True), train_dataset=dataset)
-    assert packed.args.padding_free
+    # sdpa: packed rows stay rows (attention per row); only FlashAttention flattens the batch.
+    assert not packed.padding_free
     plain_tokens = sorted(tok for row in plain.train_dataset["input_ids"] for tok in row)
     packed_tokens = sorted(tok for row in packed.train_dataset["input_ids"] for tok in row)
     assert plain_tokens == packed_tokens
     assert len(packed.train_dataset) < len(plain.train_dataset)
     row = packed.train_dataset[0]
     assert sum(row["seq_lengths"]) == len(row["input_ids"]) <= 128
-    batch = packed.data_collator([row])
+    batch = packed.data_collator([row, packed.train_dataset[len(packed.train_dataset) - 1]])
     starts = torch.cumsum(torch.tensor([0] + row["seq_lengths"][:-1]), 0)
+    assert "attention_mask" not in batch  # transformers then derives a block-diagonal mask from position_ids
+    assert batch["input_ids"].shape[0] == 2
     assert (batch["position_ids"][0, starts] == 0).all()
     # No token is predicted across a document boundary.
     assert (batch["labels"][0, starts] == -100).all()
@@ -164,6 +167,17 @@ def test_packed_padding_free_and_padded_losses_agree(tmp_path):
             losses[name] = trainer.compute_loss(model, batch).item()
     assert losses["padded"] == pytest.approx(losses["padding_free"], rel=1e-5)
     assert losses["padded"] == pytest.approx(losses["packed"], rel=1e-5)
+
+
+def test_padding_free_follows_the_attention_implementation(tmp_path):
+    dataset = load_test_dataset("standard_language_modeling").select(range(4))
+    model = AutoModelForCausalLM.from_pretrained(get_tiny_model_path("qwen2"))
+    with pytest.warns(UserWarning, match="FlashAttention"):
+        trainer = SFTTrainer(model, args=make_config(tmp_path, padding_free=True), train_dataset=dataset)
+    assert trainer.padding_free
+    model.config._attn_implementation = "flash_attention_2"  # only read, never run, here
+    packed = SFTTrainer(model, args=make_config(tmp_path, packing=True), train_dataset=dataset)
+    assert packed.padding_free
 
 
 def test_gradient_accumulation_matches_large_batch(tmp_path):

@@ -22,9 +22,13 @@ Which attention implementations keep the sequences apart (checked against transf
   `use_cache` is true, which is the default of most configs even in training mode (gradient checkpointing turns it
   off): callers must pass `use_cache=False` to the forward, otherwise the sequences attend to each other silently.
   The varlen kwargs are ignored by these implementations.
-- Padded batches (`padding_free=False`) carry an `attention_mask`, which disables the `position_ids` detection: the
-  documents of a packed row then attend to each other in every implementation (only their positions restart). Use
-  `padding_free=True` for packed rows.
+- Packed rows without `padding_free` (examples with several `seq_lengths`) stay rows: the collator returns
+  `position_ids` restarting at every document, makes each row's right padding one more document, and returns no
+  `attention_mask`, so sdpa / eager / flex keep the documents apart row by row. That costs one row's length squared
+  per row, where a flattened batch costs the whole batch's length squared: with these implementations packed rows
+  are much faster than `padding_free=True`. FlashAttention needs the flattened form (`padding_free=True`): with a
+  batch of several rows and no mask it would let the documents of a row attend to each other.
+- Ordinary padded batches (one document per row) carry an `attention_mask`.
 
 No token is predicted across a boundary: the label of the first token of every sequence / document is -100.
 """
@@ -32,7 +36,6 @@ No token is predicted across a boundary: the label of the first token of every s
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,8 +47,6 @@ from .utils import pad
 
 
 IGNORE_INDEX = -100
-
-_warned_packed_padded = False
 
 
 def _as_tensor(values: Sequence[int] | torch.Tensor, dtype: torch.dtype = torch.long) -> torch.Tensor:
@@ -96,7 +97,8 @@ class DataCollatorForLanguageModeling(DataCollatorMixin):
     `assistant_masks` (1 on the tokens to train on) and `seq_lengths` (lengths of the documents packed in the row).
     Labels are -100 on padding, outside `completion_mask` when `completion_only_loss`, outside `assistant_masks`
     when present, and at the first token of every document when the example has `seq_lengths` or the batch is
-    padding-free. See the module docstring for which attention implementations honour padding-free boundaries.
+    padding-free. Packed rows (several `seq_lengths`) come back as rows with per-document `position_ids` and no
+    `attention_mask`. See the module docstring for which attention implementations honour these boundaries.
 
     Args:
         pad_token_id (`int`):
@@ -143,7 +145,8 @@ class DataCollatorForLanguageModeling(DataCollatorMixin):
         positions = [_positions(docs) for docs in documents]
         if self.padding_free:
             return self._flatten(input_ids, labels, positions, documents)
-        self._warn_if_packed(documents)
+        if any(len(docs) > 1 for docs in documents):
+            return self._packed_rows(input_ids, labels, documents)
         batch = {
             "input_ids": pad(input_ids, self.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of),
             "attention_mask": pad(
@@ -199,19 +202,23 @@ class DataCollatorForLanguageModeling(DataCollatorMixin):
             "seq_idx": seq_idx.unsqueeze(0),
         }
 
-    @staticmethod
-    def _warn_if_packed(documents: list[list[int]]) -> None:
-        global _warned_packed_padded
-        if _warned_packed_padded or all(len(docs) == 1 for docs in documents):
-            return
-        _warned_packed_padded = True
-        warnings.warn(
-            "The examples hold several packed documents (seq_lengths) but padding_free=False: with an attention "
-            "mask, every attention implementation lets the documents of a row attend to each other. Set "
-            "padding_free=True to keep them apart.",
-            UserWarning,
-            stacklevel=3,
-        )
+    def _packed_rows(
+        self, input_ids: list[torch.Tensor], labels: list[torch.Tensor], documents: list[list[int]]
+    ) -> dict[str, Any]:
+        """Packed rows kept as rows: `position_ids` restart at every document and the right padding of a row forms
+        one more document, with no `attention_mask`, so transformers derives a block-diagonal mask per row
+        (sdpa, eager, flex). Attention then costs one row's length squared per row, instead of the whole batch's
+        length squared when the batch is flattened into one row (which only pays off with FlashAttention)."""
+        width = _round_up(max(len(ids) for ids in input_ids), self.pad_to_multiple_of)
+        positions = []
+        for ids, docs in zip(input_ids, documents):
+            filler = width - len(ids)
+            positions.append(_positions(docs + ([filler] if filler else [])))
+        return {
+            "input_ids": pad(input_ids, self.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of),
+            "labels": pad(labels, IGNORE_INDEX, pad_to_multiple_of=self.pad_to_multiple_of),
+            "position_ids": torch.stack(positions),
+        }
 
 
 def _pair_rows(

@@ -313,3 +313,10 @@ def classification_peft_config(peft_config: Any, model: PreTrainedModel, task_ty
     if head is not None and head not in modules and hasattr(peft_config, "modules_to_save"):
         peft_config.modules_to_save = [*modules, head]
     return peft_config
+
+
+def uses_flash_attention(model: torch.nn.Module) -> bool:
+    """Whether the model runs a FlashAttention kernel (the only attention that pays off on flattened padding-free
+    batches; sdpa / eager build a mask over the whole flattened row)."""
+    implementation = getattr(getattr(model, "config", None), "_attn_implementation", None) or ""
+    return "flash" in implementation

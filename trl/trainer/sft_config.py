@@ -59,7 +59,9 @@ class SFTConfig(_BaseConfig):
         new pieces) or `"wrapped"` (concatenate and cut; documents may attend to each other).
     padding_free (`bool`, *optional*, defaults to `False`):
         Flatten each batch into a single row without padding, with per-sequence `position_ids`. Turned on by
-        `packing` with a `bfd` strategy.
+        `packing` with a `bfd` strategy when the model uses FlashAttention; with sdpa / eager attention packed rows
+        stay rows with per-document `position_ids` (the same loss, and attention over one row at a time instead of
+        over the whole flattened batch).
     pad_to_multiple_of (`int`, `str` or `None`, *optional*, defaults to `"auto"`):
         Pad sequences to a multiple of this value. `"auto"` means `None` except on AWS Neuron (128).
     eval_packing (`bool` or `None`, *optional*, defaults to `None`):
@@ -143,9 +145,6 @@ class SFTConfig(_BaseConfig):
             raise ValueError(f"max_length must be positive, got {self.max_length}; use None to disable truncation.")
         if (self.packing or self.eval_packing) and self.max_length is None:
             raise ValueError("packing needs max_length (the packed row length); set max_length, e.g. 1024.")
-        if self.packing and self.packing_strategy in ("bfd", "bfd_split"):
-            # bfd keeps document boundaries only if batches are flattened with per-document position ids.
-            self.padding_free = True
 
 
 def resolve_pad_to_multiple_of(value: int | str | None) -> int | None:

@@ -14,6 +14,7 @@ small model and prompt/padding positions carry no loss); entropy and accuracy co
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +46,7 @@ from .model_utils import (
     prepare_peft_model,
     resolve_pad_token_id,
     to_config,
+    uses_flash_attention,
 )
 from .sft_config import SFTConfig
 from .utils import entropy_from_logits, selective_log_softmax
@@ -120,6 +122,7 @@ class SFTTrainer(BaseTrainer):
         processing_class = processing_class or load_processing_class(model.config._name_or_path, args)
         model, processing_class = apply_chat_template_path(model, processing_class, args.chat_template_path)
         model = prepare_peft_model(model, peft_config, args)
+        self.padding_free = self._resolve_padding_free(model, args)
         self.pad_token_id = resolve_pad_token_id(processing_class, args.pad_token)
         self.eos_token = self._resolve_eos_token(processing_class, args)
 
@@ -140,7 +143,7 @@ class SFTTrainer(BaseTrainer):
             data_collator = DataCollatorForLanguageModeling(
                 pad_token_id=self.pad_token_id,
                 completion_only_loss=self.completion_only_loss,
-                padding_free=args.padding_free,
+                padding_free=self.padding_free,
                 pad_to_multiple_of=args.pad_to_multiple_of,
             )
         super().__init__(
@@ -202,6 +205,21 @@ class SFTTrainer(BaseTrainer):
                 "mixture-of-experts model (its config has no router). Leave router_aux_loss_coef=None."
             )
         return model
+
+    @staticmethod
+    def _resolve_padding_free(model: PreTrainedModel, args: SFTConfig) -> bool:
+        flash = uses_flash_attention(model)
+        if args.padding_free and not flash:
+            warnings.warn(
+                "padding_free=True flattens each batch into one row; without FlashAttention, attention is then "
+                "computed over the whole flattened batch (quadratic in its total length), which is slower than "
+                "padded batches. Load the model with attn_implementation='flash_attention_2', or use packing=True, "
+                "whose packed rows keep documents apart row by row.",
+                UserWarning,
+                stacklevel=3,
+            )
+        # bfd packing keeps documents apart either way: flattened for FlashAttention, packed rows otherwise.
+        return args.padding_free or (args.packing and args.packing_strategy != "wrapped" and flash)
 
     @staticmethod
     def _resolve_eos_token(processing_class: Any, args: SFTConfig) -> str | None:
@@ -382,7 +400,7 @@ class SFTTrainer(BaseTrainer):
     def _derived_quantities(self) -> dict[str, Any]:
         rows = super()._derived_quantities()
         rows["packing"] = f"{self.args.packing_strategy}" if self.args.packing else "off"
-        rows["padding-free batches"] = self.args.padding_free
+        rows["padding-free batches"] = self.padding_free
         rows["loss on"] = "completion tokens" if self.completion_only_loss else "all tokens"
         if self.args.assistant_only_loss:
             rows["loss on"] = "assistant tokens"
