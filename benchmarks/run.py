@@ -14,7 +14,15 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import bench_dpo, bench_grpo, bench_prm, bench_reward, bench_sft  # noqa: E402
+from benchmarks import (  # noqa: E402
+    bench_cpo_orpo,
+    bench_dpo,
+    bench_grpo,
+    bench_kto_bco,
+    bench_prm,
+    bench_reward,
+    bench_sft,
+)
 from benchmarks.common import run_case_in_subprocess  # noqa: E402
 
 
@@ -24,6 +32,8 @@ SUITES = {
     "reward": ("benchmarks.bench_reward", bench_reward.CASES),
     "prm": ("benchmarks.bench_prm", bench_prm.CASES),
     "grpo": ("benchmarks.bench_grpo", bench_grpo.CASES),
+    "kto_bco": ("benchmarks.bench_kto_bco", bench_kto_bco.CASES),
+    "cpo_orpo": ("benchmarks.bench_cpo_orpo", bench_cpo_orpo.CASES),
 }
 
 

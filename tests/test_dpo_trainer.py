@@ -277,12 +277,12 @@ def test_precompute_without_ref_model_uses_the_initial_policy(tmp_path, tokenize
 def test_peft_reference_disables_adapters_without_a_copy(tmp_path, tokenized_train, monkeypatch):
     from peft import LoraConfig
 
-    import trl.trainer.dpo_trainer as dpo_module
+    import trl.trainer.reference as reference_module
 
     def no_copy(*args, **kwargs):
         raise AssertionError("a reference copy was made")
 
-    monkeypatch.setattr(dpo_module, "create_reference_model", no_copy)
+    monkeypatch.setattr(reference_module, "create_reference_model", no_copy)
     peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
     trainer = DPOTrainer(MODEL, args=make_config(tmp_path), train_dataset=tokenized_train, peft_config=peft_config)
     assert trainer.ref_model is None

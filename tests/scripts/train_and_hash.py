@@ -76,7 +76,65 @@ def build_rloo(output_dir: str):
     return build_online("rloo", output_dir)
 
 
-BUILDERS = {"sft": build_sft, "prm": build_prm, "grpo": build_grpo, "rloo": build_rloo}
+def build_reference_free(method: str, output_dir: str):
+    from trl.testing import get_tiny_model_path, load_test_dataset
+    from trl.trainer.cpo_config import CPOConfig
+    from trl.trainer.cpo_trainer import CPOTrainer
+    from trl.trainer.orpo_config import ORPOConfig
+    from trl.trainer.orpo_trainer import ORPOTrainer
+
+    config_class, trainer_class = {"cpo": (CPOConfig, CPOTrainer), "orpo": (ORPOConfig, ORPOTrainer)}[method]
+    args = config_class(
+        output_dir=output_dir, report_to="none", max_steps=3, per_device_train_batch_size=2, save_strategy="no",
+        learning_rate=1e-2, max_length=64, seed=0,
+    )  # fmt: skip
+    dataset = load_test_dataset("conversational_preference")
+    return trainer_class(get_tiny_model_path("qwen2"), args=args, train_dataset=dataset)
+
+
+def build_cpo(output_dir: str):
+    return build_reference_free("cpo", output_dir)
+
+
+def build_orpo(output_dir: str):
+    return build_reference_free("orpo", output_dir)
+
+
+def build_unpaired(method: str, output_dir: str):
+    from trl.testing import get_tiny_model_path, load_test_dataset
+    from trl.trainer.bco_config import BCOConfig
+    from trl.trainer.bco_trainer import BCOTrainer
+    from trl.trainer.kto_config import KTOConfig
+    from trl.trainer.kto_trainer import KTOTrainer
+
+    config_class, trainer_class = {"kto": (KTOConfig, KTOTrainer), "bco": (BCOConfig, BCOTrainer)}[method]
+    # KTO's KL reference point and BCO's running mean δ are gathered over both processes.
+    args = config_class(
+        output_dir=output_dir, report_to="none", max_steps=3, per_device_train_batch_size=2, save_strategy="no",
+        learning_rate=1e-2, max_length=64, seed=0,
+    )  # fmt: skip
+    dataset = load_test_dataset("conversational_unpaired_preference")
+    return trainer_class(get_tiny_model_path("qwen2"), args=args, train_dataset=dataset)
+
+
+def build_kto(output_dir: str):
+    return build_unpaired("kto", output_dir)
+
+
+def build_bco(output_dir: str):
+    return build_unpaired("bco", output_dir)
+
+
+BUILDERS = {
+    "sft": build_sft,
+    "prm": build_prm,
+    "grpo": build_grpo,
+    "rloo": build_rloo,
+    "cpo": build_cpo,
+    "orpo": build_orpo,
+    "kto": build_kto,
+    "bco": build_bco,
+}
 
 
 def main() -> None:

@@ -8,6 +8,8 @@ from ..import_utils import _LazyModule
 _import_structure: dict[str, list[str]] = {
     "base_config": ["_BaseConfig"],
     "base_trainer": ["BaseTrainer"],
+    "bco_config": ["BCOConfig"],
+    "bco_trainer": ["BCOTrainer"],
     "callbacks": ["SyncRefModelCallback"],
     "collators": [
         "DataCollatorForLanguageModeling",
@@ -15,11 +17,17 @@ _import_structure: dict[str, list[str]] = {
         "DataCollatorForRewardPreference",
         "DataCollatorForUnpairedPreference",
     ],
+    "cpo_config": ["CPOConfig"],
+    "cpo_trainer": ["CPOTrainer"],
     "dpo_config": ["DPOConfig", "FDivergenceConstants", "FDivergenceType"],
     "dpo_trainer": ["DPOTrainer"],
     "grpo_config": ["GRPOConfig"],
     "grpo_trainer": ["GRPOTrainer"],
+    "kto_config": ["KTOConfig"],
+    "kto_trainer": ["KTOTrainer"],
     "model_config": ["ModelConfig"],
+    "orpo_config": ["ORPOConfig"],
+    "orpo_trainer": ["ORPOTrainer"],
     "peft_utils": ["get_kbit_device_map", "get_peft_config", "get_quantization_config"],
     "prm_config": ["PRMConfig"],
     "prm_trainer": ["PRMTrainer"],
@@ -34,6 +42,8 @@ _import_structure: dict[str, list[str]] = {
 if TYPE_CHECKING:
     from .base_config import _BaseConfig
     from .base_trainer import BaseTrainer
+    from .bco_config import BCOConfig
+    from .bco_trainer import BCOTrainer
     from .callbacks import SyncRefModelCallback
     from .collators import (
         DataCollatorForLanguageModeling,
@@ -41,11 +51,17 @@ if TYPE_CHECKING:
         DataCollatorForRewardPreference,
         DataCollatorForUnpairedPreference,
     )
+    from .cpo_config import CPOConfig
+    from .cpo_trainer import CPOTrainer
     from .dpo_config import DPOConfig, FDivergenceConstants, FDivergenceType
     from .dpo_trainer import DPOTrainer
     from .grpo_config import GRPOConfig
     from .grpo_trainer import GRPOTrainer
+    from .kto_config import KTOConfig
+    from .kto_trainer import KTOTrainer
     from .model_config import ModelConfig
+    from .orpo_config import ORPOConfig
+    from .orpo_trainer import ORPOTrainer
     from .peft_utils import get_kbit_device_map, get_peft_config, get_quantization_config
     from .prm_config import PRMConfig
     from .prm_trainer import PRMTrainer

@@ -26,15 +26,11 @@ flattened without padding with `padding_free`), and the LM head is applied only 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
-from types import SimpleNamespace
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from datasets import Dataset, IterableDataset
-from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, PreTrainedModel, TrainingArguments
 
 from ..losses import (
@@ -45,48 +41,36 @@ from ..losses import (
     wpo_pair_weights,
     wpo_sequence_weights,
 )
-from ..models.utils import create_reference_model, prepare_ref_model
 from .base_trainer import BaseTrainer
-from .callbacks import SyncRefModelCallback
 from .collators import DataCollatorForPreference
 from .dpo_config import DPOConfig
 from .model_utils import (
     check_model_init_kwargs_unused,
     get_tokenizer,
-    is_peft_model,
     load_model,
     load_processing_class,
     prepare_peft_model,
     resolve_pad_token_id,
 )
+from .paired_forward import (
+    PairedScores,
+    TokenLogps,
+    completion_logps,
+    log_paired_metrics,
+    paired_prediction_step,
+    paired_scores,
+    router_aux_loss,
+)
 from .preference_data import PREFERENCE_TOKEN_COLUMNS, count_empty_completions, prepare_preference_dataset
+from .reference import ReferenceModelMixin, validate_reference_options
 from .sft_trainer import _accepts_logits_to_keep, _is_moe, model_name_of, to_config
-from .utils import RunningMoments, disable_dropout_in_model, pad, selective_log_softmax, use_adapter
+from .utils import RunningMoments, disable_dropout_in_model
 
 
 _REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 
 
-@dataclass
-class CompletionScores:
-    """What one forward pass over [chosen; rejected] rows gives the loss and the metrics (B pairs).
-
-    `chosen_logps`/`rejected_logps` are the sequence log-probs (sum, or LD-DPO), `*_lengths` the completion token
-    counts, `nll_loss` the mean NLL of the chosen tokens, `pair_weights` the WPO weights (or `None`), and
-    `logit_stats` the sums and counts of the mean completion logit of chosen and rejected rows (for metrics).
-    """
-
-    chosen_logps: torch.Tensor
-    rejected_logps: torch.Tensor
-    chosen_lengths: torch.Tensor
-    rejected_lengths: torch.Tensor
-    nll_loss: torch.Tensor
-    pair_weights: torch.Tensor | None
-    logit_stats: torch.Tensor
-    aux_loss: torch.Tensor | None
-
-
-class DPOTrainer(BaseTrainer):
+class DPOTrainer(ReferenceModelMixin, BaseTrainer):
     """Trainer for Direct Preference Optimization and its variants (see `loss_type`).
 
     Args:
@@ -120,6 +104,7 @@ class DPOTrainer(BaseTrainer):
 
     _tag_names = ["trl", "dpo"]
     _name = "DPO"
+    _ref_columns = _REF_COLUMNS
     _paper = {
         "title": "Direct Preference Optimization: Your Language Model is Secretly a Reward Model",
         "id": "2305.18290",
@@ -203,22 +188,7 @@ class DPOTrainer(BaseTrainer):
         check_model_init_kwargs_unused(model, args)
         if train_dataset is None:
             raise ValueError("DPOTrainer needs a train_dataset of paired preference data.")
-        if ref_model is not None and not isinstance(ref_model, str) and args.ref_model_init_kwargs:
-            raise ValueError("ref_model_init_kwargs only applies when ref_model is a string; the ref_model is loaded.")
-        if ref_model is not None and args.reference_free:
-            raise ValueError("reference_free=True uses no reference model, but a ref_model was passed: drop one.")
-        peft = peft_config is not None or is_peft_model(model)
-        if peft and ref_model is not None and not args.force_use_ref_model:
-            raise ValueError(
-                "You passed a ref_model together with a PEFT model. The reference of a PEFT model is its base with "
-                "the adapters disabled, which needs no second model: drop ref_model, or set force_use_ref_model=True "
-                "to use the explicit reference anyway."
-            )
-        if peft and args.sync_ref_model:
-            raise ValueError(
-                "sync_ref_model=True (TR-DPO) mixes the policy weights into a separate reference model, which a PEFT "
-                "model does not have. Set sync_ref_model=False, or train without peft_config."
-            )
+        validate_reference_options(args, model, ref_model, peft_config)
         if args.activation_offloading and not torch.cuda.is_available():
             raise ValueError(
                 "activation_offloading moves activations from an accelerator to CPU memory; without a "
@@ -229,11 +199,6 @@ class DPOTrainer(BaseTrainer):
 
             require(is_liger_kernel_available(), "use_liger_loss=True", "pip install liger-kernel")
             raise ValueError("use_liger_loss=True is not supported in this version of trl; set it to False.")
-        if args.generate_during_eval:
-            import importlib.util
-
-            if importlib.util.find_spec("wandb") is None:
-                raise ValueError("generate_during_eval=True logs a table to Weights & Biases: `pip install wandb`.")
 
     @staticmethod
     def _setup_model(model: str | PreTrainedModel, args: DPOConfig, quantization_config: Any) -> PreTrainedModel:
@@ -253,25 +218,6 @@ class DPOTrainer(BaseTrainer):
                 "use_logits_to_keep=False (full logits are computed and the completion positions selected)."
             )
         return model
-
-    @staticmethod
-    def _setup_ref_model(model: Any, ref_model: str | PreTrainedModel | None, args: DPOConfig) -> Any:
-        """The separate reference model, or `None` when the policy itself provides the reference log-probs."""
-        if args.reference_free:
-            return None
-        if isinstance(ref_model, str):
-            ref_args = SimpleNamespace(
-                model_init_kwargs=args.ref_model_init_kwargs or args.model_init_kwargs,
-                trust_remote_code=args.trust_remote_code,
-            )
-            ref_model = load_model(ref_model, ref_args, AutoModelForCausalLM)
-        if ref_model is not None:
-            for param in ref_model.parameters():
-                param.requires_grad_(False)
-            return ref_model.eval()
-        if is_peft_model(model) or args.precompute_ref_log_probs:
-            return None  # adapters disabled, or the untrained policy itself during precomputation
-        return create_reference_model(model)
 
     def _prepare_dataset(
         self, dataset: Dataset | IterableDataset, processing_class: Any, args: DPOConfig, name: str
@@ -305,11 +251,8 @@ class DPOTrainer(BaseTrainer):
         self.loss_options = self.args.loss_options()
         self.running = RunningMoments(self.accelerator) if "bco_pair" in self.loss_types else None
         self._logits_to_keep_supported = _accepts_logits_to_keep(self.accelerator.unwrap_model(self.model))
-        self._precomputed_before_training = False
-        self.ref_model = prepare_ref_model(ref_model, self.accelerator) if ref_model is not None else None
+        self._setup_reference(ref_model, self.args.model_adapter_name, self.args.ref_adapter_name)
         unwrapped = self.accelerator.unwrap_model(self.model)
-        if self.args.model_adapter_name is not None and is_peft_model(unwrapped):
-            unwrapped.set_adapter(self.args.model_adapter_name)
         attention = getattr(unwrapped.config, "_attn_implementation", None) or ""
         if self.args.padding_free and not attention.startswith("flash"):
             warnings.warn(
@@ -319,23 +262,10 @@ class DPOTrainer(BaseTrainer):
                 UserWarning,
                 stacklevel=3,
             )
-        if self.args.sync_ref_model:
-            if self.ref_model is None:
-                raise ValueError("sync_ref_model=True needs a reference model to update; none is in use.")
-            self.add_callback(SyncRefModelCallback(ref_model=self.ref_model, accelerator=self.accelerator))
 
     def _set_signature_columns_if_needed(self) -> None:
         if self._signature_columns is None:
             self._signature_columns = [*PREFERENCE_TOKEN_COLUMNS, *_REF_COLUMNS]
-
-    def _reference_description(self) -> str:
-        if self.args.reference_free:
-            return "none (reference-free)"
-        source = "explicit model" if self._explicit_ref_model else "frozen initial policy"
-        if is_peft_model(self.accelerator.unwrap_model(self.model)) and self.ref_model is None:
-            name = self.args.ref_adapter_name
-            source = f"adapter {name!r}" if name else "base model (adapters disabled)"
-        return f"{source}, precomputed" if self.args.precompute_ref_log_probs else source
 
     def _derived_quantities(self) -> dict[str, Any]:
         rows = super()._derived_quantities()
@@ -352,43 +282,12 @@ class DPOTrainer(BaseTrainer):
         return rows
 
     # ------------------------------------------------------------------------------------------ forward pass
-    def _model_inputs(self, batch: dict[str, torch.Tensor], keep_R_T: torch.Tensor) -> tuple[dict, torch.Tensor]:
-        """Forward kwargs for the padded rows, or for the rows flattened into one without padding, and the
-        positions (in the same layout) whose logits are needed."""
-        input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
-        if not self.args.padding_free:
-            return {"input_ids": input_ids, "attention_mask": attention_mask}, keep_R_T
-        real = attention_mask.bool()
-        # Position ids restart at 0 for every row: attention then keeps the sequences apart (no attention mask).
-        position_ids = (attention_mask.long().cumsum(dim=-1) - 1)[real].unsqueeze(0)
-        inputs = {"input_ids": input_ids[real].unsqueeze(0), "position_ids": position_ids}
-        attn = getattr(getattr(self.model, "config", None), "_attn_implementation", "") or ""
-        if attn.startswith("flash"):
-            lengths = attention_mask.sum(dim=-1)
-            cu = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
-            max_len = int(lengths.max())
-            inputs.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max_len, max_length_k=max_len)
-        return inputs, keep_R_T[real].unsqueeze(0)
-
-    def _completion_logps(
-        self, model: torch.nn.Module, batch: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]:
-        """Per-token log-probs `[R, T]` (0 outside completions) of the R = 2B rows, the mask of the positions that
-        predict a completion token `[R, T]`, the logits at those positions `[N, V]` and the model outputs."""
-        input_ids, completion_mask = batch["input_ids"], batch["completion_mask"]
-        # Position t predicts token t + 1: keep the positions whose next token is a completion token.
-        keep_R_T = torch.zeros_like(completion_mask, dtype=torch.bool)
-        keep_R_T[:, :-1] = completion_mask[:, 1:].bool()
-        targets_N = input_ids[:, 1:][keep_R_T[:, :-1]]
-        model_inputs, keep_model = self._model_inputs(batch, keep_R_T)
-        if self._logits_to_keep_supported:
-            model_inputs["logits_to_keep"] = keep_model
-        outputs = model(**model_inputs, use_cache=False)
-        logits_N_V = outputs.logits if self._logits_to_keep_supported else outputs.logits[keep_model]
-        assert logits_N_V.shape[0] == targets_N.shape[0], "kept logits and completion targets are misaligned"
-        logps_N = selective_log_softmax(logits_N_V, targets_N)
-        logps_R_T = logps_N.new_zeros(keep_R_T.shape).masked_scatter(keep_R_T, logps_N)
-        return logps_R_T, keep_R_T, logits_N_V, outputs
+    def _completion_logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> TokenLogps:
+        """Per-token log-probs `[R, T]` of the R = 2B rows, the completion mask, the logits at completion positions
+        `[N, V]` and the model outputs, from one forward pass (see `trl.trainer.paired_forward.completion_logps`)."""
+        return completion_logps(
+            model, batch, padding_free=self.args.padding_free, logits_to_keep=self._logits_to_keep_supported
+        )
 
     def _sequence_logps(self, logps_R_T: torch.Tensor, keep_R_T: torch.Tensor) -> torch.Tensor:
         """Sequence log-probs `[R]`: the sum over completion tokens, or LD-DPO's when `ld_alpha` is set."""
@@ -399,60 +298,16 @@ class DPOTrainer(BaseTrainer):
         shared_length = torch.minimum(lengths[:half], lengths[half:]).repeat(2)
         return ld_dpo_logps(logps_R_T, keep_R_T, shared_length, self.args.ld_alpha)
 
-    def _policy_scores(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> CompletionScores:
-        logps_R_T, keep_R_T, logits_N_V, outputs = self._completion_logps(model, batch)
-        half = keep_R_T.shape[0] // 2
-        logps_R = self._sequence_logps(logps_R_T, keep_R_T)
-        lengths_R = keep_R_T.sum(dim=-1)
-        chosen_tokens = keep_R_T[:half]
-        nll_loss = -logps_R_T[:half][chosen_tokens].sum() / chosen_tokens.sum().clamp(min=1)
-        pair_weights = None
+    def _policy_scores(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> PairedScores:
+        token = self._completion_logps(model, batch)
+        scores = paired_scores(token, self._sequence_logps(token.logps, token.mask))
         if self.args.use_weighting:
-            logits_R_T_V = logits_N_V.new_zeros(*keep_R_T.shape, logits_N_V.shape[-1])
-            logits_R_T_V = logits_R_T_V.masked_scatter(keep_R_T.unsqueeze(-1), logits_N_V.detach())
-            weights_R = wpo_sequence_weights(logps_R_T.detach(), logits_R_T_V, keep_R_T)
-            pair_weights = wpo_pair_weights(weights_R[:half], weights_R[half:])
-        with torch.no_grad():
-            mean_logit_N = logits_N_V.float().mean(dim=-1)
-            is_chosen_N = keep_R_T.nonzero()[:, 0] < half
-            logit_stats = torch.stack(
-                [
-                    mean_logit_N[is_chosen_N].sum(),
-                    is_chosen_N.sum().float(),
-                    mean_logit_N[~is_chosen_N].sum(),
-                    (~is_chosen_N).sum().float(),
-                ]
-            )
-        return CompletionScores(
-            chosen_logps=logps_R[:half],
-            rejected_logps=logps_R[half:],
-            chosen_lengths=lengths_R[:half],
-            rejected_lengths=lengths_R[half:],
-            nll_loss=nll_loss,
-            pair_weights=pair_weights,
-            logit_stats=logit_stats,
-            aux_loss=getattr(outputs, "aux_loss", None),
-        )
-
-    @contextmanager
-    def _reference_model(self) -> Iterator[torch.nn.Module]:
-        """The model to run for reference log-probs: the reference model, the PEFT model with its adapters switched,
-        or (precomputation without reference model) the policy before any training step."""
-        if self.ref_model is not None:
-            yield self.ref_model
-            return
-        unwrapped = self.accelerator.unwrap_model(self.model)
-        if is_peft_model(unwrapped):
-            with use_adapter(unwrapped, self.args.ref_adapter_name):
-                yield unwrapped
-            return
-        if self.state.global_step > 0 or self._precomputed_before_training:
-            raise ValueError(
-                "Reference log-probs are needed for a dataset that was not precomputed before training, and without "
-                "a ref_model the reference was the initial policy, which has been trained since. Pass the evaluation "
-                "dataset to the trainer at construction (it is precomputed with the training data), or pass ref_model."
-            )
-        yield unwrapped
+            half = token.mask.shape[0] // 2
+            logits_R_T_V = token.logits.new_zeros(*token.mask.shape, token.logits.shape[-1])
+            logits_R_T_V = logits_R_T_V.masked_scatter(token.mask.unsqueeze(-1), token.logits.detach())
+            weights_R = wpo_sequence_weights(token.logps.detach(), logits_R_T_V, token.mask)
+            scores.pair_weights = wpo_pair_weights(weights_R[:half], weights_R[half:])
+        return scores
 
     @torch.no_grad()
     def compute_ref_log_probs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -463,12 +318,7 @@ class DPOTrainer(BaseTrainer):
                 Output of [`DataCollatorForPreference`] (`input_ids`, `attention_mask`, `completion_mask`).
         """
         with self._reference_model() as reference:
-            was_training = reference.training
-            reference.eval()
-            try:
-                logps_R_T, keep_R_T, _, _ = self._completion_logps(reference, batch)
-            finally:
-                reference.train(was_training)
+            logps_R_T, keep_R_T, _, _ = self._completion_logps(reference, batch)
         logps_R = self._sequence_logps(logps_R_T, keep_R_T)
         half = logps_R.shape[0] // 2
         return logps_R[:half], logps_R[half:]
@@ -508,7 +358,7 @@ class DPOTrainer(BaseTrainer):
 
     def _preference_loss(
         self,
-        scores: CompletionScores,
+        scores: PairedScores,
         ref_chosen_logps: torch.Tensor | None,
         ref_rejected_logps: torch.Tensor | None,
         mode: str,
@@ -540,154 +390,20 @@ class DPOTrainer(BaseTrainer):
         return combine_losses(losses, self.args.loss_weights)
 
     def _router_aux_loss(self, aux_loss: torch.Tensor | None, mode: str) -> torch.Tensor | float:
-        if aux_loss is None:
-            return 0.0
-        coef = self.args.router_aux_loss_coef
-        if coef is None:
-            coef = getattr(self.accelerator.unwrap_model(self.model).config, "router_aux_loss_coef", 0.0)
-        self.log_metric("aux_loss", self.accelerator.gather(aux_loss.detach().reshape(1)).mean(), mode)
-        return coef * aux_loss
+        return router_aux_loss(self, aux_loss, mode, self.args.router_aux_loss_coef)
 
-    @torch.no_grad()
     def _log_pair_metrics(
-        self, scores: CompletionScores, chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, mode: str
+        self, scores: PairedScores, chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, mode: str
     ) -> None:
-        per_pair = torch.stack(
-            [
-                chosen_rewards,
-                rejected_rewards,
-                (chosen_rewards > rejected_rewards).float(),
-                chosen_rewards - rejected_rewards,
-                scores.chosen_logps.detach(),
-                scores.rejected_logps.detach(),
-            ],
-            dim=1,
-        ).float()
-        means = self.accelerator.gather_for_metrics(per_pair).mean(dim=0).tolist()
-        names = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")
-        for name, value in zip((*names, "logps/chosen", "logps/rejected"), means):
-            self.log_metric(name, value, mode)
-        chosen_sum, chosen_count, rejected_sum, rejected_count = (
-            self.accelerator.gather(scores.logit_stats.reshape(1, 4)).sum(dim=0).tolist()
-        )
-        if chosen_count:
-            self.log_metric("logits/chosen", chosen_sum / chosen_count, mode)
-        if rejected_count:
-            self.log_metric("logits/rejected", rejected_sum / rejected_count, mode)
-        if self.args.rpo_alpha is not None or "sft" in self.loss_types:
-            self.log_metric("nll_loss", self.accelerator.gather(scores.nll_loss.detach().reshape(1)).mean(), mode)
+        log_nll = self.args.rpo_alpha is not None or "sft" in self.loss_types
+        log_paired_metrics(self, scores, (chosen_rewards, rejected_rewards), mode, log_nll=log_nll)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad(), self.compute_loss_context_manager():
-            loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
-        loss = loss.detach()
-        if prediction_loss_only:
-            return loss, None, None
-        # Predictions are the (chosen, rejected) implicit rewards; the label 0 names the chosen column.
-        logits = torch.stack([outputs["chosen_rewards"], outputs["rejected_rewards"]], dim=1)
-        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-        return loss, logits, labels
-
-    def evaluation_loop(self, dataloader, *args: Any, **kwargs: Any):
-        output = super().evaluation_loop(dataloader, *args, **kwargs)
-        if self.args.generate_during_eval:
-            self._log_generations(dataloader.dataset)
-        return output
-
-    @torch.no_grad()
-    def _log_generations(self, dataset: Any) -> None:
-        """Sample completions of the first evaluation prompts with the policy and the reference, and log them to
-        Weights & Biases as the `game_log` table (prompt, policy, reference)."""
-        import wandb
-
-        if wandb.run is None or not self.accelerator.is_main_process or not hasattr(dataset, "__getitem__"):
-            return
-        count = min(len(dataset), self.args.per_device_eval_batch_size)
-        prompts = [torch.tensor(dataset[i]["prompt_ids"]) for i in range(count)]
-        inputs = {
-            "input_ids": pad(prompts, self.pad_token_id, padding_side="left").to(self.accelerator.device),
-            "attention_mask": pad([torch.ones_like(p) for p in prompts], 0, padding_side="left").to(
-                self.accelerator.device
-            ),
-        }
-        max_new_tokens = self.args.max_completion_length or 64
-        policy = self._generate(self.accelerator.unwrap_model(self.model), inputs, max_new_tokens)
-        has_reference = self.ref_model is not None or is_peft_model(self.accelerator.unwrap_model(self.model))
-        reference = [""] * count
-        if has_reference and not self.args.reference_free:
-            with self._reference_model() as model:
-                reference = self._generate(model, inputs, max_new_tokens)
-        tokenizer = get_tokenizer(self.processing_class)
-        rows = [[tokenizer.decode(p, skip_special_tokens=True), c, r] for p, c, r in zip(prompts, policy, reference)]
-        wandb.log({"game_log": wandb.Table(columns=["Prompt", "Policy", "Ref Model"], rows=rows)})
-
-    def _generate(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], max_new_tokens: int) -> list[str]:
-        model = getattr(model, "module", model)
-        output = model.generate(
-            **inputs, max_new_tokens=max_new_tokens, do_sample=True, pad_token_id=self.pad_token_id
-        )
-        completions = output[:, inputs["input_ids"].shape[1] :]
-        return get_tokenizer(self.processing_class).batch_decode(completions, skip_special_tokens=True)
+        return paired_prediction_step(self, model, inputs, prediction_loss_only)
 
     # ---------------------------------------------------------------------------- precomputed reference log-probs
-    def _with_ref_log_probs(self, dataset: Any, batch_size: int, name: str) -> Any:
-        """`dataset` with the `ref_chosen_logps` / `ref_rejected_logps` columns, computed once (in order, across
-        processes) if missing."""
-        if dataset is None or (isinstance(dataset, Dataset) and all(c in dataset.column_names for c in _REF_COLUMNS)):
-            return dataset
-        if not isinstance(dataset, Dataset):
-            raise ValueError(
-                f"precompute_ref_log_probs=True stores reference log-probs as columns of the {name} dataset, which "
-                f"needs a map-style datasets.Dataset (got {type(dataset).__name__}). Convert it, or set "
-                "precompute_ref_log_probs=False."
-            )
-        loader = DataLoader(
-            dataset.select_columns(list(PREFERENCE_TOKEN_COLUMNS)),
-            batch_size=self.args.precompute_ref_batch_size or batch_size,
-            collate_fn=self.data_collator,
-            shuffle=False,
-            num_workers=self.args.dataloader_num_workers,
-        )
-        loader = self.accelerator.prepare(loader)
-        chosen, rejected = [], []
-        for batch in loader:
-            ref_chosen, ref_rejected = self.compute_ref_log_probs(batch)
-            chosen.append(self.accelerator.gather_for_metrics(ref_chosen.float()))
-            rejected.append(self.accelerator.gather_for_metrics(ref_rejected.float()))
-        self.accelerator._dataloaders.remove(loader)
-        dataset = dataset.add_column("ref_chosen_logps", torch.cat(chosen).cpu().tolist())
-        return dataset.add_column("ref_rejected_logps", torch.cat(rejected).cpu().tolist())
-
-    def _precompute_eval_datasets(self) -> None:
-        size = self.args.per_device_eval_batch_size
-        if isinstance(self.eval_dataset, dict):
-            self.eval_dataset = {
-                name: self._with_ref_log_probs(ds, size, f"eval ({name})") for name, ds in self.eval_dataset.items()
-            }
-        else:
-            self.eval_dataset = self._with_ref_log_probs(self.eval_dataset, size, "eval")
-
-    def train(self, *args: Any, **kwargs: Any):
-        if self.args.precompute_ref_log_probs:
-            # Before any checkpoint is loaded or step taken: without ref_model the initial policy is the reference.
-            self.train_dataset = self._with_ref_log_probs(
-                self.train_dataset, self.args.per_device_train_batch_size, "train"
-            )
-            self._precompute_eval_datasets()
-            self._precomputed_before_training = True
-        return super().train(*args, **kwargs)
-
-    def get_eval_dataloader(self, eval_dataset: str | Dataset | None = None) -> DataLoader:
-        if self.args.precompute_ref_log_probs:
-            size = self.args.per_device_eval_batch_size
-            if isinstance(eval_dataset, str):
-                self.eval_dataset[eval_dataset] = self._with_ref_log_probs(
-                    self.eval_dataset[eval_dataset], size, eval_dataset
-                )
-            elif eval_dataset is None or eval_dataset is self.eval_dataset:
-                self._precompute_eval_datasets()  # stored, so that later evaluations reuse the columns
-                eval_dataset = None if eval_dataset is None else self.eval_dataset
-            else:
-                eval_dataset = self._with_ref_log_probs(eval_dataset, size, "eval")
-        return super().get_eval_dataloader(eval_dataset)
+    def _add_ref_columns(self, dataset: Dataset, batch_size: int) -> Dataset:
+        """`dataset` with the `ref_chosen_logps` / `ref_rejected_logps` columns."""
+        rows = dataset.select_columns(list(PREFERENCE_TOKEN_COLUMNS))
+        chosen, rejected = self._compute_reference_columns(rows, batch_size, self.compute_ref_log_probs)
+        return dataset.add_column("ref_chosen_logps", chosen).add_column("ref_rejected_logps", rejected)

@@ -1,0 +1,196 @@
+"""Kahneman-Tversky Optimization (arXiv 2402.01306) on unpaired preference data.
+
+Objective, per example (x, y) labelled desirable or undesirable: with r = log π(y|x) − log π_ref(y|x) (sums over the
+completion tokens) and the reference point z = max(0, KL),
+
+    desirable:    w_d · (1 − σ(β(r − z)))        undesirable:    w_u · (1 − σ(β(z − r)))
+
+averaged over the examples of the micro-batch (`loss_type="kto"`; the formulas are `trl.losses.kto_loss`). KL is
+estimated on mismatched pairs (x_i, y_{i+1}) of the same batch, mean(log π − log π_ref), detached and averaged over
+processes before the clamp. `loss_type="apo_zero_unpaired"` (arXiv 2408.06266) drops z: desirable w_d·(1 − σ(βr)),
+undesirable w_u·σ(βr).
+
+- Paired data is unpaired first (chosen → desirable, rejected → undesirable); the training data is shuffled once
+  (seeded) and read sequentially, so every batch mixes both kinds and precomputed KL pairs match the batches.
+- The policy scores the KL pairs without gradients; the reference scores completions and KL pairs in one pass.
+- Reference handling (explicit, frozen copy, PEFT adapters disabled, precomputed, TR-DPO sync) is shared with DPO.
+- Metrics: `rewards/*`, `logps/*`, `logits/*` of desirable (`chosen`) and undesirable (`rejected`) examples from
+  the `*_sum` / `count/*` sums, `rewards/margins`, and `kl`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from datasets import Dataset, IterableDataset
+from transformers import PreTrainedModel, TrainingArguments
+
+from ..losses import apo_zero_unpaired_loss, kto_kl_estimate, kto_loss
+from .kto_config import KTOConfig
+from .unpaired_data import label_counts
+from .unpaired_forward import UnpairedLogps, UnpairedPreferenceTrainer
+
+
+class KTOTrainer(UnpairedPreferenceTrainer):
+    """Trainer for Kahneman-Tversky Optimization (see `loss_type`).
+
+    Args:
+        model (`str`, `PreTrainedModel` or `PeftModel`):
+            Model id / local path (loaded with `AutoModelForCausalLM.from_pretrained(model, **model_init_kwargs)`),
+            or an instantiated causal language model.
+        ref_model (`str`, `PreTrainedModel` or `None`, *optional*, defaults to `None`):
+            Reference model. `None` uses a frozen copy of the initial model, or, under PEFT, the model with its
+            adapters disabled (no copy).
+        args (`KTOConfig`, `TrainingArguments` or `None`, *optional*, defaults to `None`):
+            Training configuration. `None` uses `KTOConfig(output_dir="<model>-KTO")`.
+        data_collator (`Callable` or `None`, *optional*, defaults to `None`):
+            Defaults to [`DataCollatorForUnpairedPreference`] (with KL rows for `loss_type="kto"`).
+        train_dataset (`Dataset` or `IterableDataset`):
+            Unpaired preference data (`prompt`, `completion`, `label`) or paired preference data (unpaired
+            automatically), standard or conversational, or pre-tokenised (`prompt_ids`, `completion_ids`, `label`).
+        eval_dataset (`Dataset`, `IterableDataset`, `dict[str, Dataset]` or `None`, *optional*, defaults to `None`):
+            Evaluation data in the same formats; a dict evaluates each dataset under its name.
+        processing_class (`PreTrainedTokenizerBase` or `None`, *optional*, defaults to `None`):
+            Defaults to the tokenizer of `model`.
+        compute_metrics (`Callable` or `None`, *optional*, defaults to `None`):
+            Receives an `EvalPrediction` whose predictions are the implicit rewards `[N]` and whose labels are the
+            desirability labels (1 desirable, 0 undesirable).
+        callbacks, optimizers:
+            As in [`~transformers.Trainer`].
+        quantization_config (`BitsAndBytesConfig` or `None`, *optional*, defaults to `None`):
+            Used when `model` is a string.
+        peft_config (`PeftConfig` or `None`, *optional*, defaults to `None`):
+            Adapter configuration; the model is wrapped with it.
+        model_init, preprocess_logits_for_metrics, model_adapter_name, ref_adapter_name (keyword-only):
+            The 0.x arguments. `model_init` is not supported (raises); `model_adapter_name` is the PEFT adapter to
+            train and `ref_adapter_name` the adapter used as reference (`None`: adapters disabled).
+    """
+
+    _tag_names = ["trl", "kto"]
+    _name = "KTO"
+    _config_class = KTOConfig
+    _paper = {
+        "title": "KTO: Model Alignment as Prospect Theoretic Optimization",
+        "id": "2402.01306",
+        "citation": (
+            "@article{ethayarajh2024kto,\n"
+            "    title        = {{KTO: Model Alignment as Prospect Theoretic Optimization}},\n"
+            "    author       = {Kawin Ethayarajh and Winnie Xu and Niklas Muennighoff and Dan Jurafsky and Douwe "
+            "Kiela},\n"
+            "    year         = 2024,\n"
+            "    eprint       = {arXiv:2402.01306},\n"
+            "}"
+        ),
+    }
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel,
+        ref_model: str | PreTrainedModel | None = None,
+        args: KTOConfig | TrainingArguments | None = None,
+        data_collator: Callable | None = None,
+        train_dataset: Dataset | IterableDataset | None = None,
+        eval_dataset: Dataset | IterableDataset | dict[str, Dataset] | None = None,
+        processing_class: Any = None,
+        compute_metrics: Callable | None = None,
+        callbacks: list | None = None,
+        optimizers: tuple = (None, None),
+        quantization_config: Any = None,
+        peft_config: Any = None,
+        *,
+        model_init: Callable | None = None,
+        preprocess_logits_for_metrics: Callable | None = None,
+        model_adapter_name: str | None = None,
+        ref_adapter_name: str | None = None,
+    ):
+        super().__init__(
+            model, ref_model, args, data_collator, train_dataset, eval_dataset, processing_class, compute_metrics,
+            callbacks, optimizers, preprocess_logits_for_metrics, quantization_config, peft_config, model_init,
+            model_adapter_name, ref_adapter_name,
+        )  # fmt: skip
+
+    @staticmethod
+    def _uses_kl(args: KTOConfig) -> bool:
+        return args.loss_type == "kto"
+
+    def _validate_inputs(self, args: KTOConfig, model: Any, ref_model: Any, peft_config: Any, *rest: Any) -> None:
+        super()._validate_inputs(args, model, ref_model, peft_config, *rest)
+        if args.use_liger_loss:
+            from ..import_utils import is_liger_kernel_available, require
+
+            require(is_liger_kernel_available(), "use_liger_loss=True", "pip install liger-kernel")
+            raise ValueError("use_liger_loss=True is not supported in this version of trl; set it to False.")
+        if args.activation_offloading and not torch.cuda.is_available():
+            raise ValueError(
+                "activation_offloading moves activations from an accelerator to CPU memory; without a CUDA device "
+                "there is nothing to offload. Set activation_offloading=False."
+            )
+
+    def _prepare_dataset(
+        self, dataset: Dataset | IterableDataset, processing_class: Any, args: KTOConfig, name: str
+    ) -> Dataset | IterableDataset:
+        dataset = super()._prepare_dataset(dataset, processing_class, args, name)
+        if name != "train" or not isinstance(dataset, Dataset):
+            return dataset
+        # Read sequentially (see KTOConfig): shuffled once here so that batches mix desirable and undesirable rows.
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        dataset = dataset.shuffle(seed=seed).flatten_indices()
+        warn_if_unbalanced(dataset, args.desirable_weight, args.undesirable_weight)
+        return dataset
+
+    def _derived_quantities(self) -> dict[str, Any]:
+        rows = super()._derived_quantities()
+        rows["loss"] = self.args.loss_type
+        rows["weights (desirable, undesirable)"] = (self.args.desirable_weight, self.args.undesirable_weight)
+        return rows
+
+    def _unpaired_loss(self, logps: UnpairedLogps, mode: str) -> torch.Tensor:
+        args = self.args
+        options = {
+            "beta": args.beta,
+            "desirable_weight": args.desirable_weight,
+            "undesirable_weight": args.undesirable_weight,
+        }
+        policy, reference = logps.by_label(logps.policy), logps.by_label(logps.reference)
+        if args.loss_type == "apo_zero_unpaired":
+            return apo_zero_unpaired_loss(*policy, *reference, **options).losses.mean()
+        # The reference point is one number for the whole global batch: the mean of the processes' estimates.
+        local_kl = kto_kl_estimate(logps.policy_kl, logps.reference_kl)
+        kl = self.accelerator.gather(local_kl.reshape(1)).mean()
+        output = kto_loss(*policy, None, *reference, None, kl=kl, **options)
+        self.log_metric("kl", output.kl, mode)
+        return output.losses.mean()
+
+
+def warn_if_unbalanced(dataset: Dataset, desirable_weight: float, undesirable_weight: float) -> None:
+    """Warn when `desirable_weight · #desirable : undesirable_weight · #undesirable` is outside [1:1, 4:3], the range
+    the KTO paper recommends, and name weights that bring it back.
+
+    Args:
+        dataset (`Dataset`):
+            Prepared training data (with `label`).
+        desirable_weight (`float`):
+            The config's `desirable_weight`.
+        undesirable_weight (`float`):
+            The config's `undesirable_weight`.
+    """
+    desirable, undesirable = label_counts(dataset)
+    if desirable == 0 or undesirable == 0:
+        return  # training on one kind only is allowed; there is no ratio to balance
+    ratio = desirable_weight * desirable / (undesirable_weight * undesirable)
+    if 1.0 <= ratio <= 4 / 3:
+        return
+    if ratio < 1:
+        fix = f"desirable_weight={undesirable_weight * undesirable / desirable:.3g} (or more, up to 4/3 of that)"
+    else:
+        fix = f"undesirable_weight={desirable_weight * desirable / undesirable / (4 / 3):.3g} (or up to 4/3 of that)"
+    warnings.warn(
+        f"The training data has {desirable} desirable and {undesirable} undesirable examples, so desirable_weight · "
+        f"#desirable : undesirable_weight · #undesirable = {ratio:.3g}, outside the range [1, 4/3] recommended for "
+        f"KTO (weights {desirable_weight}, {undesirable_weight}). Set e.g. {fix}.",
+        UserWarning,
+        stacklevel=5,
+    )

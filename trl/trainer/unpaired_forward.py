@@ -1,0 +1,387 @@
+"""What KTO and BCO share: the forward pass over completion rows (and KTO's mismatched KL rows), the reference
+log-probs of unpaired batches, and the trainer skeleton around them (setup, metrics, evaluation outputs).
+
+Forward pass. A batch from `DataCollatorForUnpairedPreference` holds B rows `prompt + completion` (`labels` says
+which are desirable) and, for KTO, B rows `prompt_i + completion_{(i+1) mod B}`. The LM head runs only at the
+positions that predict a completion token (a boolean `logits_to_keep`), and the sequence log-prob is the sum over the
+completion tokens. The policy runs the completion rows with gradients and the KL rows without (the KL estimate is
+detached); the reference runs both in one pass.
+
+Metrics follow the reference's sum/count scheme: per step the sums of rewards, log-probs and mean logits of the
+desirable (`chosen`) and undesirable (`rejected`) examples and their counts are stored, summed over processes; at
+logging time `rewards/chosen = rewards/chosen_sum / count/chosen` (and so on) and `rewards/margins` are added.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from datasets import Dataset, IterableDataset
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from .base_trainer import BaseTrainer
+from .collators import DataCollatorForUnpairedPreference
+from .model_utils import (
+    check_model_init_kwargs_unused,
+    get_tokenizer,
+    load_model,
+    load_processing_class,
+    prepare_peft_model,
+    resolve_pad_token_id,
+)
+from .paired_forward import completion_logps, router_aux_loss
+from .reference import ReferenceModelMixin, validate_reference_options
+from .sft_trainer import _accepts_logits_to_keep, _is_moe, model_name_of, to_config
+from .unpaired_data import UNPAIRED_TOKEN_COLUMNS, count_empty_completions, kl_pairs_dataset, prepare_unpaired_dataset
+from .utils import disable_dropout_in_model, pad_to_length
+
+
+_METRICS = ("rewards", "logps", "logits")
+_SPLITS = ("chosen", "rejected")
+
+
+@dataclass
+class UnpairedScores:
+    """Per-row results of one forward pass over B rows.
+
+    `logps` (`[B]`, differentiable) is the sum of the completion tokens' log-probs, `mean_logits` (`[B]`, detached)
+    the mean logit over the completion positions and the vocabulary, `aux_loss` the MoE router loss if any.
+    """
+
+    logps: torch.Tensor
+    mean_logits: torch.Tensor
+    aux_loss: torch.Tensor | None
+
+
+@dataclass
+class UnpairedLogps:
+    """The inputs of an unpaired loss for one micro-batch of B examples (all `[B]`).
+
+    `policy` (differentiable) and `reference` are the sequence log-probs of the completions; `policy_kl` and
+    `reference_kl` those of the mismatched KL pairs (KTO; else `None`); `labels` is True for desirable examples;
+    `weights` are per-example loss weights from the batch (BCO's UDM; else `None`).
+    """
+
+    policy: torch.Tensor
+    reference: torch.Tensor
+    policy_kl: torch.Tensor | None
+    reference_kl: torch.Tensor | None
+    labels: torch.Tensor
+    weights: torch.Tensor | None
+
+    def by_label(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(values of the desirable examples, values of the undesirable ones)`."""
+        return values[self.labels], values[~self.labels]
+
+
+def completion_scores(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], prefix: str = "", keep_logits: bool = True
+) -> UnpairedScores:
+    """Sequence log-probs of the completions of the rows `{prefix}input_ids` of a collated batch.
+
+    Args:
+        model (`torch.nn.Module`):
+            The causal LM (possibly wrapped).
+        batch (`dict[str, torch.Tensor]`):
+            Holds `{prefix}input_ids`, `{prefix}attention_mask` and `{prefix}completion_mask` of shape `[B, T]`.
+        prefix (`str`, *optional*, defaults to `""`):
+            `""` for the completion rows, `"kl_"` for the mismatched KL rows.
+        keep_logits (`bool`, *optional*, defaults to `True`):
+            Whether the model accepts a boolean `logits_to_keep` (the LM head then runs at completion positions
+            only); otherwise the full logits are computed and those positions selected.
+    """
+    rows = {key: batch[f"{prefix}{key}"] for key in ("input_ids", "attention_mask", "completion_mask")}
+    token = completion_logps(model, rows, logits_to_keep=keep_logits)
+    with torch.no_grad():
+        # Sum, then mean, over each row's completion positions of the logit averaged over the vocabulary.
+        rows_N = token.mask.nonzero()[:, 0]
+        logit_sums_B = token.logps.new_zeros(token.mask.shape[0], dtype=torch.float32)
+        logit_sums_B.index_add_(0, rows_N, token.logits.float().mean(dim=-1))
+        mean_logits_B = logit_sums_B / token.mask.sum(dim=-1).clamp(min=1)
+    return UnpairedScores(token.logps.sum(dim=-1), mean_logits_B, getattr(token.outputs, "aux_loss", None))
+
+
+def stack_completion_and_kl_rows(batch: dict[str, torch.Tensor], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """The completion rows and the KL rows of a batch as one right-padded batch of 2B rows (completion rows first).
+
+    Args:
+        batch (`dict[str, torch.Tensor]`):
+            A collated batch with KL rows.
+        pad_token_id (`int`):
+            Pads `input_ids`; masks are padded with 0.
+    """
+    length = max(batch["input_ids"].shape[1], batch["kl_input_ids"].shape[1])
+    stacked = {}
+    for key, value in (("input_ids", pad_token_id), ("attention_mask", 0), ("completion_mask", 0)):
+        rows = (pad_to_length(batch[key], length, value), pad_to_length(batch[f"kl_{key}"], length, value))
+        stacked[key] = torch.cat(rows)
+    return stacked
+
+
+def _without_kl_rows(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key: value for key, value in batch.items() if not key.startswith("kl_")}
+
+
+class UnpairedPreferenceTrainer(ReferenceModelMixin, BaseTrainer):
+    """Base of [`KTOTrainer`] and [`BCOTrainer`]: a subclass sets `_config_class`, says whether it needs the KL rows
+    (`_uses_kl`) and implements `_unpaired_loss`."""
+
+    _config_class: type
+    _extra_columns: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel,
+        ref_model: str | PreTrainedModel | None,
+        args: Any,
+        data_collator: Callable | None,
+        train_dataset: Dataset | IterableDataset | None,
+        eval_dataset: Dataset | IterableDataset | dict[str, Dataset] | None,
+        processing_class: Any,
+        compute_metrics: Callable | None,
+        callbacks: list | None,
+        optimizers: tuple,
+        preprocess_logits_for_metrics: Callable | None,
+        quantization_config: Any,
+        peft_config: Any,
+        model_init: Callable | None,
+        model_adapter_name: str | None,
+        ref_adapter_name: str | None,
+    ):
+        args = to_config(args, self._config_class, model_name_of(model), self._name)
+        self._validate_inputs(args, model, ref_model, peft_config, train_dataset, model_init)
+        model = self._setup_model(model, args, quantization_config)
+        processing_class = processing_class or load_processing_class(model.config._name_or_path, args)
+        model = prepare_peft_model(model, peft_config, args)
+        self._explicit_ref_model = ref_model is not None
+        ref_model = self._setup_ref_model(model, ref_model, args)
+        if args.disable_dropout:
+            for module in (model, ref_model):
+                if module is not None:
+                    disable_dropout_in_model(module)
+        self.pad_token_id = args.padding_value
+        if self.pad_token_id is None:
+            self.pad_token_id = resolve_pad_token_id(processing_class)
+        self._needs_kl = self._uses_kl(args)
+        self._ref_columns = ("ref_logps", "ref_kl_logps") if self._needs_kl else ("ref_logps",)
+        train_dataset = self._prepare_dataset(train_dataset, processing_class, args, "train")
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {
+                name: self._prepare_dataset(ds, processing_class, args, name) for name, ds in eval_dataset.items()
+            }
+        elif eval_dataset is not None:
+            eval_dataset = self._prepare_dataset(eval_dataset, processing_class, args, "eval")
+        if data_collator is None:
+            data_collator = DataCollatorForUnpairedPreference(
+                pad_token_id=self.pad_token_id,
+                max_length=args.max_length,
+                pad_to_multiple_of=getattr(args, "pad_to_multiple_of", None),
+                calculate_kl=self._needs_kl,
+            )
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+        )
+        # The loss is a mean over the examples of each micro-batch: Trainer divides it by the accumulation steps.
+        self.model_accepts_loss_kwargs = False
+        self._setup_reference(ref_model, model_adapter_name, ref_adapter_name)
+        self._policy_keeps_logits = _accepts_logits_to_keep(self.accelerator.unwrap_model(self.model))
+        reference = self.ref_model if self.ref_model is not None else self.model
+        self._ref_keeps_logits = _accepts_logits_to_keep(getattr(reference, "module", reference))
+
+    # ------------------------------------------------------------------------------------------------- setup
+    @staticmethod
+    def _uses_kl(args: Any) -> bool:
+        return False
+
+    def _validate_inputs(
+        self, args: Any, model: Any, ref_model: Any, peft_config: Any, train_dataset: Any, model_init: Any
+    ) -> None:
+        check_model_init_kwargs_unused(model, args)
+        if model_init is not None:
+            raise ValueError(f"{type(self).__name__} does not support model_init; pass the model (or its id).")
+        if train_dataset is None:
+            raise ValueError(f"{type(self).__name__} needs a train_dataset of unpaired (or paired) preference data.")
+        if args.is_encoder_decoder:
+            raise ValueError(
+                f"{type(self).__name__} trains decoder-only causal language models; encoder-decoder models are not "
+                "supported. Leave is_encoder_decoder unset (or False)."
+            )
+        validate_reference_options(args, model, ref_model, peft_config)
+
+    @staticmethod
+    def _setup_model(model: str | PreTrainedModel, args: Any, quantization_config: Any) -> PreTrainedModel:
+        if isinstance(model, str):
+            overrides = {"quantization_config": quantization_config} if quantization_config is not None else {}
+            model = load_model(model, args, AutoModelForCausalLM, **overrides)
+        elif quantization_config is not None:
+            raise ValueError("quantization_config only applies when `model` is a string; the model is already loaded.")
+        if getattr(args, "router_aux_loss_coef", None) not in (None, 0.0) and not _is_moe(model):
+            raise ValueError(
+                f"router_aux_loss_coef={args.router_aux_loss_coef} is set but {type(model).__name__} is not a "
+                "mixture-of-experts model. Leave router_aux_loss_coef=None."
+            )
+        return model
+
+    def _prepare_dataset(
+        self, dataset: Dataset | IterableDataset, processing_class: Any, args: Any, name: str
+    ) -> Dataset | IterableDataset:
+        with args.main_process_first(desc=f"preparing the {name} dataset"):
+            dataset = prepare_unpaired_dataset(
+                dataset,
+                processing_class,
+                trainer_name=type(self).__name__,
+                eos_token=get_tokenizer(processing_class).eos_token,
+                max_prompt_length=args.max_prompt_length,
+                max_completion_length=args.max_completion_length,
+                truncation_mode=args.truncation_mode,
+                num_proc=args.dataset_num_proc,
+            )
+        empty = count_empty_completions(dataset, args.max_length)
+        if empty:
+            warnings.warn(
+                f"{empty} example(s) of the {name} dataset have no completion token left after truncation "
+                f"(max_length={args.max_length}, max_prompt_length={args.max_prompt_length}); their log-probs are 0 "
+                "and they teach nothing. Lower max_prompt_length or raise max_length.",
+                UserWarning,
+                stacklevel=3,
+            )
+        return dataset
+
+    def _set_signature_columns_if_needed(self) -> None:
+        if self._signature_columns is None:
+            self._signature_columns = [*UNPAIRED_TOKEN_COLUMNS, "ref_logps", "ref_kl_logps", *self._extra_columns]
+
+    def _derived_quantities(self) -> dict[str, Any]:
+        rows = super()._derived_quantities()
+        rows["global batch (examples/step)"] = rows.pop("global batch (sequences/step)")
+        rows["KL rows per batch"] = self.args.per_device_train_batch_size if self._needs_kl else 0
+        rows["beta"] = self.args.beta
+        rows["reference"] = self._reference_description()
+        return rows
+
+    # ------------------------------------------------------------------------------------ reference log-probs
+    @torch.no_grad()
+    def compute_ref_log_probs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Reference sequence log-probs of the completion rows `[B]` and, when the batch has them, of the KL rows
+        `[B]` (else `None`), in one forward pass.
+
+        Args:
+            batch (`dict[str, torch.Tensor]`):
+                Output of [`DataCollatorForUnpairedPreference`].
+        """
+        with_kl = "kl_input_ids" in batch
+        rows = stack_completion_and_kl_rows(batch, self.pad_token_id) if with_kl else batch
+        with self._reference_model() as reference:
+            logps = completion_scores(reference, rows, keep_logits=self._ref_keeps_logits).logps
+        size = batch["input_ids"].shape[0]
+        return (logps[:size], logps[size:]) if with_kl else (logps, None)
+
+    def _reference_logps(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if "ref_logps" in batch:
+            return batch["ref_logps"], batch.get("ref_kl_logps")
+        return self.compute_ref_log_probs(batch if self._needs_kl else _without_kl_rows(batch))
+
+    def _add_ref_columns(self, dataset: Dataset, batch_size: int) -> Dataset:
+        rows = dataset.select_columns(list(UNPAIRED_TOKEN_COLUMNS))
+
+        def completion_logps(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor]:
+            return (self.compute_ref_log_probs(_without_kl_rows(batch))[0],)
+
+        if "ref_logps" not in dataset.column_names:
+            (logps,) = self._compute_reference_columns(rows, batch_size, completion_logps)
+            dataset = dataset.add_column("ref_logps", logps)
+        if self._needs_kl and "ref_kl_logps" not in dataset.column_names:
+            # Scored as ordinary rows: the pairs are those the collator forms in batches of `batch_size`.
+            (logps,) = self._compute_reference_columns(
+                kl_pairs_dataset(rows, batch_size), batch_size, completion_logps
+            )
+            dataset = dataset.add_column("ref_kl_logps", logps)
+        return dataset
+
+    # -------------------------------------------------------------------------------------------------- loss
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        mode = "train" if model.training else "eval"
+        ref_logps, ref_kl_logps = self._reference_logps(inputs)
+        scores = completion_scores(model, inputs, keep_logits=self._policy_keeps_logits)
+        kl_logps = None
+        if self._needs_kl:
+            with torch.no_grad():
+                kl_logps = completion_scores(model, inputs, "kl_", self._policy_keeps_logits).logps
+        labels_B = inputs["labels"].bool()
+        assert scores.logps.shape == ref_logps.shape == labels_B.shape, "log-probs and labels are misaligned"
+        logps = UnpairedLogps(scores.logps, ref_logps, kl_logps, ref_kl_logps, labels_B, inputs.get("udm_weights"))
+        loss = self._unpaired_loss(logps, mode)
+        loss = loss + router_aux_loss(self, scores.aux_loss, mode, getattr(self.args, "router_aux_loss_coef", None))
+        rewards_B = self.args.beta * (scores.logps - ref_logps).detach()
+        self._log_unpaired_metrics(labels_B, rewards_B, scores, mode)
+        if return_outputs:
+            return loss, {"rewards": rewards_B}
+        return loss
+
+    def _unpaired_loss(self, logps: UnpairedLogps, mode: str) -> torch.Tensor:
+        """The method's scalar loss of the micro-batch."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------------------------------- metrics
+    @torch.no_grad()
+    def _log_unpaired_metrics(
+        self, labels: torch.Tensor, rewards: torch.Tensor, scores: UnpairedScores, mode: str
+    ) -> None:
+        per_example = torch.stack([rewards.float(), scores.logps.detach().float(), scores.mean_logits, labels.float()])
+        values_B_4 = self.accelerator.gather_for_metrics(per_example.T.contiguous())
+        chosen_B = values_B_4[:, 3].bool()
+        # Per kind: the sums of the three metrics and the count (last column), read in one transfer.
+        sums = torch.stack([values_B_4[chosen_B].sum(dim=0), values_B_4[~chosen_B].sum(dim=0)])
+        sums[1, 3] = (~chosen_B).sum()
+        for split, row in zip(_SPLITS, sums.tolist()):
+            for metric, value in zip(_METRICS, row):
+                self.log_metric(f"{metric}/{split}_sum", value, mode)
+            self.log_metric(f"count/{split}", row[3], mode)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "eval" if any(key.startswith("eval_") for key in logs) else "train"
+        store = self._metrics[mode]
+        means = {}
+        for split in _SPLITS:
+            # Sums and counts add up over the logging window (BaseTrainer would average them).
+            count = sum(store.get(f"count/{split}", []))
+            for name in [f"count/{split}"] + [f"{metric}/{split}_sum" for metric in _METRICS]:
+                if name in store:
+                    store[name] = [sum(store[name])]
+            if count:
+                for metric in _METRICS:
+                    means[f"{metric}/{split}"] = store[f"{metric}/{split}_sum"][0] / count
+        if "rewards/chosen" in means and "rewards/rejected" in means:
+            means["rewards/margins"] = means["rewards/chosen"] - means["rewards/rejected"]
+        for name, value in means.items():
+            store[name] = [value]
+        super().log(logs, start_time)
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+        loss = loss.detach()
+        if prediction_loss_only:
+            return loss, None, None
+        # Predictions are the implicit rewards β·(log π − log π_ref); labels the desirability (1 desirable).
+        return loss, outputs["rewards"], inputs["labels"].long()
