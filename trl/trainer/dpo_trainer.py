@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 from datasets import Dataset, IterableDataset
-from transformers import AutoModelForCausalLM, PreTrainedModel, TrainingArguments
+from transformers import PreTrainedModel, TrainingArguments
 
 from ..losses import (
     combine_losses,
@@ -45,12 +45,15 @@ from .base_trainer import BaseTrainer
 from .collators import DataCollatorForPreference
 from .dpo_config import DPOConfig
 from .model_utils import (
+    accepts_logits_to_keep,
     check_model_init_kwargs_unused,
     get_tokenizer,
-    load_model,
+    load_policy,
     load_processing_class,
+    model_name_of,
     prepare_peft_model,
     resolve_pad_token_id,
+    to_config,
 )
 from .paired_forward import (
     PairedScores,
@@ -63,7 +66,6 @@ from .paired_forward import (
 )
 from .preference_data import PREFERENCE_TOKEN_COLUMNS, count_empty_completions, prepare_preference_dataset
 from .reference import ReferenceModelMixin, validate_reference_options
-from .sft_trainer import _accepts_logits_to_keep, _is_moe, model_name_of, to_config
 from .utils import RunningMoments, disable_dropout_in_model
 
 
@@ -202,17 +204,8 @@ class DPOTrainer(ReferenceModelMixin, BaseTrainer):
 
     @staticmethod
     def _setup_model(model: str | PreTrainedModel, args: DPOConfig, quantization_config: Any) -> PreTrainedModel:
-        if isinstance(model, str):
-            overrides = {"quantization_config": quantization_config} if quantization_config is not None else {}
-            model = load_model(model, args, AutoModelForCausalLM, **overrides)
-        elif quantization_config is not None:
-            raise ValueError("quantization_config only applies when `model` is a string; the model is already loaded.")
-        if args.router_aux_loss_coef not in (None, 0.0) and not _is_moe(model):
-            raise ValueError(
-                f"router_aux_loss_coef={args.router_aux_loss_coef} is set but {type(model).__name__} is not a "
-                "mixture-of-experts model. Leave router_aux_loss_coef=None."
-            )
-        if args.use_logits_to_keep and not _accepts_logits_to_keep(model):
+        model = load_policy(model, args, quantization_config)
+        if args.use_logits_to_keep and not accepts_logits_to_keep(model):
             raise ValueError(
                 f"use_logits_to_keep=True but {type(model).__name__}.forward has no `logits_to_keep` argument. Set "
                 "use_logits_to_keep=False (full logits are computed and the completion positions selected)."
@@ -250,7 +243,7 @@ class DPOTrainer(ReferenceModelMixin, BaseTrainer):
         self.loss_types = list(self.args.loss_type)
         self.loss_options = self.args.loss_options()
         self.running = RunningMoments(self.accelerator) if "bco_pair" in self.loss_types else None
-        self._logits_to_keep_supported = _accepts_logits_to_keep(self.accelerator.unwrap_model(self.model))
+        self._logits_to_keep_supported = accepts_logits_to_keep(self.accelerator.unwrap_model(self.model))
         self._setup_reference(ref_model, self.args.model_adapter_name, self.args.ref_adapter_name)
         unwrapped = self.accelerator.unwrap_model(self.model)
         attention = getattr(unwrapped.config, "_attn_implementation", None) or ""

@@ -320,3 +320,32 @@ def uses_flash_attention(model: torch.nn.Module) -> bool:
     batches; sdpa / eager build a mask over the whole flattened row)."""
     implementation = getattr(getattr(model, "config", None), "_attn_implementation", None) or ""
     return "flash" in implementation
+
+
+def load_policy(
+    model: str | PreTrainedModel, args: Any, quantization_config: Any = None, auto_class: Any = AutoModelForCausalLM
+) -> PreTrainedModel:
+    """The trained model of a trainer: loaded when `model` is a string, checked either way.
+
+    Args:
+        model (`str` or `PreTrainedModel`):
+            A model id / path, or a loaded model.
+        args (`TrainingArguments`):
+            The trainer config (`model_init_kwargs`, `trust_remote_code`, `router_aux_loss_coef`).
+        quantization_config (`BitsAndBytesConfig` or `None`, *optional*, defaults to `None`):
+            Used when `model` is a string; an error with a loaded model, where it would be ignored.
+        auto_class (`type`, *optional*, defaults to `AutoModelForCausalLM`):
+            The auto class to load with.
+    """
+    if isinstance(model, str):
+        overrides = {"quantization_config": quantization_config} if quantization_config is not None else {}
+        model = load_model(model, args, auto_class, **overrides)
+    elif quantization_config is not None:
+        raise ValueError("quantization_config only applies when `model` is a string; the model is already loaded.")
+    coef = getattr(args, "router_aux_loss_coef", None)
+    if coef not in (None, 0.0) and not is_moe_model(model):
+        raise ValueError(
+            f"router_aux_loss_coef={coef} is set but {type(model).__name__} is not a mixture-of-experts model (its "
+            "config has no router). Leave router_aux_loss_coef=None."
+        )
+    return model

@@ -43,16 +43,18 @@ from .base_trainer import BaseTrainer
 from .collators import DataCollatorForPreference
 from .data_preparation import _map_kwargs
 from .model_utils import (
+    accepts_logits_to_keep,
     check_model_init_kwargs_unused,
     get_tokenizer,
     load_model,
     load_processing_class,
+    model_name_of,
     prepare_peft_model,
     resolve_pad_token_id,
+    to_config,
 )
 from .orpo_config import _ReferenceFreePairedConfig
 from .preference_data import PREFERENCE_TOKEN_COLUMNS, count_empty_completions, prepare_preference_dataset
-from .sft_trainer import _accepts_logits_to_keep, model_name_of, to_config
 from .utils import disable_dropout_in_model, flush_left, pad, selective_log_softmax
 
 
@@ -511,7 +513,7 @@ class _ReferenceFreePairedTrainer(BaseTrainer):
         # The loss is a mean over the pairs of each micro-batch: Trainer divides it by the accumulation steps.
         self.model_accepts_loss_kwargs = False
         unwrapped = self.accelerator.unwrap_model(self.model)
-        self._logits_to_keep_supported = not self.is_encoder_decoder and _accepts_logits_to_keep(unwrapped)
+        self._logits_to_keep_supported = not self.is_encoder_decoder and accepts_logits_to_keep(unwrapped)
 
     # ------------------------------------------------------------------------------------------------- setup
     def _validate_config(self, args: _ReferenceFreePairedConfig, model: Any, train_dataset: Any) -> None:

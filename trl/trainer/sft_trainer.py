@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 from datasets import Dataset, IterableDataset
-from transformers import AutoModelForCausalLM, PreTrainedModel, TrainingArguments
+from transformers import PreTrainedModel, TrainingArguments
 
 from ..chat_template_utils import check_chat_template, get_training_chat_template
 from ..data_utils import get_dataset_column_names, is_conversational
@@ -39,8 +39,7 @@ from .model_utils import (
     apply_chat_template_path,
     check_model_init_kwargs_unused,
     get_tokenizer,
-    is_moe_model,
-    load_model,
+    load_policy,
     load_processing_class,
     model_name_of,
     prepare_peft_model,
@@ -194,17 +193,7 @@ class SFTTrainer(BaseTrainer):
 
     @staticmethod
     def _setup_model(model: str | PreTrainedModel, args: SFTConfig, quantization_config: Any) -> PreTrainedModel:
-        if isinstance(model, str):
-            overrides = {"quantization_config": quantization_config} if quantization_config is not None else {}
-            model = load_model(model, args, AutoModelForCausalLM, **overrides)
-        elif quantization_config is not None:
-            raise ValueError("quantization_config only applies when `model` is a string; the model is already loaded.")
-        if args.router_aux_loss_coef not in (None, 0.0) and not is_moe_model(model):
-            raise ValueError(
-                f"router_aux_loss_coef={args.router_aux_loss_coef} is set but {type(model).__name__} is not a "
-                "mixture-of-experts model (its config has no router). Leave router_aux_loss_coef=None."
-            )
-        return model
+        return load_policy(model, args, quantization_config)
 
     @staticmethod
     def _resolve_padding_free(model: PreTrainedModel, args: SFTConfig) -> bool:
@@ -405,9 +394,3 @@ class SFTTrainer(BaseTrainer):
         if self.args.assistant_only_loss:
             rows["loss on"] = "assistant tokens"
         return rows
-
-
-# Kept for modules that imported these helpers from here before they moved to `model_utils`.
-_accepts_logits_to_keep = accepts_logits_to_keep
-_is_moe = is_moe_model
-__all__ = ["SFTTrainer", "model_name_of", "to_config"]

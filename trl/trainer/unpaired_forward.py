@@ -21,21 +21,23 @@ from typing import Any
 
 import torch
 from datasets import Dataset, IterableDataset
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 
 from .base_trainer import BaseTrainer
 from .collators import DataCollatorForUnpairedPreference
 from .model_utils import (
+    accepts_logits_to_keep,
     check_model_init_kwargs_unused,
     get_tokenizer,
-    load_model,
+    load_policy,
     load_processing_class,
+    model_name_of,
     prepare_peft_model,
     resolve_pad_token_id,
+    to_config,
 )
 from .paired_forward import completion_logps, router_aux_loss
 from .reference import ReferenceModelMixin, validate_reference_options
-from .sft_trainer import _accepts_logits_to_keep, _is_moe, model_name_of, to_config
 from .unpaired_data import UNPAIRED_TOKEN_COLUMNS, count_empty_completions, kl_pairs_dataset, prepare_unpaired_dataset
 from .utils import disable_dropout_in_model, pad_to_length
 
@@ -197,9 +199,9 @@ class UnpairedPreferenceTrainer(ReferenceModelMixin, BaseTrainer):
         # The loss is a mean over the examples of each micro-batch: Trainer divides it by the accumulation steps.
         self.model_accepts_loss_kwargs = False
         self._setup_reference(ref_model, model_adapter_name, ref_adapter_name)
-        self._policy_keeps_logits = _accepts_logits_to_keep(self.accelerator.unwrap_model(self.model))
+        self._policy_keeps_logits = accepts_logits_to_keep(self.accelerator.unwrap_model(self.model))
         reference = self.ref_model if self.ref_model is not None else self.model
-        self._ref_keeps_logits = _accepts_logits_to_keep(getattr(reference, "module", reference))
+        self._ref_keeps_logits = accepts_logits_to_keep(getattr(reference, "module", reference))
 
     # ------------------------------------------------------------------------------------------------- setup
     @staticmethod
@@ -223,17 +225,7 @@ class UnpairedPreferenceTrainer(ReferenceModelMixin, BaseTrainer):
 
     @staticmethod
     def _setup_model(model: str | PreTrainedModel, args: Any, quantization_config: Any) -> PreTrainedModel:
-        if isinstance(model, str):
-            overrides = {"quantization_config": quantization_config} if quantization_config is not None else {}
-            model = load_model(model, args, AutoModelForCausalLM, **overrides)
-        elif quantization_config is not None:
-            raise ValueError("quantization_config only applies when `model` is a string; the model is already loaded.")
-        if getattr(args, "router_aux_loss_coef", None) not in (None, 0.0) and not _is_moe(model):
-            raise ValueError(
-                f"router_aux_loss_coef={args.router_aux_loss_coef} is set but {type(model).__name__} is not a "
-                "mixture-of-experts model. Leave router_aux_loss_coef=None."
-            )
-        return model
+        return load_policy(model, args, quantization_config)
 
     def _prepare_dataset(
         self, dataset: Dataset | IterableDataset, processing_class: Any, args: Any, name: str
