@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trl.testing import get_tiny_model_path, load_test_dataset
 from trl.trainer.bco_config import BCOConfig
 from trl.trainer.bco_trainer import BCOTrainer
 from trl.trainer.unpaired_data import prepare_unpaired_dataset
+
+from .testing_utils import StopAt, perturbed_model, snapshot
 
 
 MODEL = get_tiny_model_path("qwen2")
@@ -27,31 +29,10 @@ def make_config(tmp_path, **kwargs) -> BCOConfig:
     return BCOConfig(**defaults)
 
 
-def perturbed_model(seed: int = 1, scale: float = 0.05) -> torch.nn.Module:
-    model = AutoModelForCausalLM.from_pretrained(MODEL)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(torch.randn(param.shape, generator=generator) * scale)
-    return model
-
-
-def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: param.detach().clone() for name, param in model.named_parameters()}
-
-
 def sequence_logps(model, batch) -> torch.Tensor:
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     logps = logits.log_softmax(-1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
     return (logps * batch["completion_mask"][:, 1:]).sum(-1)
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        control.should_training_stop = state.global_step >= self.step
 
 
 @pytest.fixture(scope="module")

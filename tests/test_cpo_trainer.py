@@ -12,6 +12,8 @@ from trl.trainer.cpo_config import CPO_LOSS_TYPES, CPOConfig
 from trl.trainer.cpo_trainer import CPOTrainer
 from trl.trainer.utils import compute_accuracy
 
+from .testing_utils import snapshot
+
 
 MODEL = get_tiny_model_path("qwen2")
 # Hand-built pairs (token ids) of different lengths: the rows carry padding.
@@ -30,10 +32,6 @@ def make_config(tmp_path, **kwargs) -> CPOConfig:
     )  # fmt: skip
     defaults.update(kwargs)
     return CPOConfig(**defaults)
-
-
-def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: param.detach().clone() for name, param in model.named_parameters()}
 
 
 def changed(model: torch.nn.Module, before: dict[str, torch.Tensor]) -> list[str]:

@@ -15,7 +15,7 @@ from trl.trainer.dpo_trainer import DPOTrainer
 from trl.trainer.preference_data import tokenize_preference_example, truncate_preference_example
 from trl.trainer.utils import compute_accuracy
 
-from .testing_utils import run_accelerate
+from .testing_utils import perturbed_model, run_accelerate, snapshot
 
 
 MODEL = get_tiny_model_path("qwen2")
@@ -38,20 +38,6 @@ def make_config(tmp_path, **kwargs) -> DPOConfig:
     )
     defaults.update(kwargs)
     return DPOConfig(**defaults)
-
-
-def perturbed_model(seed: int = 1, scale: float = 0.05) -> torch.nn.Module:
-    """The tiny model with noise added to every weight: a reference that differs from the policy."""
-    model = AutoModelForCausalLM.from_pretrained(MODEL)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(torch.randn(param.shape, generator=generator) * scale)
-    return model
-
-
-def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: param.detach().clone() for name, param in model.named_parameters()}
 
 
 def first_batch(trainer: DPOTrainer, size: int = 4) -> dict[str, torch.Tensor]:

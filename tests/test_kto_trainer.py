@@ -5,7 +5,7 @@ import warnings
 import pytest
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trl.testing import get_tiny_model_path, get_tiny_tokenizer_path, load_test_dataset
 from trl.trainer.collators import DataCollatorForUnpairedPreference
@@ -17,6 +17,8 @@ from trl.trainer.unpaired_data import (
     tokenize_unpaired_example,
     truncate_unpaired_example,
 )
+
+from .testing_utils import StopAt, perturbed_model, snapshot
 
 
 MODEL = get_tiny_model_path("qwen2")
@@ -32,32 +34,8 @@ def make_config(tmp_path, **kwargs) -> KTOConfig:
     return KTOConfig(**defaults)
 
 
-def perturbed_model(seed: int = 1, scale: float = 0.05) -> torch.nn.Module:
-    """The tiny model with noise added to every weight: a reference that differs from the policy."""
-    model = AutoModelForCausalLM.from_pretrained(MODEL)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(torch.randn(param.shape, generator=generator) * scale)
-    return model
-
-
-def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: param.detach().clone() for name, param in model.named_parameters()}
-
-
 def changed(model: torch.nn.Module, before: dict[str, torch.Tensor]) -> list[str]:
     return [name for name, param in model.named_parameters() if not torch.equal(param, before[name])]
-
-
-class StopAt(TrainerCallback):
-    """Interrupt training after `step` optimizer steps (the schedule still plans for `max_steps`)."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        control.should_training_stop = state.global_step >= self.step
 
 
 def sequence_logps(model, input_ids, attention_mask, completion_mask) -> torch.Tensor:

@@ -11,6 +11,8 @@ from trl.testing import get_dataset_path, get_tiny_model_path, get_tiny_tokenize
 from trl.trainer.prm_config import PRMConfig
 from trl.trainer.prm_trainer import PRMTrainer
 
+from .testing_utils import snapshot
+
 
 MODEL = "qwen2-token-cls"
 
@@ -29,10 +31,6 @@ def make_config(tmp_path, **kwargs) -> PRMConfig:
     )
     defaults.update(kwargs)
     return PRMConfig(**defaults)
-
-
-def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: param.detach().clone() for name, param in model.named_parameters()}
 
 
 class CharTokenizer:

@@ -14,7 +14,7 @@ from trl.trainer.reward_config import RewardConfig
 from trl.trainer.reward_trainer import RewardTrainer
 from trl.trainer.utils import compute_accuracy
 
-from .testing_utils import run_accelerate
+from .testing_utils import run_accelerate, snapshot
 
 
 MODEL = get_tiny_model_path("qwen2-seq-cls")
@@ -36,10 +36,6 @@ def make_config(tmp_path, **kwargs) -> RewardConfig:
     )
     defaults.update(kwargs)
     return RewardConfig(**defaults)
-
-
-def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: param.detach().clone() for name, param in model.named_parameters()}
 
 
 def test_config_defaults_follow_the_reference():

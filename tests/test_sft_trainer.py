@@ -8,6 +8,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 from trl import SFTConfig, SFTTrainer
 from trl.testing import get_tiny_model_path, get_tiny_tokenizer_path, load_test_dataset
 
+from .testing_utils import snapshot
+
 
 def make_config(tmp_path, **kwargs) -> SFTConfig:
     defaults = dict(
@@ -23,10 +25,6 @@ def make_config(tmp_path, **kwargs) -> SFTConfig:
     )
     defaults.update(kwargs)
     return SFTConfig(**defaults)
-
-
-def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: param.detach().clone() for name, param in model.named_parameters() if param.requires_grad}
 
 
 def assert_all_changed(model: torch.nn.Module, before: dict[str, torch.Tensor]) -> None:

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, TrainerCallback
 
 
 def free_port() -> int:
@@ -54,3 +55,30 @@ def assert_state_dicts_equal(first: dict[str, torch.Tensor], second: dict[str, t
 
 
 distributed = pytest.mark.distributed
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every parameter, to check later which ones training changed."""
+    return {name: param.detach().clone() for name, param in model.named_parameters()}
+
+
+def perturbed_model(path: str | None = None, seed: int = 1, scale: float = 0.05) -> torch.nn.Module:
+    """The tiny causal LM with noise added to every weight: a reference model that differs from the policy."""
+    from trl.testing import get_tiny_model_path
+
+    model = AutoModelForCausalLM.from_pretrained(path or get_tiny_model_path("qwen2"))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * scale)
+    return model
+
+
+class StopAt(TrainerCallback):
+    """Interrupt training after `step` optimizer steps (the schedule still plans for `max_steps`)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        control.should_training_stop = state.global_step >= self.step
