@@ -38,8 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from trl.scripts.utils import DatasetMixtureConfig, ScriptArguments, TrlParser, parse_script_args, run_training
-from trl.trainer.model_config import ModelConfig
+from trl.scripts.utils import ScriptArguments, TrlParser, make_training_parser, parse_script_args, run_training
 
 
 COMMAND = "grpo"
@@ -137,12 +136,9 @@ def make_parser(subparsers=None, prog: str | None = None) -> TrlParser:
     """
     from trl.trainer.grpo_config import GRPOConfig
 
-    dataclass_types = (GRPOScriptArguments, GRPOConfig, ModelConfig, DatasetMixtureConfig)
-    if subparsers is not None:
-        return subparsers.add_parser(
-            COMMAND, help=DESCRIPTION, description=DESCRIPTION, dataclass_types=dataclass_types
-        )
-    return TrlParser(dataclass_types, prog=prog, description=DESCRIPTION)
+    return make_training_parser(
+        COMMAND, DESCRIPTION, GRPOConfig, subparsers, prog, script_args_class=GRPOScriptArguments
+    )
 
 
 def main(script_args, training_args, model_args, dataset_args) -> None:

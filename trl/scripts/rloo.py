@@ -26,8 +26,7 @@ import paths, or reward model ids / directories.
 from __future__ import annotations
 
 from trl.scripts.grpo import GRPOScriptArguments, resolve_reward_funcs
-from trl.scripts.utils import DatasetMixtureConfig, TrlParser, parse_script_args, run_training
-from trl.trainer.model_config import ModelConfig
+from trl.scripts.utils import TrlParser, make_training_parser, parse_script_args, run_training
 
 
 COMMAND = "rloo"
@@ -49,12 +48,9 @@ def make_parser(subparsers=None, prog: str | None = None) -> TrlParser:
     """
     from trl.trainer.rloo_config import RLOOConfig
 
-    dataclass_types = (RLOOScriptArguments, RLOOConfig, ModelConfig, DatasetMixtureConfig)
-    if subparsers is not None:
-        return subparsers.add_parser(
-            COMMAND, help=DESCRIPTION, description=DESCRIPTION, dataclass_types=dataclass_types
-        )
-    return TrlParser(dataclass_types, prog=prog, description=DESCRIPTION)
+    return make_training_parser(
+        COMMAND, DESCRIPTION, RLOOConfig, subparsers, prog, script_args_class=RLOOScriptArguments
+    )
 
 
 def main(script_args, training_args, model_args, dataset_args) -> None:

@@ -698,6 +698,7 @@ def make_training_parser(
     subparsers: Any = None,
     prog: str | None = None,
     lora_task_type: str | None = None,
+    script_args_class: type | None = None,
 ) -> TrlParser:
     """
     Parser of a training script: `(ScriptArguments, <config_class>, ModelConfig, DatasetMixtureConfig)`.
@@ -715,10 +716,12 @@ def make_training_parser(
             Program name shown in the usage line of a standalone parser.
         lora_task_type (`str` or `None`, *optional*, defaults to `None`):
             Default `--lora_task_type` (e.g. `"SEQ_CLS"` for reward models); `None` keeps `CAUSAL_LM`.
+        script_args_class (`type` or `None`, *optional*, defaults to `None`):
+            A [`ScriptArguments`] subclass with the command's own arguments (e.g. GRPO's `--reward_funcs`).
     """
     from ..trainer.model_config import ModelConfig
 
-    dataclass_types = (ScriptArguments, config_class, ModelConfig, DatasetMixtureConfig)
+    dataclass_types = (script_args_class or ScriptArguments, config_class, ModelConfig, DatasetMixtureConfig)
     if subparsers is not None:
         parser = subparsers.add_parser(
             command, help=description, description=description, dataclass_types=dataclass_types
