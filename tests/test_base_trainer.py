@@ -92,3 +92,28 @@ def test_derived_quantities_table(tmp_path, capsys):
     assert rows["max tokens per step"] == 6 * 64
     trainer._print_derived_quantities()
     assert "global batch" in capsys.readouterr().out
+
+
+def test_activation_offloading_wraps_the_loss_in_save_on_cpu(tmp_path, monkeypatch):
+    import contextlib
+
+    entered = []
+
+    @contextlib.contextmanager
+    def fake_save_on_cpu(pin_memory=False):
+        entered.append(pin_memory)
+        yield
+
+    args = SFTConfig(output_dir=str(tmp_path), report_to="none", max_steps=1)
+    trainer = SFTTrainer(
+        get_tiny_model_path("qwen2"), args=args, train_dataset=load_test_dataset("standard_language_modeling")
+    )
+    monkeypatch.setattr(torch.autograd.graph, "save_on_cpu", fake_save_on_cpu)
+    with trainer.compute_loss_context_manager():
+        pass
+    assert entered == []
+    # Only reachable on an accelerator (the trainers refuse it on CPU); the context is what matters here.
+    trainer.args.activation_offloading = True
+    with trainer.compute_loss_context_manager():
+        pass
+    assert entered == [True]

@@ -10,6 +10,7 @@ from their own `_setup_model` step before `Trainer.__init__` runs.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections import defaultdict
@@ -89,6 +90,16 @@ class BaseTrainer(Trainer):
             coef = getattr(self.accelerator.unwrap_model(self.model).config, "router_aux_loss_coef", 0.0)
         self.log_metric("aux_loss", self.accelerator.gather(aux_loss.detach().reshape(1)).mean(), mode)
         return coef * aux_loss
+
+    def compute_loss_context_manager(self):
+        context = super().compute_loss_context_manager()
+        if not getattr(self.args, "activation_offloading", False):
+            return context
+        # Tensors saved for the backward pass live in (pinned) CPU memory until they are needed.
+        stack = contextlib.ExitStack()
+        stack.enter_context(context)
+        stack.enter_context(torch.autograd.graph.save_on_cpu(pin_memory=True))
+        return stack
 
     # ------------------------------------------------------------ training summary
     def _derived_quantities(self) -> dict[str, Any]:

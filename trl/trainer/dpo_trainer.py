@@ -46,6 +46,7 @@ from .collators import DataCollatorForPreference
 from .dpo_config import DPOConfig
 from .model_utils import (
     accepts_logits_to_keep,
+    check_activation_offloading,
     check_model_init_kwargs_unused,
     get_tokenizer,
     load_policy,
@@ -191,11 +192,7 @@ class DPOTrainer(ReferenceModelMixin, BaseTrainer):
         if train_dataset is None:
             raise ValueError("DPOTrainer needs a train_dataset of paired preference data.")
         validate_reference_options(args, model, ref_model, peft_config)
-        if args.activation_offloading and not torch.cuda.is_available():
-            raise ValueError(
-                "activation_offloading moves activations from an accelerator to CPU memory; without a "
-                "CUDA device there is nothing to offload. Set activation_offloading=False."
-            )
+        check_activation_offloading(args)
         if args.use_liger_loss:
             from ..import_utils import is_liger_kernel_available, require
 

@@ -30,6 +30,7 @@ from transformers import PreTrainedModel, TrainingArguments
 
 from ..losses import apo_zero_unpaired_loss, kto_kl_estimate, kto_loss
 from .kto_config import KTOConfig
+from .model_utils import check_activation_offloading
 from .unpaired_data import label_counts
 from .unpaired_forward import UnpairedLogps, UnpairedPreferenceTrainer
 
@@ -123,11 +124,7 @@ class KTOTrainer(UnpairedPreferenceTrainer):
 
             require(is_liger_kernel_available(), "use_liger_loss=True", "pip install liger-kernel")
             raise ValueError("use_liger_loss=True is not supported in this version of trl; set it to False.")
-        if args.activation_offloading and not torch.cuda.is_available():
-            raise ValueError(
-                "activation_offloading moves activations from an accelerator to CPU memory; without a CUDA device "
-                "there is nothing to offload. Set activation_offloading=False."
-            )
+        check_activation_offloading(args)
 
     def _prepare_dataset(
         self, dataset: Dataset | IterableDataset, processing_class: Any, args: KTOConfig, name: str

@@ -349,3 +349,12 @@ def load_policy(
             "config has no router). Leave router_aux_loss_coef=None."
         )
     return model
+
+
+def check_activation_offloading(args: Any) -> None:
+    """`activation_offloading` moves saved activations from an accelerator to CPU memory: refuse it without one."""
+    if getattr(args, "activation_offloading", False) and not torch.cuda.is_available():
+        raise ValueError(
+            "activation_offloading moves activations from an accelerator to CPU memory; without a CUDA device there "
+            "is nothing to offload. Set activation_offloading=False."
+        )

@@ -25,6 +25,7 @@ from .base_trainer import BaseTrainer
 from .collators import DataCollatorForRewardPreference
 from .model_utils import (
     apply_chat_template_path,
+    check_activation_offloading,
     check_model_init_kwargs_unused,
     classification_head_name,
     classification_peft_config,
@@ -145,11 +146,7 @@ class RewardTrainer(BaseTrainer):
         check_model_init_kwargs_unused(model, args)
         if train_dataset is None:
             raise ValueError("RewardTrainer needs a train_dataset of paired preference data.")
-        if args.activation_offloading and not torch.cuda.is_available():
-            raise ValueError(
-                "activation_offloading moves activations from an accelerator to CPU memory; without a "
-                "CUDA device there is nothing to offload. Set activation_offloading=False."
-            )
+        check_activation_offloading(args)
 
     @staticmethod
     def _setup_model(model: str | PreTrainedModel, args: RewardConfig, quantization_config: Any) -> PreTrainedModel:

@@ -13,7 +13,6 @@ small model and prompt/padding positions carry no loss); entropy and accuracy co
 
 from __future__ import annotations
 
-import contextlib
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +36,7 @@ from .data_preparation import (
 from .model_utils import (
     accepts_logits_to_keep,
     apply_chat_template_path,
+    check_activation_offloading,
     check_model_init_kwargs_unused,
     get_tokenizer,
     load_policy,
@@ -175,11 +175,7 @@ class SFTTrainer(BaseTrainer):
                 "formatting_func builds one text per example, so there is no prompt/completion split for "
                 "completion_only_loss=True. Use a prompt-completion dataset, or set completion_only_loss=False."
             )
-        if args.activation_offloading and not torch.cuda.is_available():
-            raise ValueError(
-                "activation_offloading moves activations from an accelerator to CPU memory; without "
-                "a CUDA device there is nothing to offload. Set activation_offloading=False."
-            )
+        check_activation_offloading(args)
         unknown = set(args.dataset_kwargs or {}) - {"skip_prepare_dataset"}
         if unknown:
             raise ValueError(
@@ -369,16 +365,6 @@ class SFTTrainer(BaseTrainer):
         if totals[2] > 0:
             self.log_metric("entropy", (totals[0] / totals[2]).item(), mode)
             self.log_metric("mean_token_accuracy", (totals[1] / totals[2]).item(), mode)
-
-    def compute_loss_context_manager(self):
-        context = super().compute_loss_context_manager()
-        if not self.args.activation_offloading:
-            return context
-        # Tensors saved for the backward pass live in (pinned) CPU memory until they are needed.
-        stack = contextlib.ExitStack()
-        stack.enter_context(context)
-        stack.enter_context(torch.autograd.graph.save_on_cpu(pin_memory=True))
-        return stack
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         # Without compute_metrics nothing reads the logits: skip collecting them (and keep logits_to_keep).
