@@ -15,7 +15,7 @@ from trl.trainer.dpo_trainer import DPOTrainer
 from trl.trainer.preference_data import tokenize_preference_example, truncate_preference_example
 from trl.trainer.utils import compute_accuracy
 
-from .testing_utils import perturbed_model, run_accelerate, snapshot
+from .testing_utils import StopAt, perturbed_model, run_accelerate, snapshot
 
 
 MODEL = get_tiny_model_path("qwen2")
@@ -592,3 +592,19 @@ def test_create_reference_model_is_a_frozen_copy_or_shares_leading_layers():
     assert (
         shared.get_parameter(layer1) is not model.get_parameter(layer1) and model.get_parameter(layer1).requires_grad
     )
+
+
+def test_bco_pair_running_mean_is_saved_and_restored_on_resume(tmp_path, tokenized_train):
+    straight = DPOTrainer(
+        MODEL, args=make_config(tmp_path / "a", max_steps=3, loss_type=["bco_pair"]), train_dataset=tokenized_train
+    )
+    straight.train()
+    args = make_config(tmp_path / "b", max_steps=3, loss_type=["bco_pair"], save_strategy="steps", save_steps=2)
+    interrupted = DPOTrainer(MODEL, args=args, train_dataset=tokenized_train, callbacks=[StopAt(2)])
+    interrupted.train()
+    assert (tmp_path / "b" / "checkpoint-2" / "running.json").is_file()
+    resumed = DPOTrainer(MODEL, args=args, train_dataset=tokenized_train)
+    resumed.train(resume_from_checkpoint=True)
+    assert resumed.state.global_step == 3
+    assert resumed.running.count == pytest.approx(straight.running.count)
+    assert resumed.running.mean == pytest.approx(straight.running.mean, abs=1e-6)

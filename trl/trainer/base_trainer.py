@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import warnings
 from collections import defaultdict
 from typing import Any
 
@@ -141,9 +142,41 @@ class BaseTrainer(Trainer):
             for key, value in rows.items():
                 print(f"{key}: {value}")
 
-    def train(self, *args: Any, **kwargs: Any):
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
         self._print_derived_quantities()
-        return super().train(*args, **kwargs)
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            checkpoint = get_last_checkpoint(self.args.output_dir)
+        if isinstance(checkpoint, str) and getattr(self, "running", None) is not None:
+            self._load_running_state(checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    # ------------------------------------------------------------ running statistics
+    # A trainer whose loss uses running statistics (BCO's and DPO bco_pair's reward mean δ) keeps them in
+    # `self.running` (a `RunningMoments`): they are saved in every checkpoint and restored on resume.
+    RUNNING_STATE_FILE = "running.json"
+
+    def _save_running_state(self, trial: Any) -> None:
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        self.running.save_to_json(os.path.join(folder, self.RUNNING_STATE_FILE))
+
+    def _load_running_state(self, checkpoint: str) -> None:
+        from .utils import RunningMoments
+
+        path = os.path.join(checkpoint, self.RUNNING_STATE_FILE)
+        if os.path.isfile(path):
+            self.running = RunningMoments.load_from_json(self.accelerator, path)
+            return
+        warnings.warn(
+            f"{path} is missing (a checkpoint from another trainer or version): the running statistics (e.g. the "
+            "reward mean δ) restart from 0, so the resumed run does not continue the interrupted one exactly.",
+            UserWarning,
+            stacklevel=3,
+        )
 
     # ------------------------------------------------------------------ model card
     def _save_checkpoint(self, model, trial):
@@ -153,6 +186,8 @@ class BaseTrainer(Trainer):
             model_name = self.args.hub_model_id.split("/")[-1]
         self.create_model_card(model_name=model_name)
         super()._save_checkpoint(model, trial)
+        if getattr(self, "running", None) is not None:
+            self._save_running_state(trial)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         super().save_model(output_dir, _internal_call)

@@ -24,9 +24,7 @@ p = P(desirable | x) (`trl.losses.bco_udm_weights`); w = 1 otherwise.
 from __future__ import annotations
 
 import math
-import os
 import random
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -41,9 +39,6 @@ from .bco_config import BCOConfig
 from .model_utils import get_tokenizer
 from .unpaired_forward import UnpairedLogps, UnpairedPreferenceTrainer
 from .utils import RunningMoments
-
-
-RUNNING_NAME = "running.json"
 
 
 @dataclass
@@ -180,36 +175,6 @@ class BCOTrainer(UnpairedPreferenceTrainer):
         rows = super()._derived_quantities()
         rows["underlying distribution matching"] = self.embedding_func is not None
         return rows
-
-    # -------------------------------------------------------------------------------- running mean δ state
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        self.running.save_to_json(os.path.join(folder, RUNNING_NAME))
-
-    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
-        checkpoint = resume_from_checkpoint
-        if checkpoint is True:
-            from transformers.trainer_utils import get_last_checkpoint
-
-            checkpoint = get_last_checkpoint(self.args.output_dir)
-        if isinstance(checkpoint, str):
-            self._load_running_state(checkpoint)
-        return super().train(resume_from_checkpoint, *args, **kwargs)
-
-    def _load_running_state(self, checkpoint: str) -> None:
-        path = os.path.join(checkpoint, RUNNING_NAME)
-        if os.path.isfile(path):
-            self.running = RunningMoments.load_from_json(self.accelerator, path)
-            return
-        warnings.warn(
-            f"{path} is missing (a checkpoint from another trainer or version): the running reward mean δ restarts "
-            "from 0, so the resumed run does not continue the interrupted one exactly.",
-            UserWarning,
-            stacklevel=3,
-        )
 
     # ------------------------------------------------------------------------ underlying distribution matching
     def _setup_udm(self) -> None:
