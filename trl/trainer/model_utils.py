@@ -81,6 +81,33 @@ def load_model(model_id: str, args: Any, auto_class: Any = AutoModelForCausalLM,
     return auto_class.from_pretrained(model_id, **kwargs)
 
 
+def load_trained_model(
+    model_id: str, args: Any, auto_class: Any = AutoModelForCausalLM, **overrides: Any
+) -> PreTrainedModel:
+    """Load the model a trainer optimises: like [`load_model`], but in float32 unless `model_init_kwargs` sets `dtype`.
+
+    Published checkpoints are mostly bf16, and `from_pretrained` keeps the checkpoint's dtype; in bf16 weights small
+    optimizer updates round away, so some tensors never change. Mixed precision comes from `bf16=True` instead.
+    `dtype="auto"` in `model_init_kwargs` keeps the checkpoint's dtype. Reference, teacher and reward models are frozen
+    and keep using [`load_model`].
+
+    Args:
+        model_id (`str`):
+            Hub id or local path.
+        args (`TrainingArguments`):
+            The trainer config; `model_init_kwargs` and `trust_remote_code` are read if present.
+        auto_class (`type`, *optional*, defaults to `AutoModelForCausalLM`):
+            The auto class to load with.
+        **overrides:
+            Extra `from_pretrained` arguments that take precedence (e.g. `num_labels=1`).
+    """
+    kwargs = resolve_model_init_kwargs(getattr(args, "model_init_kwargs", None))
+    # An explicit `dtype=None` means "no choice made", as it did before transformers 5 made `"auto"` the default.
+    if kwargs.get("dtype") is None and overrides.get("dtype") is None:
+        overrides["dtype"] = torch.float32
+    return load_model(model_id, args, auto_class, **overrides)
+
+
 def check_model_init_kwargs_unused(model: Any, args: Any) -> None:
     """Raise if `model_init_kwargs` is set while the model is already instantiated (it would be ignored)."""
     if not isinstance(model, str) and getattr(args, "model_init_kwargs", None):
@@ -325,7 +352,8 @@ def uses_flash_attention(model: torch.nn.Module) -> bool:
 def load_policy(
     model: str | PreTrainedModel, args: Any, quantization_config: Any = None, auto_class: Any = AutoModelForCausalLM
 ) -> PreTrainedModel:
-    """The trained model of a trainer: loaded when `model` is a string, checked either way.
+    """The trained model of a trainer: loaded when `model` is a string (in float32 unless `model_init_kwargs` sets
+    `dtype`, see [`load_trained_model`]), checked either way.
 
     Args:
         model (`str` or `PreTrainedModel`):
@@ -339,7 +367,7 @@ def load_policy(
     """
     if isinstance(model, str):
         overrides = {"quantization_config": quantization_config} if quantization_config is not None else {}
-        model = load_model(model, args, auto_class, **overrides)
+        model = load_trained_model(model, args, auto_class, **overrides)
     elif quantization_config is not None:
         raise ValueError("quantization_config only applies when `model` is a string; the model is already loaded.")
     coef = getattr(args, "router_aux_loss_coef", None)

@@ -46,8 +46,8 @@ from .model_utils import (
     accepts_logits_to_keep,
     check_model_init_kwargs_unused,
     get_tokenizer,
-    load_model,
     load_processing_class,
+    load_trained_model,
     model_name_of,
     prepare_peft_model,
     resolve_pad_token_id,
@@ -530,7 +530,7 @@ class _ReferenceFreePairedTrainer(BaseTrainer):
             config = AutoConfig.from_pretrained(model, revision=revision, trust_remote_code=args.trust_remote_code)
             _check_encoder_decoder(args, config, model)
             auto_class = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-            return load_model(model, args, auto_class)
+            return load_trained_model(model, args, auto_class)
         _check_encoder_decoder(args, model.config, type(model).__name__)
         return model
 

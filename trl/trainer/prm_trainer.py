@@ -43,8 +43,8 @@ from .model_utils import (
     check_model_init_kwargs_unused,
     classification_peft_config,
     get_tokenizer,
-    load_model,
     load_processing_class,
+    load_trained_model,
     model_name_of,
     prepare_peft_model,
     resolve_pad_token_id,
@@ -212,7 +212,7 @@ class PRMTrainer(BaseTrainer):
     @staticmethod
     def _setup_model(model: str | PreTrainedModel, args: PRMConfig) -> PreTrainedModel:
         if isinstance(model, str):
-            model = load_model(model, args, AutoModelForTokenClassification, num_labels=2)
+            model = load_trained_model(model, args, AutoModelForTokenClassification, num_labels=2)
         _check_model(model)
         return model
 

@@ -30,8 +30,8 @@ from .model_utils import (
     classification_head_name,
     classification_peft_config,
     get_tokenizer,
-    load_model,
     load_processing_class,
+    load_trained_model,
     model_name_of,
     prepare_peft_model,
     resolve_pad_token_id,
@@ -165,7 +165,7 @@ class RewardTrainer(BaseTrainer):
             overrides = {"num_labels": 1}
             if quantization_config is not None:
                 overrides["quantization_config"] = quantization_config
-            return load_model(model, args, AutoModelForSequenceClassification, **overrides)
+            return load_trained_model(model, args, AutoModelForSequenceClassification, **overrides)
         if quantization_config is not None:
             raise ValueError("quantization_config only applies when `model` is a string; the model is already loaded.")
         if classification_head_name(model) is None or getattr(model.config, "num_labels", None) != 1:

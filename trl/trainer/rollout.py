@@ -52,8 +52,8 @@ from .model_utils import (
     get_tokenizer,
     is_moe_model,
     is_peft_model,
-    load_model,
     load_processing_class,
+    load_trained_model,
     prepare_peft_model,
 )
 from .reward_scoring import RewardFunc, RewardScorer
@@ -175,7 +175,7 @@ class OnlineTrainer(BaseTrainer):
     def _setup_model(model: str | PreTrainedModel, args: Any, quantization_config: Any) -> PreTrainedModel:
         if isinstance(model, str):
             overrides = {"quantization_config": quantization_config} if quantization_config is not None else {}
-            model = load_model(model, args, AutoModelForCausalLM, **overrides)
+            model = load_trained_model(model, args, AutoModelForCausalLM, **overrides)
         elif quantization_config is not None:
             raise ValueError("quantization_config only applies when `model` is a string; the model is already loaded.")
         if args.router_aux_loss_coef not in (None, 0.0) and not is_moe_model(model):
