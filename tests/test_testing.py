@@ -10,7 +10,6 @@ import transformers
 from datasets import load_dataset
 from transformers import AutoConfig, AutoTokenizer
 
-import trl.testing.cache as cache_module
 from trl.testing import (
     DATASET_CONFIGS,
     TINY_ARCHITECTURES,
@@ -85,70 +84,7 @@ def _render(tokenizer, messages, **kwargs) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
 
 
-# Caching and determinism
-
-
-def test_paths_are_stable_and_cached_files_are_reused(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRL_TESTING_CACHE", str(tmp_path))
-    path = get_tiny_model_path("qwen2")
-    assert Path(path).parent == tmp_path
-    assert re.fullmatch(r"qwen2-tiny-chatml-[0-9a-f]{12}", Path(path).name)
-    weights = Path(path) / "model.safetensors"
-    modified = weights.stat().st_mtime_ns
-    assert get_tiny_model_path("qwen2") == path
-    assert weights.stat().st_mtime_ns == modified
-    # Only the finished directory is left behind: no staging directories.
-    assert sorted(p.name for p in tmp_path.iterdir()) == [Path(path).name]
-
-
-def test_builds_are_byte_identical(tmp_path, monkeypatch):
-    paths = []
-    for name in ("a", "b"):
-        monkeypatch.setenv("TRL_TESTING_CACHE", str(tmp_path / name))
-        paths.append(Path(get_tiny_model_path("llama")))
-    assert paths[0].name == paths[1].name
-    files = sorted(p.name for p in paths[0].iterdir())
-    assert "model.safetensors" in files and "tokenizer.json" in files
-    for file in files:
-        assert (paths[0] / file).read_bytes() == (paths[1] / file).read_bytes(), file
-
-
-def test_hash_depends_on_arguments(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRL_TESTING_CACHE", str(tmp_path))
-    assert get_tiny_tokenizer_path("chatml") != get_tiny_tokenizer_path("llama3")
-    assert cache_module.content_hash({"x": 1}) == cache_module.content_hash({"x": 1})
-    assert cache_module.content_hash({"x": 1}) != cache_module.content_hash({"x": 2})
-
-
-def test_concurrent_builder_that_loses_the_rename_uses_the_winner(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRL_TESTING_CACHE", str(tmp_path))
-    target = tmp_path / f"thing-{cache_module.content_hash({'n': 1})}"
-
-    def build(directory):
-        (directory / "mine.txt").write_text("loser")
-        # Another worker finishes first while this one is still building.
-        target.mkdir()
-        (target / "mine.txt").write_text("winner")
-
-    assert cache_module.cached_build("thing", {"n": 1}, build) == str(target)
-    assert (target / "mine.txt").read_text() == "winner"
-    assert [p.name for p in tmp_path.iterdir()] == [target.name]
-
-
-def test_failed_build_leaves_nothing_behind(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRL_TESTING_CACHE", str(tmp_path))
-
-    def build(directory):
-        raise RuntimeError("boom")
-
-    with pytest.raises(RuntimeError, match="boom"):
-        cache_module.cached_build("thing", {}, build)
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_default_cache_dir(monkeypatch):
-    monkeypatch.delenv("TRL_TESTING_CACHE", raising=False)
-    assert cache_module.get_cache_dir() == Path.home() / ".cache" / "trl" / "testing"
+# Determinism (the cache itself is tested in test_testing_cache.py)
 
 
 def test_model_weights_are_seeded_and_leave_global_rng_alone():

@@ -159,13 +159,21 @@ def get_tiny_model_path(arch: str = "qwen2", template: str | None = None, size: 
     template = _check_arguments(arch, template, size)
     name = f"{arch}-{size}" + (f"-{template}" if template is not None else "")
     arguments = {"kind": "model", "arch": arch, "template": template, "size": size}
-    return cached_build(name, arguments, _saver(arch, template, size))
+    return cached_build(name, arguments, _saver(arch, template, size), required=_MODEL_FILES)
+
+
+# What a complete model entry holds; `cached_build` refuses to publish a build without them.
+_MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
 
 
 def _saver(arch: str, template: str | None, size: str):
     def save(directory: Path) -> None:
         tokenizer = _tokenizer_for(arch, template)
         tokenizer.save_pretrained(directory)
-        _build_model(arch, size, tokenizer).save_pretrained(directory)
+        model = _build_model(arch, size, tokenizer)
+        # `save_pretrained` writes nothing on a non-zero rank of an initialised process group, but whichever rank
+        # holds the build lock must write the whole entry: this model exists only to be saved here.
+        model.should_save_on_this_rank = lambda is_main_process: True
+        model.save_pretrained(directory)
 
     return save

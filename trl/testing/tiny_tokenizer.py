@@ -161,7 +161,10 @@ def get_tiny_tokenizer_path(template: str | None = "chatml") -> str:
         `str`: A directory that `AutoTokenizer.from_pretrained` loads.
     """
     name = _flavour_name(template)
-    return cached_build(f"tokenizer-{name}", {"kind": "tokenizer", "flavour": name}, _saver(name))
+    arguments = {"kind": "tokenizer", "flavour": name}
+    return cached_build(
+        f"tokenizer-{name}", arguments, _saver(name), required=("tokenizer.json", "tokenizer_config.json")
+    )
 
 
 def _saver(flavour: str):
