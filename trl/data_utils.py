@@ -170,6 +170,11 @@ def get_dataset_column_names(dataset: Dataset | IterableDataset) -> list[str]:
         if not dataset:
             return []
         dataset = next(iter(dataset.values()))
+    if not isinstance(dataset, (Dataset, IterableDataset)):
+        raise TypeError(
+            f"Expected a `datasets.Dataset` or `IterableDataset`, got a {type(dataset).__name__}. Wrap your rows with "
+            "`datasets.Dataset.from_list(rows)` (a list of dicts) or `Dataset.from_dict(columns)` (a dict of lists)."
+        )
     if dataset.column_names is not None:
         return list(dataset.column_names)
     for example in dataset:

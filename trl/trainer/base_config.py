@@ -8,6 +8,8 @@ from typing import Any
 
 from transformers import TrainingArguments
 
+from .input_checks import check_training_args
+
 
 def _bf16_supported() -> bool:
     import torch
@@ -50,6 +52,12 @@ class _BaseConfig(TrainingArguments):
             CPU-only machine it resolves to `False` (transformers refuses bf16 there unless `use_cpu=True`).
         lr_scheduler_kwargs (`dict`, `str` or `None`, *optional*, defaults to `None`):
             Extra scheduler arguments, also as a JSON string.
+
+    Parameters added by trl:
+        overwrite_output_dir (`bool`, *optional*, defaults to `False`):
+            Allow a run to write over a model (`*.safetensors`, `config.json`) or `README.md` already in `output_dir`
+            that it did not create. Without it such a run stops before training; resuming from a checkpoint of
+            `output_dir` is always allowed.
     """
 
     # Fields whose JSON-string form (CLI / YAML) is decoded in `__post_init__`.
@@ -67,7 +75,13 @@ class _BaseConfig(TrainingArguments):
         default=None, metadata={"help": "Extra learning-rate scheduler arguments (dict or JSON string)."}
     )
 
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Allow writing over a model or README.md already in output_dir that this run did not create."},
+    )
+
     def __post_init__(self):
+        check_training_args(self)
         if self.bf16 is None:
             self.bf16 = not self.fp16 and not self.use_cpu and _bf16_supported()
         for name in self._json_dict_fields:

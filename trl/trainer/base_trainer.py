@@ -21,6 +21,7 @@ import torch
 from transformers import Trainer
 
 from .. import __version__
+from .input_checks import check_lengths_fit_model, check_output_dir, logged_num_tokens
 
 
 class BaseTrainer(Trainer):
@@ -43,6 +44,8 @@ class BaseTrainer(Trainer):
             "train": defaultdict(list),
             "eval": defaultdict(list),
         }
+        if kwargs.get("args") is not None and kwargs.get("model") is not None:
+            check_lengths_fit_model(kwargs["args"], kwargs["model"])
         super().__init__(*args, **kwargs)
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._tag_names)
@@ -149,9 +152,24 @@ class BaseTrainer(Trainer):
             from transformers.trainer_utils import get_last_checkpoint
 
             checkpoint = get_last_checkpoint(self.args.output_dir)
+        if not checkpoint and not getattr(self, "_has_trained", False):
+            # A second `train()` of this trainer writes over its own files; a fresh run may not write over others'.
+            check_output_dir(self.args.output_dir, getattr(self.args, "overwrite_output_dir", False))
+        self._has_trained = True
+        if isinstance(checkpoint, str):
+            self._restore_token_count(checkpoint)
         if isinstance(checkpoint, str) and getattr(self, "running", None) is not None:
             self._load_running_state(checkpoint)
         return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _restore_token_count(self, checkpoint: str) -> None:
+        # The cumulative `num_tokens` metric continues from the last value logged before the checkpoint (exact when
+        # `save_steps` is a multiple of `logging_steps`).
+        if not hasattr(self, "_total_train_tokens"):
+            return
+        tokens = logged_num_tokens(checkpoint)
+        if tokens is not None:
+            self._total_train_tokens = tokens
 
     # ------------------------------------------------------------ running statistics
     # A trainer whose loss uses running statistics (BCO's and DPO bco_pair's reward mean δ) keeps them in

@@ -44,6 +44,7 @@ from ..losses import (
 from .base_trainer import BaseTrainer
 from .collators import DataCollatorForPreference
 from .dpo_config import DPOConfig
+from .input_checks import check_distinct_pairs, check_text_columns
 from .model_utils import (
     accepts_logits_to_keep,
     check_activation_offloading,
@@ -212,6 +213,7 @@ class DPOTrainer(ReferenceModelMixin, BaseTrainer):
     def _prepare_dataset(
         self, dataset: Dataset | IterableDataset, processing_class: Any, args: DPOConfig, name: str
     ) -> Dataset | IterableDataset:
+        check_text_columns(dataset, ("prompt", "chosen", "rejected"), name)
         with args.main_process_first(desc=f"preparing the {name} dataset"):
             dataset = prepare_preference_dataset(
                 dataset,
@@ -223,14 +225,15 @@ class DPOTrainer(ReferenceModelMixin, BaseTrainer):
                 max_completion_length=args.max_completion_length,
                 num_proc=args.dataset_num_proc,
             )
+        check_distinct_pairs(dataset, name)
         empty = count_empty_completions(dataset, args.max_length, args.truncation_mode)
         if empty:
-            warnings.warn(
+            # As in SFT: a pair with no completion token left has log-probs 0 and trains with zero gradient.
+            raise ValueError(
                 f"{empty} pair(s) of the {name} dataset have a chosen or rejected completion with no token left after "
                 f"truncation (max_length={args.max_length}, max_prompt_length={args.max_prompt_length}); their "
-                "log-probs are 0 and they teach nothing. Lower max_prompt_length or raise max_length.",
-                UserWarning,
-                stacklevel=3,
+                "log-probs are 0 and they teach nothing. Lower max_prompt_length, raise max_length, or filter out "
+                "those pairs."
             )
         return dataset
 

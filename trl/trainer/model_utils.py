@@ -13,6 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, TrainingArguments
 
 from ..import_utils import is_peft_available, require
+from .input_checks import check_model_path
 
 
 _DTYPE_NAMES = {"float32", "float16", "bfloat16", "float64", "half", "float", "double"}
@@ -78,6 +79,7 @@ def load_model(model_id: str, args: Any, auto_class: Any = AutoModelForCausalLM,
         getattr(args, "model_init_kwargs", None), getattr(args, "trust_remote_code", False)
     )
     kwargs.update(overrides)
+    check_model_path(model_id)
     return auto_class.from_pretrained(model_id, **kwargs)
 
 

@@ -33,6 +33,7 @@ from .data_preparation import (
     tokenize_dataset,
     truncate_or_pack,
 )
+from .input_checks import check_text_columns
 from .model_utils import (
     accepts_logits_to_keep,
     apply_chat_template_path,
@@ -254,6 +255,9 @@ class SFTTrainer(BaseTrainer):
                     dataset, formatting_func, args.dataset_text_field, args.dataset_num_proc
                 )
             if "input_ids" not in get_dataset_column_names(dataset):
+                text_field = args.dataset_text_field
+                columns = (text_field, "prompt", "completion", "messages", "conversations")
+                check_text_columns(dataset, columns, name, non_empty=(text_field,))
                 self._check_chat_template(dataset, processing_class, args)
                 dataset = tokenize_dataset(
                     dataset,
