@@ -36,6 +36,7 @@ from transformers import PreTrainedModel, TrainingArguments
 from ..import_utils import is_sklearn_available, require
 from ..losses import bco_loss, bco_udm_weights
 from .bco_config import BCOConfig
+from .data_preparation import prepare_train_and_eval
 from .model_utils import get_tokenizer
 from .unpaired_forward import UnpairedLogps, UnpairedPreferenceTrainer
 from .utils import RunningMoments
@@ -184,13 +185,9 @@ class BCOTrainer(UnpairedPreferenceTrainer):
                 "datasets.Dataset; convert the dataset, or drop embedding_func."
             )
         classifier = self._fit_prompt_classifier(self.train_dataset)
-        self.train_dataset = self._with_udm_weights(self.train_dataset, classifier)
-        if isinstance(self.eval_dataset, dict):
-            self.eval_dataset = {
-                name: self._with_udm_weights(ds, classifier) for name, ds in self.eval_dataset.items()
-            }
-        elif self.eval_dataset is not None:
-            self.eval_dataset = self._with_udm_weights(self.eval_dataset, classifier)
+        self.train_dataset, self.eval_dataset = prepare_train_and_eval(
+            self.train_dataset, self.eval_dataset, lambda dataset, name: self._with_udm_weights(dataset, classifier)
+        )
         self.data_collator = _WithUDMWeights(self.data_collator)
 
     def _fit_prompt_classifier(self, dataset: Dataset) -> Any:

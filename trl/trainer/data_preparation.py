@@ -29,6 +29,77 @@ def _map_kwargs(dataset: Dataset | IterableDataset, num_proc: int | None, desc: 
     return {}
 
 
+AnyDataset = Dataset | IterableDataset
+DatasetOrDict = AnyDataset | dict[str, AnyDataset]
+
+
+def map_datasets(
+    datasets: DatasetOrDict | None, function: Callable[[AnyDataset, str], Any], name: str
+) -> DatasetOrDict | None:
+    """Apply `function(dataset, name)` to `None`, one dataset, or every dataset of a dict.
+
+    A dict entry `key` is named `f"{name}_{key}"` (e.g. `"eval_test"`, the prefix its metrics are reported under), so
+    only the training data is ever named `"train"`, whatever the dict's keys.
+
+    Args:
+        datasets (`Dataset`, `IterableDataset`, `dict[str, Dataset | IterableDataset]` or `None`):
+            The data; `None` is returned unchanged.
+        function (`Callable[[Dataset | IterableDataset, str], Any]`):
+            Called on each dataset with its name.
+        name (`str`):
+            Name of a single dataset, and prefix of the names of a dict's datasets.
+    """
+    if datasets is None:
+        return None
+    if isinstance(datasets, dict):
+        return {key: function(dataset, f"{name}_{key}") for key, dataset in datasets.items()}
+    return function(datasets, name)
+
+
+def prepare_train_and_eval(
+    train_dataset: AnyDataset | None,
+    eval_dataset: DatasetOrDict | None,
+    prepare: Callable[[AnyDataset, str], AnyDataset],
+) -> tuple[AnyDataset | None, DatasetOrDict | None]:
+    """Prepare the training data and every evaluation dataset the same way: the one place every trainer calls.
+
+    `prepare(dataset, name)` receives `"train"` for the training data and `"eval"` or `"eval_<key>"` for the
+    evaluation data (a `Dataset`, an `IterableDataset`, or a dict of them, evaluated under their keys).
+
+    Args:
+        train_dataset (`Dataset`, `IterableDataset` or `None`):
+            Training data.
+        eval_dataset (`Dataset`, `IterableDataset`, `dict[str, Dataset | IterableDataset]` or `None`):
+            Evaluation data.
+        prepare (`Callable[[Dataset | IterableDataset, str], Dataset | IterableDataset]`):
+            The trainer's preparation of one dataset.
+
+    Returns:
+        `tuple`: the prepared `(train_dataset, eval_dataset)`, `None` where `None` was given.
+    """
+    return map_datasets(train_dataset, prepare, "train"), map_datasets(eval_dataset, prepare, "eval")
+
+
+def to_map_style(dataset: AnyDataset, name: str = "eval") -> Dataset:
+    """Return `dataset` as a map-style `Dataset`, reading a streaming one into memory (a `Dataset` is returned as is).
+
+    For data that must be indexed by a sampler and is finite, e.g. the evaluation prompts of the online trainers,
+    each repeated `num_generations_eval` times.
+
+    Args:
+        dataset (`Dataset` or `IterableDataset`):
+            The data.
+        name (`str`, *optional*, defaults to `"eval"`):
+            Its name, for the error raised when it is empty.
+    """
+    if isinstance(dataset, Dataset):
+        return dataset
+    rows = list(dataset)
+    if not rows:
+        raise ValueError(f"The {name} dataset is empty: pass a dataset with at least one example.")
+    return Dataset.from_list(rows, features=dataset.features)
+
+
 def first_example(dataset: Dataset | IterableDataset) -> dict[str, Any]:
     """Return the first example of a dataset, raising a clear error when it is empty."""
     for example in dataset:

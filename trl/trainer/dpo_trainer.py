@@ -43,6 +43,7 @@ from ..losses import (
 )
 from .base_trainer import BaseTrainer
 from .collators import DataCollatorForPreference
+from .data_preparation import prepare_train_and_eval
 from .dpo_config import DPOConfig
 from .input_checks import check_distinct_pairs, check_text_columns
 from .model_utils import (
@@ -157,13 +158,11 @@ class DPOTrainer(ReferenceModelMixin, BaseTrainer):
             else resolve_pad_token_id(processing_class, args.pad_token)
         )
 
-        train_dataset = self._prepare_dataset(train_dataset, processing_class, args, "train")
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {
-                name: self._prepare_dataset(ds, processing_class, args, name) for name, ds in eval_dataset.items()
-            }
-        elif eval_dataset is not None:
-            eval_dataset = self._prepare_dataset(eval_dataset, processing_class, args, "eval")
+        train_dataset, eval_dataset = prepare_train_and_eval(
+            train_dataset,
+            eval_dataset,
+            lambda dataset, name: self._prepare_dataset(dataset, processing_class, args, name),
+        )
         if data_collator is None:
             data_collator = DataCollatorForPreference(
                 pad_token_id=self.pad_token_id,

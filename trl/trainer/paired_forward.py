@@ -21,7 +21,6 @@ loss.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import warnings
 from collections.abc import Callable
@@ -41,7 +40,7 @@ from transformers import (
 from ..losses import sequence_logps
 from .base_trainer import BaseTrainer
 from .collators import DataCollatorForPreference
-from .data_preparation import _map_kwargs
+from .data_preparation import _map_kwargs, prepare_train_and_eval
 from .model_utils import (
     accepts_logits_to_keep,
     check_model_init_kwargs_unused,
@@ -489,12 +488,11 @@ class _ReferenceFreePairedTrainer(BaseTrainer):
             self.pad_token_id = resolve_pad_token_id(processing_class)
         self.is_encoder_decoder = bool(model.config.is_encoder_decoder)
 
-        prepare = functools.partial(self._prepare_dataset, processing_class=processing_class, args=args)
-        train_dataset = prepare(train_dataset, name="train")
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {key: prepare(dataset, name=key) for key, dataset in eval_dataset.items()}
-        else:
-            eval_dataset = prepare(eval_dataset, name="eval")
+        train_dataset, eval_dataset = prepare_train_and_eval(
+            train_dataset,
+            eval_dataset,
+            lambda dataset, name: self._prepare_dataset(dataset, processing_class, args, name),
+        )
         if data_collator is None:
             # Rows longer than max_length lose the end of their completion: the prompt was cut already.
             data_collator = DataCollatorForPreference(self.pad_token_id, args.max_length, "keep_start")
@@ -535,10 +533,8 @@ class _ReferenceFreePairedTrainer(BaseTrainer):
         return model
 
     def _prepare_dataset(
-        self, dataset: Dataset | IterableDataset | None, processing_class: Any, args: Any, name: str
-    ) -> Dataset | IterableDataset | None:
-        if dataset is None:
-            return None
+        self, dataset: Dataset | IterableDataset, processing_class: Any, args: Any, name: str
+    ) -> Dataset | IterableDataset:
         keep_end = args.truncation_mode == "keep_end"
         with args.main_process_first(desc=f"preparing the {name} dataset"):
             dataset = prepare_preference_dataset(

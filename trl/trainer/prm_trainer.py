@@ -38,7 +38,7 @@ from transformers.trainer_utils import number_of_arguments
 from ..data_utils import get_dataset_column_names, is_conversational
 from ..losses import token_classification_loss
 from .base_trainer import BaseTrainer
-from .data_preparation import _map_kwargs, first_example
+from .data_preparation import _map_kwargs, first_example, prepare_train_and_eval
 from .model_utils import (
     check_model_init_kwargs_unused,
     classification_peft_config,
@@ -161,14 +161,11 @@ class PRMTrainer(BaseTrainer):
         tokenizer = get_tokenizer(processing_class)
         self._ensure_pad_token(tokenizer)
 
-        train_dataset = self._prepare_dataset(train_dataset, tokenizer, args, "train", is_eval=False)
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {
-                name: self._prepare_dataset(ds, tokenizer, args, name, is_eval=True)
-                for name, ds in eval_dataset.items()
-            }
-        elif eval_dataset is not None:
-            eval_dataset = self._prepare_dataset(eval_dataset, tokenizer, args, "eval", is_eval=True)
+        train_dataset, eval_dataset = prepare_train_and_eval(
+            train_dataset,
+            eval_dataset,
+            lambda dataset, name: self._prepare_dataset(dataset, tokenizer, args, name, is_eval=name != "train"),
+        )
         if data_collator is None:
             # Sequences are already truncated, so no `max_length` here (with padding=True it is ignored, with a
             # warning on every batch).
@@ -280,10 +277,8 @@ class PRMTrainer(BaseTrainer):
 
     @staticmethod
     def _prepare_dataset(
-        dataset: Dataset | IterableDataset | None, tokenizer: Any, args: PRMConfig, name: str, is_eval: bool
-    ) -> Dataset | IterableDataset | None:
-        if dataset is None:
-            return None
+        dataset: Dataset | IterableDataset, tokenizer: Any, args: PRMConfig, name: str, is_eval: bool
+    ) -> Dataset | IterableDataset:
         columns = get_dataset_column_names(dataset)
         if "input_ids" in columns:
             if "labels" not in columns:

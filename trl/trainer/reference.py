@@ -31,6 +31,7 @@ from transformers import AutoModelForCausalLM
 
 from ..models.utils import create_reference_model, prepare_ref_model
 from .callbacks import SyncRefModelCallback
+from .data_preparation import map_datasets
 from .model_utils import get_tokenizer, is_peft_model, load_model
 from .utils import pad, use_adapter
 
@@ -217,12 +218,9 @@ class ReferenceModelMixin:
 
     def _precompute_eval_datasets(self) -> None:
         size = self.args.per_device_eval_batch_size
-        if isinstance(self.eval_dataset, dict):
-            self.eval_dataset = {
-                name: self._with_ref_log_probs(ds, size, f"eval ({name})") for name, ds in self.eval_dataset.items()
-            }
-        else:
-            self.eval_dataset = self._with_ref_log_probs(self.eval_dataset, size, "eval")
+        self.eval_dataset = map_datasets(
+            self.eval_dataset, lambda dataset, name: self._with_ref_log_probs(dataset, size, name), "eval"
+        )
 
     def train(self, *args: Any, **kwargs: Any):
         if self.args.precompute_ref_log_probs:

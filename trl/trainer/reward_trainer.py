@@ -23,6 +23,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrai
 from ..losses import bradley_terry_loss
 from .base_trainer import BaseTrainer
 from .collators import DataCollatorForRewardPreference
+from .data_preparation import prepare_train_and_eval
 from .model_utils import (
     apply_chat_template_path,
     check_activation_offloading,
@@ -111,14 +112,11 @@ class RewardTrainer(BaseTrainer):
             disable_dropout_in_model(model)
 
         eos_token = args.eos_token or get_tokenizer(processing_class).eos_token
-        prepare = self._prepare_dataset
-        train_dataset = prepare(train_dataset, processing_class, args, eos_token, "train")
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {
-                name: prepare(ds, processing_class, args, eos_token, name) for name, ds in eval_dataset.items()
-            }
-        elif eval_dataset is not None:
-            eval_dataset = prepare(eval_dataset, processing_class, args, eos_token, "eval")
+        train_dataset, eval_dataset = prepare_train_and_eval(
+            train_dataset,
+            eval_dataset,
+            lambda dataset, name: self._prepare_dataset(dataset, processing_class, args, eos_token, name),
+        )
         if data_collator is None:
             data_collator = DataCollatorForRewardPreference(
                 self.pad_token_id, pad_to_multiple_of=args.pad_to_multiple_of

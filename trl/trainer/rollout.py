@@ -46,6 +46,7 @@ from ..generation.base import GenerationBackend, SamplingParams
 from ..models.utils import create_reference_model, prepare_ref_model
 from .base_trainer import BaseTrainer
 from .callbacks import SyncRefModelCallback
+from .data_preparation import map_datasets, to_map_style
 from .model_utils import (
     accepts_logits_to_keep,
     check_model_init_kwargs_unused,
@@ -113,6 +114,9 @@ class OnlineTrainer(BaseTrainer):
         peft_config: Any = None,
     ):
         self._validate_inputs(args, model, train_dataset, eval_dataset)
+        # Evaluation repeats every prompt num_generations_eval times through a sampler, which indexes the data: a
+        # streaming evaluation set (finite) is read into memory once.
+        eval_dataset = map_datasets(eval_dataset, to_map_style, "eval")
         model = self._setup_model(model, args, quantization_config)
         processing_class = processing_class or load_processing_class(model.config._name_or_path, args)
         tokenizer = get_tokenizer(processing_class)

@@ -30,6 +30,7 @@ from .data_preparation import (
     count_unlearnable,
     first_example,
     lm_dataset_kind,
+    prepare_train_and_eval,
     tokenize_dataset,
     truncate_or_pack,
 )
@@ -128,16 +129,11 @@ class SFTTrainer(BaseTrainer):
 
         kind = "text" if formatting_func is not None else self._dataset_kind(train_dataset, args)
         self.completion_only_loss = self._resolve_completion_only_loss(args, kind, formatting_func)
-        prepare = self._prepare_dataset
-        train_dataset = prepare(train_dataset, processing_class, args, args.packing, formatting_func, "train")
-        eval_packing = args.packing if args.eval_packing is None else args.eval_packing
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {
-                name: prepare(ds, processing_class, args, eval_packing, formatting_func, name)
-                for name, ds in eval_dataset.items()
-            }
-        elif eval_dataset is not None:
-            eval_dataset = prepare(eval_dataset, processing_class, args, eval_packing, formatting_func, "eval")
+        train_dataset, eval_dataset = prepare_train_and_eval(
+            train_dataset,
+            eval_dataset,
+            lambda dataset, name: self._prepare_dataset(dataset, processing_class, args, formatting_func, name),
+        )
 
         if data_collator is None:
             data_collator = DataCollatorForLanguageModeling(
@@ -241,12 +237,12 @@ class SFTTrainer(BaseTrainer):
         dataset: Dataset | IterableDataset,
         processing_class: Any,
         args: SFTConfig,
-        packing: bool,
         formatting_func: Callable | None,
         name: str,
     ) -> Dataset | IterableDataset:
         if (args.dataset_kwargs or {}).get("skip_prepare_dataset", False):
             return dataset
+        packing = args.packing if name == "train" or args.eval_packing is None else args.eval_packing
         if name == "train" and args.shuffle_dataset:
             dataset = dataset.shuffle(seed=args.seed)
         with args.main_process_first(desc=f"preparing the {name} dataset"):

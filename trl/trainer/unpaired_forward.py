@@ -25,6 +25,7 @@ from transformers import PreTrainedModel
 
 from .base_trainer import BaseTrainer
 from .collators import DataCollatorForUnpairedPreference
+from .data_preparation import prepare_train_and_eval
 from .model_utils import (
     accepts_logits_to_keep,
     check_model_init_kwargs_unused,
@@ -170,13 +171,11 @@ class UnpairedPreferenceTrainer(ReferenceModelMixin, BaseTrainer):
             self.pad_token_id = resolve_pad_token_id(processing_class)
         self._needs_kl = self._uses_kl(args)
         self._ref_columns = ("ref_logps", "ref_kl_logps") if self._needs_kl else ("ref_logps",)
-        train_dataset = self._prepare_dataset(train_dataset, processing_class, args, "train")
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {
-                name: self._prepare_dataset(ds, processing_class, args, name) for name, ds in eval_dataset.items()
-            }
-        elif eval_dataset is not None:
-            eval_dataset = self._prepare_dataset(eval_dataset, processing_class, args, "eval")
+        train_dataset, eval_dataset = prepare_train_and_eval(
+            train_dataset,
+            eval_dataset,
+            lambda dataset, name: self._prepare_dataset(dataset, processing_class, args, name),
+        )
         if data_collator is None:
             data_collator = DataCollatorForUnpairedPreference(
                 pad_token_id=self.pad_token_id,
