@@ -51,8 +51,9 @@ class GRPOTrainer(OnlineTrainer):
         train_dataset (`Dataset` or `IterableDataset`):
             Prompt-only data (`prompt` column, standard or conversational); the other columns are passed to the
             reward functions.
-        eval_dataset (`Dataset`, `dict[str, Dataset]` or `None`, *optional*, defaults to `None`):
-            Evaluation prompts; the evaluation loss is the GRPO loss on `num_generations_eval` completions each.
+        eval_dataset (`Dataset`, `IterableDataset`, `dict[str, Dataset]` or `None`, *optional*, defaults to `None`):
+            Evaluation prompts; the evaluation loss is the GRPO loss on `num_generations_eval` completions each. A
+            streaming dataset is read into memory once; a dict evaluates each dataset under its name.
         processing_class (`PreTrainedTokenizerBase` or `None`, *optional*, defaults to `None`):
             Defaults to the tokenizer of `model`.
         reward_processing_classes (`PreTrainedTokenizerBase`, `list` or `None`, *optional*, defaults to `None`):

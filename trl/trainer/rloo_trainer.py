@@ -53,8 +53,9 @@ class RLOOTrainer(OnlineTrainer):
             Training configuration. `None` uses `RLOOConfig(output_dir="<model>-RLOO")`.
         train_dataset (`Dataset` or `IterableDataset`):
             Prompt-only data (`prompt` column); other columns go to the reward functions.
-        eval_dataset (`Dataset`, `dict[str, Dataset]` or `None`, *optional*, defaults to `None`):
-            Evaluation prompts.
+        eval_dataset (`Dataset`, `IterableDataset`, `dict[str, Dataset]` or `None`, *optional*, defaults to `None`):
+            Evaluation prompts. A streaming dataset is read into memory once; a dict evaluates each dataset under its
+            name.
         processing_class (`PreTrainedTokenizerBase` or `None`, *optional*, defaults to `None`):
             Defaults to the tokenizer of `model`.
         reward_processing_classes (`PreTrainedTokenizerBase`, `list` or `None`, *optional*, defaults to `None`):
