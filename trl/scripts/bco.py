@@ -23,33 +23,14 @@ Underlying distribution matching needs an embedding function, which a command li
 
 from __future__ import annotations
 
-from trl.scripts.utils import make_training_parser, parse_script_args, run_training
+from trl.scripts.training_script import TrainingScript
+from trl.scripts.utils import parse_script_args
 
 
-COMMAND = "bco"
 DESCRIPTION = "Binary Classifier Optimization (BCOTrainer) on unpaired (or paired) preference data."
-
-
-def make_parser(subparsers=None, prog: str | None = None):
-    """
-    Parser of the `bco` script: `(ScriptArguments, BCOConfig, ModelConfig, DatasetMixtureConfig)`.
-
-    Args:
-        subparsers (`argparse._SubParsersAction` or `None`, *optional*, defaults to `None`):
-            When given (created with `parser_class=TrlParser`), `bco` is added to them.
-        prog (`str` or `None`, *optional*, defaults to `None`):
-            Program name shown in the usage line of a standalone parser.
-    """
-    from trl.trainer.bco_config import BCOConfig
-
-    return make_training_parser(COMMAND, DESCRIPTION, BCOConfig, subparsers, prog)
-
-
-def main(script_args, training_args, model_args, dataset_args) -> None:
-    """Train with [`BCOTrainer`], save the model and optionally push it to the Hub."""
-    from trl.trainer.bco_trainer import BCOTrainer
-
-    run_training(BCOTrainer, script_args, training_args, model_args, dataset_args)
+# `make_parser()`: `(ScriptArguments, BCOConfig, ModelConfig, DatasetMixtureConfig)`; `main(...)` trains a [`BCOTrainer`].
+SCRIPT = TrainingScript("bco", DESCRIPTION, "BCOConfig", "BCOTrainer")
+COMMAND, make_parser, main = SCRIPT.command, SCRIPT.make_parser, SCRIPT.main
 
 
 if __name__ == "__main__":

@@ -25,33 +25,14 @@ trl cpo --config cpo.yaml --loss_type alphapo --alpha 0.25
 
 from __future__ import annotations
 
-from trl.scripts.utils import make_training_parser, parse_script_args, run_training
+from trl.scripts.training_script import TrainingScript
+from trl.scripts.utils import parse_script_args
 
 
-COMMAND = "cpo"
 DESCRIPTION = "Contrastive Preference Optimization (CPOTrainer; also SimPO, CPO-SimPO, AlphaPO) on preference pairs."
-
-
-def make_parser(subparsers=None, prog: str | None = None):
-    """
-    Parser of the `cpo` script: `(ScriptArguments, CPOConfig, ModelConfig, DatasetMixtureConfig)`.
-
-    Args:
-        subparsers (`argparse._SubParsersAction` or `None`, *optional*, defaults to `None`):
-            When given (created with `parser_class=TrlParser`), `cpo` is added to them.
-        prog (`str` or `None`, *optional*, defaults to `None`):
-            Program name shown in the usage line of a standalone parser.
-    """
-    from trl.trainer.cpo_config import CPOConfig
-
-    return make_training_parser(COMMAND, DESCRIPTION, CPOConfig, subparsers, prog)
-
-
-def main(script_args, training_args, model_args, dataset_args) -> None:
-    """Train with [`CPOTrainer`], save the model and optionally push it to the Hub."""
-    from trl.trainer.cpo_trainer import CPOTrainer
-
-    run_training(CPOTrainer, script_args, training_args, model_args, dataset_args)
+# `make_parser()`: `(ScriptArguments, CPOConfig, ModelConfig, DatasetMixtureConfig)`; `main(...)` trains a [`CPOTrainer`].
+SCRIPT = TrainingScript("cpo", DESCRIPTION, "CPOConfig", "CPOTrainer")
+COMMAND, make_parser, main = SCRIPT.command, SCRIPT.make_parser, SCRIPT.main
 
 
 if __name__ == "__main__":

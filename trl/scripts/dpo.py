@@ -23,33 +23,14 @@ trl dpo --config dpo.yaml --loss_type sigmoid bco_pair sft --loss_weights 0.8 0.
 
 from __future__ import annotations
 
-from trl.scripts.utils import make_training_parser, parse_script_args, run_training
+from trl.scripts.training_script import TrainingScript
+from trl.scripts.utils import parse_script_args
 
 
-COMMAND = "dpo"
 DESCRIPTION = "Direct Preference Optimization (DPOTrainer) on a paired preference dataset."
-
-
-def make_parser(subparsers=None, prog: str | None = None):
-    """
-    Parser of the `dpo` script: `(ScriptArguments, DPOConfig, ModelConfig, DatasetMixtureConfig)`.
-
-    Args:
-        subparsers (`argparse._SubParsersAction` or `None`, *optional*, defaults to `None`):
-            When given (created with `parser_class=TrlParser`), `dpo` is added to them.
-        prog (`str` or `None`, *optional*, defaults to `None`):
-            Program name shown in the usage line of a standalone parser.
-    """
-    from trl.trainer.dpo_config import DPOConfig
-
-    return make_training_parser(COMMAND, DESCRIPTION, DPOConfig, subparsers, prog)
-
-
-def main(script_args, training_args, model_args, dataset_args) -> None:
-    """Train with [`DPOTrainer`], save the model and optionally push it to the Hub."""
-    from trl.trainer.dpo_trainer import DPOTrainer
-
-    run_training(DPOTrainer, script_args, training_args, model_args, dataset_args)
+# `make_parser()`: `(ScriptArguments, DPOConfig, ModelConfig, DatasetMixtureConfig)`; `main(...)` trains a [`DPOTrainer`].
+SCRIPT = TrainingScript("dpo", DESCRIPTION, "DPOConfig", "DPOTrainer")
+COMMAND, make_parser, main = SCRIPT.command, SCRIPT.make_parser, SCRIPT.main
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from trl.scripts.utils import ScriptArguments, TrlParser, make_training_parser, parse_script_args, run_training
+from trl.scripts.training_script import TrainingScript
+from trl.scripts.utils import ScriptArguments, parse_script_args
 
 
 COMMAND = "grpo"
@@ -124,41 +125,26 @@ def resolve_reward_funcs(reward_funcs: list[str] | None, reward_model_name_or_pa
     return funcs
 
 
-def make_parser(subparsers=None, prog: str | None = None) -> TrlParser:
-    """
-    Parser of the GRPO script: `(GRPOScriptArguments, GRPOConfig, ModelConfig, DatasetMixtureConfig)`.
+def reward_trainer_kwargs(script_args: GRPOScriptArguments) -> dict[str, Any]:
+    """The `reward_funcs` trainer argument of `trl grpo` / `trl rloo`, from the parsed script arguments."""
+    return {"reward_funcs": resolve_reward_funcs(script_args.reward_funcs, script_args.reward_model_name_or_path)}
 
-    Args:
-        subparsers (`argparse._SubParsersAction` or `None`, *optional*, defaults to `None`):
-            When given (created with `parser_class=TrlParser`), `grpo` is added to them.
-        prog (`str` or `None`, *optional*, defaults to `None`):
-            Program name shown in the usage line of a standalone parser.
-    """
-    from trl.trainer.grpo_config import GRPOConfig
 
-    return make_training_parser(
-        COMMAND, DESCRIPTION, GRPOConfig, subparsers, prog, script_args_class=GRPOScriptArguments
+def reward_script(command: str, description: str, config: str, trainer: str) -> TrainingScript:
+    """A training script whose trainer takes `reward_funcs` from `--reward_funcs` / `--reward_model_name_or_path`."""
+    return TrainingScript(
+        command,
+        description,
+        config,
+        trainer,
+        script_args_class=GRPOScriptArguments,
+        trainer_kwargs=reward_trainer_kwargs,
     )
 
 
-def main(script_args, training_args, model_args, dataset_args) -> None:
-    """
-    Train with [`GRPOTrainer`], save the model and optionally push it to the Hub.
-
-    Args:
-        script_args ([`GRPOScriptArguments`]):
-            Dataset and reward arguments.
-        training_args ([`GRPOConfig`]):
-            The trainer configuration.
-        model_args ([`ModelConfig`]):
-            Model to load, dtype, LoRA and quantization options.
-        dataset_args ([`DatasetMixtureConfig`]):
-            A dataset mixture (used instead of `dataset_name` when it lists datasets).
-    """
-    from trl.trainer.grpo_trainer import GRPOTrainer
-
-    reward_funcs = resolve_reward_funcs(script_args.reward_funcs, script_args.reward_model_name_or_path)
-    run_training(GRPOTrainer, script_args, training_args, model_args, dataset_args, reward_funcs=reward_funcs)
+# `make_parser()`: `(GRPOScriptArguments, GRPOConfig, ModelConfig, DatasetMixtureConfig)`; `main(...)` trains.
+SCRIPT = reward_script(COMMAND, DESCRIPTION, "GRPOConfig", "GRPOTrainer")
+make_parser, main = SCRIPT.make_parser, SCRIPT.main
 
 
 if __name__ == "__main__":

@@ -23,33 +23,14 @@ trl kto --config kto.yaml --dataset_name trl-lib/ultrafeedback_binarized --use_p
 
 from __future__ import annotations
 
-from trl.scripts.utils import make_training_parser, parse_script_args, run_training
+from trl.scripts.training_script import TrainingScript
+from trl.scripts.utils import parse_script_args
 
 
-COMMAND = "kto"
 DESCRIPTION = "Kahneman-Tversky Optimization (KTOTrainer) on unpaired (or paired) preference data."
-
-
-def make_parser(subparsers=None, prog: str | None = None):
-    """
-    Parser of the `kto` script: `(ScriptArguments, KTOConfig, ModelConfig, DatasetMixtureConfig)`.
-
-    Args:
-        subparsers (`argparse._SubParsersAction` or `None`, *optional*, defaults to `None`):
-            When given (created with `parser_class=TrlParser`), `kto` is added to them.
-        prog (`str` or `None`, *optional*, defaults to `None`):
-            Program name shown in the usage line of a standalone parser.
-    """
-    from trl.trainer.kto_config import KTOConfig
-
-    return make_training_parser(COMMAND, DESCRIPTION, KTOConfig, subparsers, prog)
-
-
-def main(script_args, training_args, model_args, dataset_args) -> None:
-    """Train with [`KTOTrainer`], save the model and optionally push it to the Hub."""
-    from trl.trainer.kto_trainer import KTOTrainer
-
-    run_training(KTOTrainer, script_args, training_args, model_args, dataset_args)
+# `make_parser()`: `(ScriptArguments, KTOConfig, ModelConfig, DatasetMixtureConfig)`; `main(...)` trains a [`KTOTrainer`].
+SCRIPT = TrainingScript("kto", DESCRIPTION, "KTOConfig", "KTOTrainer")
+COMMAND, make_parser, main = SCRIPT.command, SCRIPT.make_parser, SCRIPT.main
 
 
 if __name__ == "__main__":

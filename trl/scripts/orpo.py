@@ -26,33 +26,14 @@ trl orpo --config orpo.yaml --use_peft --lora_r 16 --lora_alpha 32
 
 from __future__ import annotations
 
-from trl.scripts.utils import make_training_parser, parse_script_args, run_training
+from trl.scripts.training_script import TrainingScript
+from trl.scripts.utils import parse_script_args
 
 
-COMMAND = "orpo"
 DESCRIPTION = "Odds Ratio Preference Optimization (ORPOTrainer): SFT and preference alignment in one stage."
-
-
-def make_parser(subparsers=None, prog: str | None = None):
-    """
-    Parser of the `orpo` script: `(ScriptArguments, ORPOConfig, ModelConfig, DatasetMixtureConfig)`.
-
-    Args:
-        subparsers (`argparse._SubParsersAction` or `None`, *optional*, defaults to `None`):
-            When given (created with `parser_class=TrlParser`), `orpo` is added to them.
-        prog (`str` or `None`, *optional*, defaults to `None`):
-            Program name shown in the usage line of a standalone parser.
-    """
-    from trl.trainer.orpo_config import ORPOConfig
-
-    return make_training_parser(COMMAND, DESCRIPTION, ORPOConfig, subparsers, prog)
-
-
-def main(script_args, training_args, model_args, dataset_args) -> None:
-    """Train with [`ORPOTrainer`], save the model and optionally push it to the Hub."""
-    from trl.trainer.orpo_trainer import ORPOTrainer
-
-    run_training(ORPOTrainer, script_args, training_args, model_args, dataset_args)
+# `make_parser()`: `(ScriptArguments, ORPOConfig, ModelConfig, DatasetMixtureConfig)`; `main(...)` trains a [`ORPOTrainer`].
+SCRIPT = TrainingScript("orpo", DESCRIPTION, "ORPOConfig", "ORPOTrainer")
+COMMAND, make_parser, main = SCRIPT.command, SCRIPT.make_parser, SCRIPT.main
 
 
 if __name__ == "__main__":

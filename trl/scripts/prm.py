@@ -27,33 +27,14 @@ trl prm --config prm.yaml --use_peft --lora_r 32 --lora_alpha 16 --learning_rate
 
 from __future__ import annotations
 
-from trl.scripts.utils import make_training_parser, parse_script_args, run_training
+from trl.scripts.training_script import TrainingScript
+from trl.scripts.utils import parse_script_args
 
 
-COMMAND = "prm"
 DESCRIPTION = "Process reward modelling (PRMTrainer, token classification) on a stepwise-supervision dataset."
-
-
-def make_parser(subparsers=None, prog: str | None = None):
-    """
-    Parser of the `prm` script: `(ScriptArguments, PRMConfig, ModelConfig, DatasetMixtureConfig)`.
-
-    Args:
-        subparsers (`argparse._SubParsersAction` or `None`, *optional*, defaults to `None`):
-            When given (created with `parser_class=TrlParser`), `prm` is added to them.
-        prog (`str` or `None`, *optional*, defaults to `None`):
-            Program name shown in the usage line of a standalone parser.
-    """
-    from trl.trainer.prm_config import PRMConfig
-
-    return make_training_parser(COMMAND, DESCRIPTION, PRMConfig, subparsers, prog, lora_task_type="TOKEN_CLS")
-
-
-def main(script_args, training_args, model_args, dataset_args) -> None:
-    """Train with [`PRMTrainer`], save the model and optionally push it to the Hub."""
-    from trl.trainer.prm_trainer import PRMTrainer
-
-    run_training(PRMTrainer, script_args, training_args, model_args, dataset_args)
+# `make_parser()`: `(ScriptArguments, PRMConfig, ModelConfig, DatasetMixtureConfig)`; `main(...)` trains a [`PRMTrainer`].
+SCRIPT = TrainingScript("prm", DESCRIPTION, "PRMConfig", "PRMTrainer", lora_task_type="TOKEN_CLS")
+COMMAND, make_parser, main = SCRIPT.command, SCRIPT.make_parser, SCRIPT.main
 
 
 if __name__ == "__main__":

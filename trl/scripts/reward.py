@@ -26,33 +26,14 @@ trl reward --config reward.yaml --use_peft --lora_r 32 --lora_alpha 16 --learnin
 
 from __future__ import annotations
 
-from trl.scripts.utils import make_training_parser, parse_script_args, run_training
+from trl.scripts.training_script import TrainingScript
+from trl.scripts.utils import parse_script_args
 
 
-COMMAND = "reward"
 DESCRIPTION = "Reward modelling (RewardTrainer, Bradley-Terry) on a paired preference dataset."
-
-
-def make_parser(subparsers=None, prog: str | None = None):
-    """
-    Parser of the `reward` script: `(ScriptArguments, RewardConfig, ModelConfig, DatasetMixtureConfig)`.
-
-    Args:
-        subparsers (`argparse._SubParsersAction` or `None`, *optional*, defaults to `None`):
-            When given (created with `parser_class=TrlParser`), `reward` is added to them.
-        prog (`str` or `None`, *optional*, defaults to `None`):
-            Program name shown in the usage line of a standalone parser.
-    """
-    from trl.trainer.reward_config import RewardConfig
-
-    return make_training_parser(COMMAND, DESCRIPTION, RewardConfig, subparsers, prog, lora_task_type="SEQ_CLS")
-
-
-def main(script_args, training_args, model_args, dataset_args) -> None:
-    """Train with [`RewardTrainer`], save the model and optionally push it to the Hub."""
-    from trl.trainer.reward_trainer import RewardTrainer
-
-    run_training(RewardTrainer, script_args, training_args, model_args, dataset_args)
+# `make_parser()`: `(ScriptArguments, RewardConfig, ModelConfig, DatasetMixtureConfig)`; `main(...)` trains a [`RewardTrainer`].
+SCRIPT = TrainingScript("reward", DESCRIPTION, "RewardConfig", "RewardTrainer", lora_task_type="SEQ_CLS")
+COMMAND, make_parser, main = SCRIPT.command, SCRIPT.make_parser, SCRIPT.main
 
 
 if __name__ == "__main__":

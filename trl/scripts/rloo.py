@@ -25,8 +25,8 @@ import paths, or reward model ids / directories.
 
 from __future__ import annotations
 
-from trl.scripts.grpo import GRPOScriptArguments, resolve_reward_funcs
-from trl.scripts.utils import TrlParser, make_training_parser, parse_script_args, run_training
+from trl.scripts.grpo import GRPOScriptArguments, reward_script
+from trl.scripts.utils import parse_script_args
 
 
 COMMAND = "rloo"
@@ -36,41 +36,9 @@ DESCRIPTION = "REINFORCE Leave-One-Out (RLOOTrainer) on a prompt-only dataset wi
 RLOOScriptArguments = GRPOScriptArguments
 
 
-def make_parser(subparsers=None, prog: str | None = None) -> TrlParser:
-    """
-    Parser of the RLOO script: `(RLOOScriptArguments, RLOOConfig, ModelConfig, DatasetMixtureConfig)`.
-
-    Args:
-        subparsers (`argparse._SubParsersAction` or `None`, *optional*, defaults to `None`):
-            When given (created with `parser_class=TrlParser`), `rloo` is added to them.
-        prog (`str` or `None`, *optional*, defaults to `None`):
-            Program name shown in the usage line of a standalone parser.
-    """
-    from trl.trainer.rloo_config import RLOOConfig
-
-    return make_training_parser(
-        COMMAND, DESCRIPTION, RLOOConfig, subparsers, prog, script_args_class=RLOOScriptArguments
-    )
-
-
-def main(script_args, training_args, model_args, dataset_args) -> None:
-    """
-    Train with [`RLOOTrainer`], save the model and optionally push it to the Hub.
-
-    Args:
-        script_args ([`RLOOScriptArguments`]):
-            Dataset and reward arguments.
-        training_args ([`RLOOConfig`]):
-            The trainer configuration.
-        model_args ([`ModelConfig`]):
-            Model to load, dtype, LoRA and quantization options.
-        dataset_args ([`DatasetMixtureConfig`]):
-            A dataset mixture (used instead of `dataset_name` when it lists datasets).
-    """
-    from trl.trainer.rloo_trainer import RLOOTrainer
-
-    reward_funcs = resolve_reward_funcs(script_args.reward_funcs, script_args.reward_model_name_or_path)
-    run_training(RLOOTrainer, script_args, training_args, model_args, dataset_args, reward_funcs=reward_funcs)
+# `make_parser()`: `(RLOOScriptArguments, RLOOConfig, ModelConfig, DatasetMixtureConfig)`; `main(...)` trains.
+SCRIPT = reward_script(COMMAND, DESCRIPTION, "RLOOConfig", "RLOOTrainer")
+make_parser, main = SCRIPT.make_parser, SCRIPT.main
 
 
 if __name__ == "__main__":

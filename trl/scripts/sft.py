@@ -23,33 +23,14 @@ trl sft --config sft.yaml --use_peft --lora_target_modules all-linear --accelera
 
 from __future__ import annotations
 
-from trl.scripts.utils import make_training_parser, parse_script_args, run_training
+from trl.scripts.training_script import TrainingScript
+from trl.scripts.utils import parse_script_args
 
 
-COMMAND = "sft"
 DESCRIPTION = "Supervised fine-tuning (SFTTrainer) on a language-modeling or prompt-completion dataset."
-
-
-def make_parser(subparsers=None, prog: str | None = None):
-    """
-    Parser of the `sft` script: `(ScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig)`.
-
-    Args:
-        subparsers (`argparse._SubParsersAction` or `None`, *optional*, defaults to `None`):
-            When given (created with `parser_class=TrlParser`), `sft` is added to them.
-        prog (`str` or `None`, *optional*, defaults to `None`):
-            Program name shown in the usage line of a standalone parser.
-    """
-    from trl.trainer.sft_config import SFTConfig
-
-    return make_training_parser(COMMAND, DESCRIPTION, SFTConfig, subparsers, prog)
-
-
-def main(script_args, training_args, model_args, dataset_args) -> None:
-    """Train with [`SFTTrainer`], save the model and optionally push it to the Hub."""
-    from trl.trainer.sft_trainer import SFTTrainer
-
-    run_training(SFTTrainer, script_args, training_args, model_args, dataset_args)
+# `make_parser()`: `(ScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig)`; `main(...)` trains a [`SFTTrainer`].
+SCRIPT = TrainingScript("sft", DESCRIPTION, "SFTConfig", "SFTTrainer")
+COMMAND, make_parser, main = SCRIPT.command, SCRIPT.make_parser, SCRIPT.main
 
 
 if __name__ == "__main__":
