@@ -116,7 +116,7 @@ def test_running_mean_is_saved_and_restored_on_resume(tmp_path, tokenized_train)
     args = make_config(tmp_path / "b", max_steps=3, save_strategy="steps", save_steps=2)
     interrupted = BCOTrainer(MODEL, args=args, train_dataset=tokenized_train, callbacks=[StopAt(2)])
     interrupted.train()
-    saved = json.loads((tmp_path / "b" / "checkpoint-2" / "running.json").read_text())
+    saved = json.loads((tmp_path / "b" / "checkpoint-2" / "extra_state.json").read_text())["state"]["running"]
     assert saved["mean"] == pytest.approx(interrupted.running.mean) and saved["count"] == pytest.approx(8)
     resumed = BCOTrainer(MODEL, args=args, train_dataset=tokenized_train)
     resumed.train(resume_from_checkpoint=True)  # the latest checkpoint of output_dir

@@ -2,7 +2,8 @@
 
 - a per-mode metrics store (`self._metrics`) that `log()` averages, prefixes and clears;
 - a derived-quantities table printed when training starts (global batch, steps per epoch, ...);
-- model cards written next to every saved model.
+- model cards written next to every saved model;
+- atomic checkpoints with one mechanism for extra state (`extra_state_dict()`, in `trl.trainer.checkpointing`).
 
 Model loading, pad-token resolution and PEFT wrapping live in `trl.trainer.model_utils`, so that trainers call them
 from their own `_setup_model` step before `Trainer.__init__` runs.
@@ -13,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import warnings
 from collections import defaultdict
 from typing import Any
 
@@ -21,10 +21,11 @@ import torch
 from transformers import Trainer
 
 from .. import __version__
+from .checkpointing import CheckpointingMixin
 from .input_checks import check_lengths_fit_model, check_output_dir, logged_num_tokens
 
 
-class BaseTrainer(Trainer):
+class BaseTrainer(CheckpointingMixin, Trainer):
     """Base class of every trl trainer.
 
     Class attributes set by subclasses:
@@ -158,8 +159,6 @@ class BaseTrainer(Trainer):
         self._has_trained = True
         if isinstance(checkpoint, str):
             self._restore_token_count(checkpoint)
-        if isinstance(checkpoint, str) and getattr(self, "running", None) is not None:
-            self._load_running_state(checkpoint)
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _restore_token_count(self, checkpoint: str) -> None:
@@ -171,32 +170,9 @@ class BaseTrainer(Trainer):
         if tokens is not None:
             self._total_train_tokens = tokens
 
-    # ------------------------------------------------------------ running statistics
-    # A trainer whose loss uses running statistics (BCO's and DPO bco_pair's reward mean δ) keeps them in
-    # `self.running` (a `RunningMoments`): they are saved in every checkpoint and restored on resume.
-    RUNNING_STATE_FILE = "running.json"
-
-    def _save_running_state(self, trial: Any) -> None:
-        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        self.running.save_to_json(os.path.join(folder, self.RUNNING_STATE_FILE))
-
-    def _load_running_state(self, checkpoint: str) -> None:
-        from .utils import RunningMoments
-
-        path = os.path.join(checkpoint, self.RUNNING_STATE_FILE)
-        if os.path.isfile(path):
-            self.running = RunningMoments.load_from_json(self.accelerator, path)
-            return
-        warnings.warn(
-            f"{path} is missing (a checkpoint from another trainer or version): the running statistics (e.g. the "
-            "reward mean δ) restart from 0, so the resumed run does not continue the interrupted one exactly.",
-            UserWarning,
-            stacklevel=3,
-        )
-
     # ------------------------------------------------------------------ model card
+    # Checkpoints (atomic, with `extra_state_dict()`) are written by `CheckpointingMixin`; running statistics
+    # (`self.running`, e.g. BCO's reward mean δ) are part of that extra state.
     def _save_checkpoint(self, model, trial):
         if self.args.hub_model_id is None:
             model_name = os.path.basename(os.path.normpath(self.args.output_dir))
@@ -204,8 +180,6 @@ class BaseTrainer(Trainer):
             model_name = self.args.hub_model_id.split("/")[-1]
         self.create_model_card(model_name=model_name)
         super()._save_checkpoint(model, trial)
-        if getattr(self, "running", None) is not None:
-            self._save_running_state(trial)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         super().save_model(output_dir, _internal_call)

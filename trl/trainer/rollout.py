@@ -79,7 +79,6 @@ from .utils import (
 )
 
 
-ROLLOUT_STATE_FILE = "rollout_state{suffix}.pt"
 # Dataset columns that are not passed to reward functions as extra keyword arguments.
 _NOT_REWARD_KWARGS = ("prompt", "completion", "completion_ids")
 
@@ -676,10 +675,6 @@ class OnlineTrainer(BaseTrainer):
         return loss.mean().detach(), None, None
 
     # ------------------------------------------------------------------------------------ checkpoint state
-    def _rollout_state_path(self, checkpoint: str) -> str:
-        suffix = f"_{self.args.process_index}" if self.args.world_size > 1 else ""
-        return os.path.join(checkpoint, ROLLOUT_STATE_FILE.format(suffix=suffix))
-
     def _rollout_state_dict(self) -> dict[str, Any]:
         """What a resumed run needs to continue exactly: micro-step counter, buffered micro-batches, generation
         random state and running statistics."""
@@ -696,30 +691,25 @@ class OnlineTrainer(BaseTrainer):
         self._generation_rng.load_state_dict(state["generation_rng"])
         self._total_train_tokens = state["total_train_tokens"]
 
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
-        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+    def extra_state_dict(self) -> dict[str, Any]:
+        return {**super().extra_state_dict(), "rollout": self._rollout_state_dict()}
 
-        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
-        os.makedirs(folder, exist_ok=True)
-        torch.save(self._rollout_state_dict(), self._rollout_state_path(folder))
+    def load_extra_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_extra_state_dict(state)
+        self._load_rollout_state_dict(state["rollout"])
 
-    def _load_rng_state(self, checkpoint: str | None) -> None:
-        # Trainer restores the random state exactly where a resumed run continues: restore the rollout state too.
-        super()._load_rng_state(checkpoint)
-        if checkpoint is None:
-            return
-        path = self._rollout_state_path(checkpoint)
-        if not os.path.isfile(path):
-            warnings.warn(
-                f"{path} is missing (a checkpoint from another trainer or version): the generation buffer starts "
-                "empty, so the resumed run does not reproduce the interrupted one exactly.",
-                UserWarning,
-                stacklevel=2,
-            )
-            self._step = self.state.global_step * self.args.gradient_accumulation_steps
-            return
-        self._load_rollout_state_dict(torch.load(path, weights_only=False))
+    def _load_legacy_extra_state(self, checkpoint: str) -> None:
+        super()._load_legacy_extra_state(checkpoint)
+        # Older trl pickled this state to `rollout_state*.pt`: never unpickled, since a crafted file would run code.
+        legacy = [name for name in os.listdir(checkpoint) if name.startswith("rollout_state") and name.endswith(".pt")]
+        reason = f"{legacy[0]} is a pickle from an older trl and is not read" if legacy else "it has no rollout state"
+        warnings.warn(
+            f"{checkpoint} was written by another trainer or version ({reason}): the generation buffer starts empty, "
+            "so the resumed run does not reproduce the interrupted one exactly.",
+            UserWarning,
+            stacklevel=3,
+        )
+        self._step = self.state.global_step * self.args.gradient_accumulation_steps
 
     # ------------------------------------------------------------------------------------------- summary
     def _derived_quantities(self) -> dict[str, Any]:
