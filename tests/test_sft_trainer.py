@@ -236,6 +236,61 @@ def test_peft_lora_trains_only_adapters(tmp_path):
             assert torch.equal(param, before[name]), f"base weight {name} changed"
 
 
+@pytest.mark.parametrize("method", ["prompt_tuning", "prefix_tuning"])
+def test_peft_virtual_tokens_loss_is_the_nll_of_the_real_tokens(tmp_path, method):
+    from peft import PrefixTuningConfig, PromptTuningConfig
+
+    config_class = PromptTuningConfig if method == "prompt_tuning" else PrefixTuningConfig
+    dataset = load_test_dataset("standard_prompt_completion").select(range(4))
+    trainer = SFTTrainer(
+        get_tiny_model_path("qwen2"),
+        args=make_config(tmp_path, max_steps=1, per_device_train_batch_size=2, gradient_checkpointing=False),
+        train_dataset=dataset,
+        eval_dataset=dataset,
+        peft_config=config_class(task_type="CAUSAL_LM", num_virtual_tokens=3),
+    )
+    model = trainer.model
+    batch = trainer._prepare_inputs(trainer.data_collator([trainer.train_dataset[i] for i in range(4)]))
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        # Prompt tuning prepends its 3 virtual positions to the logits; prefix tuning keeps them in the cache.
+        assert logits.shape[1] == batch["input_ids"].shape[1] + (3 if method == "prompt_tuning" else 0)
+        logits = logits[:, -batch["input_ids"].shape[1] : -1]
+        labels = batch["labels"][:, 1:]
+        mask = labels != -100
+        logps = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        expected = -(logps * mask).sum() / mask.sum()
+        assert trainer.compute_loss(model, batch).item() == pytest.approx(expected.item(), rel=1e-5)
+    model.train()
+    trainable = {name: param.detach().clone() for name, param in model.named_parameters() if param.requires_grad}
+    trainer.train()
+    assert trainable and all(
+        not torch.equal(param, trainable[name]) for name, param in model.named_parameters() if name in trainable
+    )
+    assert trainer.evaluate()["eval_loss"] > 0
+
+
+def test_virtual_tokens_refuse_what_would_drop_them(tmp_path):
+    from peft import PrefixTuningConfig, PromptTuningConfig
+
+    dataset = load_test_dataset("standard_language_modeling").select(range(4))
+    with pytest.raises(ValueError, match="padding_free=False"):
+        SFTTrainer(
+            get_tiny_model_path("qwen2"),
+            args=make_config(tmp_path, padding_free=True),
+            train_dataset=dataset,
+            peft_config=PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3),
+        )
+    with pytest.raises(ValueError, match="gradient_checkpointing=False"):
+        SFTTrainer(
+            get_tiny_model_path("qwen2"),
+            args=make_config(tmp_path, gradient_checkpointing=True),
+            train_dataset=dataset,
+            peft_config=PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=3),
+        )
+
+
 def test_eval_reports_metrics_for_each_eval_dataset(tmp_path):
     train = load_test_dataset("standard_language_modeling")
     evals = {

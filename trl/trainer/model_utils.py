@@ -187,6 +187,11 @@ def prepare_peft_model(model: PreTrainedModel, peft_config: Any, args: Any) -> A
 
     if not isinstance(peft_config, PeftConfig):
         raise ValueError(f"peft_config must be a peft.PeftConfig (e.g. LoraConfig), got {type(peft_config).__name__}.")
+    if args.gradient_checkpointing and peft_config.peft_type == "PREFIX_TUNING":
+        raise ValueError(
+            "Prefix tuning keeps its virtual tokens in the attention cache, which transformers drops under gradient "
+            "checkpointing (the prefix would silently vanish). Set gradient_checkpointing=False."
+        )
     if isinstance(model, PeftModel):
         raise ValueError(
             "You passed a PeftModel together with a peft_config. Merge the existing adapter first "
@@ -224,6 +229,24 @@ def is_peft_model(model: Any) -> bool:
     from peft import PeftModel
 
     return isinstance(model, PeftModel)
+
+
+def num_prepended_virtual_tokens(model: Any) -> int:
+    """Positions a PEFT prompt-learning adapter prepends to every sequence (0 for any other model).
+
+    Prompt tuning and P-tuning put `num_virtual_tokens` learned embeddings in front of the input, so the logits have
+    that many more positions than `input_ids`; prefix tuning puts them in the attention cache instead (0 here).
+
+    Args:
+        model (`torch.nn.Module`):
+            The model, possibly a `peft.PeftModel`.
+    """
+    if not is_peft_model(model):
+        return 0
+    config = model.active_peft_config
+    if not config.is_prompt_learning or config.peft_type in ("PREFIX_TUNING", "CARTRIDGE"):
+        return 0
+    return config.num_virtual_tokens
 
 
 def to_config(args: TrainingArguments | None, config_class: type, model_name: str, method: str) -> Any:

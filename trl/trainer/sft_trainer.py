@@ -44,6 +44,7 @@ from .model_utils import (
     load_policy,
     load_processing_class,
     model_name_of,
+    num_prepended_virtual_tokens,
     prepare_peft_model,
     resolve_pad_token_id,
     to_config,
@@ -162,6 +163,7 @@ class SFTTrainer(BaseTrainer):
         self.loss_is_scaled_for_ga = True
         self._total_train_tokens = 0
         self._logits_to_keep_supported = accepts_logits_to_keep(self.accelerator.unwrap_model(self.model))
+        self._num_virtual_tokens = num_prepended_virtual_tokens(self.accelerator.unwrap_model(self.model))
 
     # ------------------------------------------------------------------ setup
     @staticmethod
@@ -190,6 +192,13 @@ class SFTTrainer(BaseTrainer):
 
     @staticmethod
     def _resolve_padding_free(model: PreTrainedModel, args: SFTConfig) -> bool:
+        if num_prepended_virtual_tokens(model):
+            if args.padding_free:
+                raise ValueError(
+                    "padding_free=True tells the sequences of a flattened batch apart by their position_ids, which "
+                    "PEFT prompt tuning drops (it prepends its virtual tokens to the row). Set padding_free=False."
+                )
+            return False
         flash = uses_flash_attention(model)
         if args.padding_free and not flash:
             warnings.warn(
@@ -321,14 +330,16 @@ class SFTTrainer(BaseTrainer):
 
         labels = inputs["labels"]
         model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "completion_mask", "assistant_masks")}
-        # Position t predicts token t + 1: keep the logits of positions whose next token is labelled.
+        # Position t predicts token t + 1: keep the logits of positions whose next token is labelled. Prompt tuning's
+        # virtual tokens come first in the model's sequence (not in `labels`) and are never kept.
         keep_B_T = torch.zeros_like(labels, dtype=torch.bool)
         keep_B_T[:, :-1] = labels[:, 1:] != -100
+        keep_B_VT = torch.nn.functional.pad(keep_B_T, (self._num_virtual_tokens, 0), value=False)
         full_logits = return_outputs or not self._logits_to_keep_supported
         if not full_logits:
-            model_inputs["logits_to_keep"] = keep_B_T
+            model_inputs["logits_to_keep"] = keep_B_VT
         outputs = model(**model_inputs, use_cache=False)
-        logits_N_V = outputs.logits[keep_B_T] if full_logits else outputs.logits
+        logits_N_V = outputs.logits[keep_B_VT] if full_logits else outputs.logits
         targets_N = labels[:, 1:][keep_B_T[:, :-1]]
         assert logits_N_V.shape[0] == targets_N.shape[0], "kept logits and labelled targets are misaligned"
 
