@@ -6,14 +6,24 @@ Everything is built locally in seconds (no Hugging Face Hub access) and cached o
 
 from .cache import get_cache_dir
 from .tiny_datasets import DATASET_CONFIGS, get_dataset_path, load_test_dataset
-from .tiny_models import TINY_ARCHITECTURES, build_tiny_model, get_tiny_model_path
+from .tiny_models import (
+    CAUSAL_LM_ARCHITECTURES,
+    SEQUENCE_CLASSIFICATION_ARCHITECTURES,
+    TINY_ARCHITECTURES,
+    TOKEN_CLASSIFICATION_ARCHITECTURES,
+    build_tiny_model,
+    get_tiny_model_path,
+)
 from .tiny_tokenizer import TINY_TEMPLATES, build_tiny_tokenizer, get_tiny_tokenizer_path, read_chat_template
 
 
 __all__ = [
+    "CAUSAL_LM_ARCHITECTURES",
     "DATASET_CONFIGS",
+    "SEQUENCE_CLASSIFICATION_ARCHITECTURES",
     "TINY_ARCHITECTURES",
     "TINY_TEMPLATES",
+    "TOKEN_CLASSIFICATION_ARCHITECTURES",
     "build_tiny_model",
     "build_tiny_tokenizer",
     "get_cache_dir",

@@ -18,16 +18,48 @@ class _Architecture:
     extra_config: tuple[tuple[str, object], ...] = ()
 
 
+# Causal LMs: name -> (model type, default chat template). Archs without a bundled template of their own (Gemma,
+# Phi-3, Cohere, GPT-OSS) use ChatML; the base-model archs (GPT-2, GPT-NeoX) have none.
+_CAUSAL_LMS = {
+    "qwen2": ("qwen2", "chatml"),
+    "qwen3": ("qwen3", "chatml"),
+    "qwen3-moe": ("qwen3_moe", "chatml"),
+    "llama": ("llama", "llama3"),
+    "gpt2": ("gpt2", None),
+    "gpt-neox": ("gpt_neox", None),
+    "gemma2": ("gemma2", "chatml"),
+    "phi3": ("phi3", "chatml"),
+    "cohere2": ("cohere2", "chatml"),
+    "gpt-oss": ("gpt_oss", "chatml"),
+}
+# Classification heads on some of them (transformers has none for Cohere 2). `<arch>-seq-cls` has `num_labels=1` (a
+# reward model), `<arch>-token-cls` has `num_labels=2` (a process reward model).
+_SEQUENCE_CLASSIFIERS = ("qwen2", "qwen3-moe", "llama", "gpt2", "gpt-neox", "gemma2", "phi3", "gpt-oss")
+_TOKEN_CLASSIFIERS = ("qwen2", "llama", "gemma2")
+
+
+def _classifier(causal_lm: str, auto_class: str, num_labels: int) -> _Architecture:
+    """A classification head on the body of one of `_CAUSAL_LMS`, with its model type and chat template."""
+    return _Architecture(auto_class, *_CAUSAL_LMS[causal_lm], (("num_labels", num_labels),))
+
+
 _ARCHITECTURES = {
-    "qwen2": _Architecture("AutoModelForCausalLM", "qwen2", "chatml"),
-    "qwen3": _Architecture("AutoModelForCausalLM", "qwen3", "chatml"),
-    "llama": _Architecture("AutoModelForCausalLM", "llama", "llama3"),
-    "gpt2": _Architecture("AutoModelForCausalLM", "gpt2", None),
-    "qwen2-seq-cls": _Architecture("AutoModelForSequenceClassification", "qwen2", "chatml", (("num_labels", 1),)),
-    "qwen2-token-cls": _Architecture("AutoModelForTokenClassification", "qwen2", "chatml", (("num_labels", 2),)),
+    **{name: _Architecture("AutoModelForCausalLM", *spec) for name, spec in _CAUSAL_LMS.items()},
+    **{
+        f"{name}-seq-cls": _classifier(name, "AutoModelForSequenceClassification", 1) for name in _SEQUENCE_CLASSIFIERS
+    },
+    **{f"{name}-token-cls": _classifier(name, "AutoModelForTokenClassification", 2) for name in _TOKEN_CLASSIFIERS},
     "t5": _Architecture("AutoModelForSeq2SeqLM", "t5", None),
 }
 TINY_ARCHITECTURES = tuple(_ARCHITECTURES)
+# The matrices the tests train every trainer over.
+CAUSAL_LM_ARCHITECTURES = tuple(_CAUSAL_LMS)
+SEQUENCE_CLASSIFICATION_ARCHITECTURES = tuple(f"{name}-seq-cls" for name in _SEQUENCE_CLASSIFIERS)
+TOKEN_CLASSIFICATION_ARCHITECTURES = tuple(f"{name}-token-cls" for name in _TOKEN_CLASSIFIERS)
+# Mixture-of-experts archs: few experts, each token routed to half of them, so a short run reaches every expert.
+_NUM_EXPERTS, _EXPERTS_PER_TOKEN = 4, 2
+# Sliding-window archs get a window shorter than the test sequences, so the windowed mask is really exercised.
+_SLIDING_WINDOW = 8
 
 # hidden size, layers, attention heads, key-value heads, MLP size
 _SIZES = {"tiny": (32, 2, 4, 2, 64), "small": (128, 4, 4, 2, 256)}
@@ -56,10 +88,11 @@ def _config_kwargs(arch: str, size: str, tokenizer) -> dict:
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
     }
+    spec = _ARCHITECTURES[arch]
     # Sequence classification needs a pad id to find each row's last real token; fall back on EOS.
-    if arch == "qwen2-seq-cls" and special_ids["pad_token_id"] is None:
+    if spec.auto_class == "AutoModelForSequenceClassification" and special_ids["pad_token_id"] is None:
         special_ids["pad_token_id"] = tokenizer.eos_token_id
-    if arch == "gpt2":
+    if spec.model_type == "gpt2":
         return {
             "n_embd": hidden,
             "n_layer": layers,
@@ -68,7 +101,7 @@ def _config_kwargs(arch: str, size: str, tokenizer) -> dict:
             "n_positions": 512,
             **special_ids,
         }
-    if arch == "t5":
+    if spec.model_type == "t5":
         return {
             "d_model": hidden,
             "d_kv": hidden // heads,
@@ -79,6 +112,15 @@ def _config_kwargs(arch: str, size: str, tokenizer) -> dict:
             "decoder_start_token_id": tokenizer.pad_token_id,
             **special_ids,
         }
+    if spec.model_type == "gpt_neox":
+        return {
+            "hidden_size": hidden,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "intermediate_size": mlp,
+            "max_position_embeddings": 512,
+            **special_ids,
+        }
     return {
         "hidden_size": hidden,
         "num_hidden_layers": layers,
@@ -86,9 +128,57 @@ def _config_kwargs(arch: str, size: str, tokenizer) -> dict:
         "num_key_value_heads": kv_heads,
         "intermediate_size": mlp,
         "max_position_embeddings": 512,
-        **({"head_dim": hidden // heads} if arch == "qwen3" else {}),
+        **_model_type_kwargs(spec.model_type, hidden // heads, layers, mlp),
         **special_ids,
     }
+
+
+def _model_type_kwargs(model_type: str, head_dim: int, layers: int, mlp: int) -> dict:
+    """Config fields one model type needs on top of the Llama-style ones: head size where the default is not
+    `hidden // heads`, experts, sliding windows."""
+    # Alternate windowed and full attention, as Gemma 2 and GPT-OSS do, so both masks run.
+    alternating = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
+    if model_type == "qwen3":
+        return {"head_dim": head_dim}
+    if model_type == "qwen3_moe":
+        return {
+            "head_dim": head_dim,
+            "num_experts": _NUM_EXPERTS,
+            "num_experts_per_tok": _EXPERTS_PER_TOKEN,
+            "moe_intermediate_size": mlp,
+            "norm_topk_prob": True,
+        }
+    if model_type == "gemma2":
+        # Logit soft-capping stays at its default (attention 50, final 30): it is what sets Gemma 2 apart.
+        return {
+            "head_dim": head_dim,
+            "query_pre_attn_scalar": head_dim,
+            "sliding_window": _SLIDING_WINDOW,
+            "layer_types": alternating,
+        }
+    if model_type == "cohere2":
+        return {"sliding_window": _SLIDING_WINDOW, "layer_types": alternating}
+    if model_type == "gpt_oss":
+        return {
+            "head_dim": head_dim,
+            "num_local_experts": _NUM_EXPERTS,
+            "num_experts_per_tok": _EXPERTS_PER_TOKEN,
+            "sliding_window": _SLIDING_WINDOW,
+            "layer_types": alternating,
+            # GPT-OSS's YaRN scaling, with the pre-scaling context shrunk so that it matches the 512 positions.
+            "rope_parameters": {
+                "rope_type": "yarn",
+                "rope_theta": 150000.0,
+                "factor": 32.0,
+                "beta_fast": 32.0,
+                "beta_slow": 1.0,
+                "truncate": False,
+                "original_max_position_embeddings": 16,
+            },
+        }
+    if model_type == "phi3":
+        return {"original_max_position_embeddings": 512}
+    return {}
 
 
 def _tokenizer_for(arch: str, template: str | None):
