@@ -1,19 +1,17 @@
 """The HTTP application of `trl vllm-serve`: the reference's endpoints (health, world size, generate, chat, weight
 sync, prefix cache) plus OpenAI-compatible `/v1/completions` and `/v1/chat/completions`, served by the standard
-library's threading HTTP server."""
+library's threading HTTP server (`server_http.py`). Access rules, limits and bounded body reading live in `server_guard.py`, field
+checks in `server_validation.py`."""
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
+from trl.generation import server_validation as check
 from trl.generation.base import GenerationResult, SamplingParams, sanitize_logprob
 from trl.generation.server_engines import (
     VLLM_MISSING,
@@ -22,11 +20,16 @@ from trl.generation.server_engines import (
     TransformersEngine,
     VLLMEngine,
 )
+from trl.generation.server_guard import HTTPFailure, ServerPolicy
+from trl.generation.server_http import TrlHTTPServer
+from trl.generation.server_openai import OpenAIEndpoints
 from trl.import_utils import is_vllm_available
 
 
 if TYPE_CHECKING:
     from trl.scripts.vllm_serve import ScriptArguments
+
+__all__ = ["ServerApp", "TrlHTTPServer", "build_app", "resolve_backend"]
 
 logger = logging.getLogger("trl.vllm_serve")
 
@@ -39,6 +42,7 @@ _SAMPLING_DEFAULTS = {
     "min_p": 0.0,
     "max_tokens": 16,
 }
+_INTEGER_FIELDS = {"n": 1, "top_k": -1, "max_tokens": 1}  # field -> smallest value
 _GENERATE_KEYS = {
     *_SAMPLING_DEFAULTS,
     "prompts",
@@ -54,24 +58,9 @@ _CHAT_KEYS = (_GENERATE_KEYS - {"prompts", "images", "truncate_prompt_tokens"}) 
     "tools",
     "chat_template",
 }
-# OpenAI fields accepted when they hold their neutral value (anything else is refused, never ignored).
-_OPENAI_NEUTRAL = {
-    "stream": (None, False),
-    "stop": (None, [], ""),
-    "echo": (None, False),
-    "presence_penalty": (None, 0, 0.0),
-    "frequency_penalty": (None, 0, 0.0),
-    "logit_bias": (None, {}),
-    "suffix": (None, ""),
-    "response_format": (None, {"type": "text"}),
-    "stream_options": (None,),
-    "continue_final_message": (None, False),
-}
-_OPENAI_COMMON = {"model", "n", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed", "user"}
-_OPENAI_COMMON |= {"return_token_ids", "return_tokens_as_token_ids", "max_tokens", "best_of", *_OPENAI_NEUTRAL}
-_COMPLETIONS_KEYS = _OPENAI_COMMON | {"prompt", "logprobs"}
-_CHAT_COMPLETIONS_KEYS = _OPENAI_COMMON | {"messages", "max_completion_tokens", "logprobs", "top_logprobs"}
-_CHAT_COMPLETIONS_KEYS |= {"tools", "tool_choice", "chat_template", "chat_template_kwargs", "add_generation_prompt"}
+_TEMPLATE_RESERVED = {"messages", "conversation", "tools", "documents", "add_generation_prompt", "tokenize"}
+_TEMPLATE_RESERVED |= {"chat_template", "return_dict", "return_tensors", "continue_final_message"}
+_CHARS_PER_TOKEN = 16  # text prompts longer than this many characters per allowed token are refused untokenized
 
 
 def resolve_backend(backend: str | None) -> str:
@@ -93,48 +82,12 @@ def resolve_backend(backend: str | None) -> str:
     return "vllm"
 
 
-def _check_keys(body: dict, allowed: set[str], endpoint: str) -> None:
-    if not isinstance(body, dict):
-        raise RequestError(f"{endpoint} expects a JSON object.")
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise RequestError(f"{endpoint} does not take {unknown}; accepted fields: {sorted(allowed)}.")
-
-
-def sampling_from_request(body: dict, return_logprobs: bool) -> SamplingParams:
-    """
-    The [`SamplingParams`] of a `/generate/` or `/chat/` request; `generation_kwargs` override the named fields.
-
-    Args:
-        body (`dict`):
-            The request.
-        return_logprobs (`bool`):
-            Whether log-probs were asked for.
-    """
-    values = {key: body[key] if body.get(key) is not None else default for key, default in _SAMPLING_DEFAULTS.items()}
-    extra = dict(body.get("generation_kwargs") or {})
-    for key in list(extra):
-        if key in _SAMPLING_DEFAULTS:
-            values[key] = extra.pop(key)
-    try:
-        return SamplingParams(**values, generation_kwargs=extra, return_logprobs=return_logprobs)
-    except (TypeError, ValueError) as error:
-        raise RequestError(str(error)) from error
-
-
-def _wants_logprobs(value: Any, field_name: str = "logprobs") -> bool:
-    if value is None or value is False:
-        return False
-    if value is True or value == 0:
-        return True
-    raise RequestError(
-        f"`{field_name}={value}`: this server returns only the sampled token's log-prob; ask for 0 (or leave unset)."
-    )
-
-
-class ServerApp:
+class ServerApp(OpenAIEndpoints):
     """
     The endpoints, independent of HTTP: `dispatch(method, path, body)` returns the JSON answer.
+
+    Requests are checked, tokenized and their chat templates rendered outside the engine lock; only the engine
+    call holds it, for at most `policy.request_timeout` seconds of waiting.
 
     Args:
         engine (`TransformersEngine` or `VLLMEngine`):
@@ -143,55 +96,110 @@ class ServerApp:
             Tokenizes text prompts, renders chat templates, decodes OpenAI answers.
         model_name (`str`):
             The id reported by `/v1/models`.
+        policy ([`~trl.generation.server_guard.ServerPolicy`] or `None`, *optional*, defaults to `None`):
+            Access rules and limits; `None` uses the defaults (no API key).
     """
 
-    def __init__(self, engine, tokenizer, model_name: str):
+    def __init__(self, engine, tokenizer, model_name: str, policy: ServerPolicy | None = None):
         self.engine = engine
         self.tokenizer = tokenizer
         self.model_name = model_name
-        # One request at a time touches the engine and the tokenizer (neither is thread-safe); status endpoints
-        # stay lock-free so health checks are answered while a long generation runs.
-        self.lock = threading.RLock()
-        locked = {
+        self.policy = policy or ServerPolicy()
+        # One request at a time touches the engine, one at a time the tokenizer (neither is thread-safe); status
+        # endpoints take no lock, so health checks are answered while a long generation runs.
+        self.lock = threading.Lock()
+        self.tokenizer_lock = threading.Lock()
+        self.busy_since: float | None = None
+        self._local = threading.local()
+        self.vocab_size = max(len(tokenizer), getattr(engine, "vocab_size", None) or 0)
+        self.templates = None
+        if self.policy.allow_request_chat_template:
+            from trl.generation.chat_template_sandbox import ChatTemplateSandbox
+
+            self.templates = ChatTemplateSandbox()
+        reset, close = self.engine.reset_prefix_cache, self.engine.close_communicator
+        self.routes: dict[tuple[str, str], Callable[[dict], Any]] = {
+            ("GET", "/health"): self.health,
+            ("GET", "/get_world_size"): lambda body: {"world_size": self.engine.world_size},
+            ("GET", "/get_server_info"): self.server_info,
+            ("GET", "/v1/models"): self.v1_models,
             ("POST", "/generate"): self.generate,
             ("POST", "/chat"): self.chat,
             ("POST", "/get_sequence_logprobs"): self.get_sequence_logprobs,
             ("POST", "/init_communicator"): self.init_communicator,
             ("POST", "/update_named_param"): self.update_named_param,
             ("POST", "/update_named_params"): self.update_named_params,
-            ("POST", "/reset_prefix_cache"): lambda body: self.engine.reset_prefix_cache(),
-            ("POST", "/close_communicator"): lambda body: self.engine.close_communicator(),
+            ("POST", "/reset_prefix_cache"): lambda body: self._engine_call(reset, late_is_error=False),
+            ("POST", "/close_communicator"): lambda body: self._engine_call(close, late_is_error=False),
             ("POST", "/v1/completions"): self.v1_completions,
             ("POST", "/v1/chat/completions"): self.v1_chat_completions,
         }
-        self.routes: dict[tuple[str, str], Callable[[dict], Any]] = {
-            ("GET", "/health"): lambda body: {"status": "ok"},
-            ("GET", "/get_world_size"): lambda body: {"world_size": self.engine.world_size},
-            ("GET", "/get_server_info"): self.server_info,
-            ("GET", "/v1/models"): self.v1_models,
-            **{route: self._locked(handler) for route, handler in locked.items()},
-        }
 
-    def _locked(self, function: Callable[[dict], Any]) -> Callable[[dict], Any]:
-        def run(body: dict) -> Any:
-            with self.lock:
-                result = function(body)
-            return {"status": "ok"} if result is None else result
+    def close(self) -> None:
+        """Stop the engine and the chat-template sandbox."""
+        if self.templates is not None:
+            self.templates.close()
+        self.engine.shutdown()
 
-        return run
+    def route(self, method: str, path: str) -> Callable[[dict], Any]:
+        """
+        The handler of `method path` (a trailing `/` is optional).
+
+        Raises:
+            EndpointNotFound: For an unknown path (404).
+        """
+        route = self.routes.get((method, path.rstrip("/") or "/"))
+        if route is None:
+            known = sorted(f"{m} {p}/" for m, p in self.routes)
+            raise EndpointNotFound(f"No endpoint {method} {path}; the server has: {', '.join(known)}.")
+        return route
 
     def dispatch(self, method: str, path: str, body: dict) -> Any:
         """
         Answer one request.
 
         Raises:
-            EndpointNotFound: For an unknown path (404); `RequestError` for a bad request (400).
+            EndpointNotFound: For an unknown path (404); `RequestError` for a bad request (400); `HTTPFailure` for
+                the other refusals (503 engine busy, 504 generation past `request_timeout`).
         """
-        route = self.routes.get((method, path.rstrip("/") or "/"))
-        if route is None:
-            known = sorted(f"{m} {p}/" for m, p in self.routes)
-            raise EndpointNotFound(f"No endpoint {method} {path}; the server has: {', '.join(known)}.")
-        return route(body)
+        route = self.route(method, path)
+        self._local.deadline = time.monotonic() + self.policy.request_timeout
+        result = route(body)
+        return {"status": "ok"} if result is None else result
+
+    def _engine_call(self, function: Callable, *args, late_is_error: bool = True, **kwargs) -> Any:
+        deadline = getattr(self._local, "deadline", None) or time.monotonic() + self.policy.request_timeout
+        if not self.lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+            raise HTTPFailure(
+                503,
+                f"The engine stayed busy for this request's whole `--request_timeout` ({self.policy.request_timeout}"
+                " s): retry later, send smaller requests, or raise the server's `--request_timeout`.",
+            )
+        try:
+            self.busy_since = time.monotonic()
+            result = function(*args, **kwargs)
+        finally:
+            self.busy_since = None
+            self.lock.release()
+        if late_is_error and time.monotonic() > deadline:
+            raise HTTPFailure(
+                504,
+                f"Generation ran past the server's `--request_timeout` ({self.policy.request_timeout} s) and its "
+                "result was dropped: send fewer prompts or tokens, or raise `--request_timeout`.",
+            )
+        return result
+
+    def health(self, body: dict) -> dict:
+        started = self.busy_since
+        elapsed = time.monotonic() - started if started is not None else 0.0
+        if elapsed > self.policy.request_timeout:
+            raise HTTPFailure(
+                503,
+                f"The engine is wedged: one request has held it for {elapsed:.1f} s, past `--request_timeout` "
+                f"({self.policy.request_timeout} s). Check the server log; restart the server if it does not recover.",
+                extra={"status": "wedged", "busy_for_s": round(elapsed, 1)},
+            )
+        return {"status": "ok"}
 
     def server_info(self, body: dict) -> dict:
         return {
@@ -200,237 +208,283 @@ class ServerApp:
             "world_size": self.engine.world_size,
             "weight_transport": self.engine.weight_transport,
             "max_model_len": self.engine.max_model_len,
+            "limits": self.policy.describe(),
         }
+
+    # ------------------------------------------------------------------ request checks
+
+    @staticmethod
+    def _check_keys(body: dict, allowed: set[str], endpoint: str) -> None:
+        if not isinstance(body, dict):
+            raise RequestError(f"{endpoint} expects a JSON object.")
+        unknown = sorted(set(body) - allowed)
+        if unknown:
+            raise RequestError(f"{endpoint} does not take {unknown}; accepted fields: {sorted(allowed)}.")
+
+    @staticmethod
+    def _wants_logprobs(value: Any, field_name: str = "logprobs") -> bool:
+        if value is None or value is False:
+            return False
+        if value is True or value == 0:
+            return True
+        raise RequestError(
+            f"`{field_name}={value}`: this server returns only the sampled token's log-prob; ask for 0 (or leave "
+            "unset)."
+        )
+
+    def sampling_from_request(self, body: dict, return_logprobs: bool) -> SamplingParams:
+        """
+        The [`SamplingParams`] of a request; `generation_kwargs` override the named fields. Every field is checked
+        (type, range, `--max_n`).
+
+        Args:
+            body (`dict`):
+                The request.
+            return_logprobs (`bool`):
+                Whether log-probs were asked for.
+        """
+        extra = check.generation_kwargs(body.get("generation_kwargs"))
+        fields = {key: (key, body.get(key)) for key in _SAMPLING_DEFAULTS}
+        for key in list(extra):
+            if key in _SAMPLING_DEFAULTS and extra[key] is not None:
+                fields[key] = (f"generation_kwargs.{key}", extra.pop(key))
+        values = {}
+        for key, (name, value) in fields.items():
+            if key in _INTEGER_FIELDS:
+                values[key] = check.integer({name: value}, name, _SAMPLING_DEFAULTS[key], _INTEGER_FIELDS[key])
+            else:
+                values[key] = check.number({name: value}, name, _SAMPLING_DEFAULTS[key])
+        if values["n"] > self.policy.max_n:
+            raise RequestError(f"`n` = {values['n']} is over the server's `--max_n` ({self.policy.max_n}).")
+        try:
+            return SamplingParams(**values, generation_kwargs=extra, return_logprobs=return_logprobs)
+        except (TypeError, ValueError) as error:
+            raise RequestError(str(error)) from error
+
+    def _check_budget(self, prompt_ids: list[list[int]], sampling: SamplingParams) -> None:
+        total = sum(map(len, prompt_ids)) + len(prompt_ids) * sampling.n * sampling.max_tokens
+        if total > self.policy.max_total_tokens:
+            raise RequestError(
+                f"This request involves {total} tokens (prompt tokens + prompts x `n` x `max_tokens`), over the "
+                f"server's `--max_total_tokens` ({self.policy.max_total_tokens}): send fewer prompts or lower `n` "
+                "or `max_tokens`."
+            )
+
+    def _tokenize(self, prompts: list, truncate: int | None, name: str = "prompts") -> list[list[int]]:
+        limit = self.policy.max_prompt_tokens
+        if all(isinstance(p, str) for p in prompts):
+            for index, prompt in enumerate(prompts):
+                if not prompt:
+                    raise RequestError(f"`{name}[{index}]` is empty: every prompt needs at least one token.")
+                if len(prompt) > limit * _CHARS_PER_TOKEN:
+                    raise RequestError(
+                        f"`{name}[{index}]` has {len(prompt)} characters, over the {limit * _CHARS_PER_TOKEN} a "
+                        f"prompt may have ({_CHARS_PER_TOKEN} per token of `--max_prompt_tokens`)."
+                    )
+            with self.tokenizer_lock:
+                ids = [self.tokenizer(p)["input_ids"] for p in prompts]
+        elif all(isinstance(p, list) for p in prompts):
+            ids = [list(check.token_ids(p, f"{name}[{i}]", self.vocab_size)) for i, p in enumerate(prompts)]
+        else:
+            raise RequestError(f"`{name}` must be all strings or all token-id lists.")
+        if truncate is not None:
+            ids = [p[-truncate:] for p in ids]
+        for index, prompt in enumerate(ids):
+            if len(prompt) > limit:
+                raise RequestError(
+                    f"`{name}[{index}]` has {len(prompt)} tokens, over the server's `--max_prompt_tokens` ({limit}): "
+                    "shorten it or set `truncate_prompt_tokens`."
+                )
+        return ids
+
+    def _decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        with self.tokenizer_lock:
+            return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
     # ------------------------------------------------------------------ generation
 
     def generate(self, body: dict) -> dict:
-        _check_keys(body, _GENERATE_KEYS, "/generate/")
+        self._check_keys(body, _GENERATE_KEYS, "/generate/")
         prompts = body.get("prompts")
         if not isinstance(prompts, list):
             raise RequestError("`prompts` must be a list of strings or of token-id lists.")
+        truncate = check.integer(body, "truncate_prompt_tokens", None, minimum=1)
+        regex = check.optional(body, "guided_decoding_regex", str, "a regular expression (a string)")
+        images = check.optional(body, "images", list, "a list with one base64 image (or null) per prompt")
+        if images is not None and (len(images) != len(prompts) or not all(isinstance(i, str | None) for i in images)):
+            raise RequestError("`images` needs one entry (a base64 string, or null) per prompt.")
+        sampling = self.sampling_from_request(body, self._wants_logprobs(body.get("logprobs", 0)))
         texts = prompts if prompts and all(isinstance(p, str) for p in prompts) else None
-        prompt_ids = self._tokenize(prompts, body.get("truncate_prompt_tokens"))
-        sampling = sampling_from_request(body, _wants_logprobs(body.get("logprobs", 0)))
-        images = body.get("images")
-        if images is not None and len(images) != len(prompts):
-            raise RequestError("`images` needs one entry (or null) per prompt.")
-        result = self._run(prompt_ids, sampling, texts, images, body.get("guided_decoding_regex"))
-        return _generation_answer(result)
+        prompt_ids = self._tokenize(prompts, truncate) if prompts else []
+        self._check_budget(prompt_ids, sampling)
+        return _generation_answer(self._run(prompt_ids, sampling, texts, images, regex))
 
     def chat(self, body: dict) -> dict:
-        _check_keys(body, _CHAT_KEYS, "/chat/")
+        self._check_keys(body, _CHAT_KEYS, "/chat/")
         conversations = body.get("messages")
-        if not isinstance(conversations, list) or not all(isinstance(c, list) for c in conversations):
+        if not isinstance(conversations, list):
             raise RequestError("`messages` must be a list of conversations (lists of messages).")
+        regex = check.optional(body, "guided_decoding_regex", str, "a regular expression (a string)")
+        sampling = self.sampling_from_request(body, self._wants_logprobs(body.get("logprobs", 0)))
+        tools, template, kwargs = body.get("tools"), body.get("chat_template"), body.get("chat_template_kwargs")
         prompt_ids = [
-            self._render_chat(c, body.get("tools"), body.get("chat_template"), body.get("chat_template_kwargs"))
-            for c in conversations
+            self._render_chat(c, f"messages[{i}]", tools, template, kwargs) for i, c in enumerate(conversations)
         ]
-        sampling = sampling_from_request(body, _wants_logprobs(body.get("logprobs", 0)))
-        return _generation_answer(self._run(prompt_ids, sampling, None, None, body.get("guided_decoding_regex")))
+        self._check_budget(prompt_ids, sampling)
+        return _generation_answer(self._run(prompt_ids, sampling, None, None, regex))
 
     def get_sequence_logprobs(self, body: dict) -> dict:
-        _check_keys(body, {"sequences", "prompt_lengths", "top_logprobs", "temperature"}, "/get_sequence_logprobs/")
+        self._check_keys(
+            body, {"sequences", "prompt_lengths", "top_logprobs", "temperature"}, "/get_sequence_logprobs/"
+        )
         sequences, prompt_lengths = body.get("sequences"), body.get("prompt_lengths")
-        top_logprobs, temperature = int(body.get("top_logprobs", 100)), float(body.get("temperature", 1.0))
         if not isinstance(sequences, list) or not isinstance(prompt_lengths, list):
             raise RequestError("`sequences` and `prompt_lengths` must be lists.")
         if len(sequences) != len(prompt_lengths):
             raise RequestError("`prompt_lengths` needs one entry per sequence.")
-        if any(not 1 <= length <= len(seq) for seq, length in zip(sequences, prompt_lengths)):
-            raise RequestError("Each prompt length must be between 1 and its sequence's length.")
-        if temperature <= 0 or top_logprobs < 1:
-            raise RequestError("`temperature` must be > 0 and `top_logprobs` >= 1.")
+        top_logprobs = check.integer(body, "top_logprobs", 100, minimum=1)
+        temperature = check.number(body, "temperature", 1.0)
+        if temperature <= 0:
+            raise RequestError(f"`temperature` must be > 0, got {temperature}.")
+        for index, (sequence, length) in enumerate(zip(sequences, prompt_lengths)):
+            check.token_ids(sequence, f"sequences[{index}]", self.vocab_size)
+            check.check_integer(length, f"prompt_lengths[{index}]", minimum=1)
+            if length > len(sequence):
+                raise RequestError(
+                    f"`prompt_lengths[{index}]` = {length} is longer than its sequence ({len(sequence)})."
+                )
+        scored = sum(len(s) - length for s, length in zip(sequences, prompt_lengths))
+        total = max(sum(map(len, sequences)), scored * min(top_logprobs, self.vocab_size))
+        if total > self.policy.max_total_tokens:
+            raise RequestError(
+                f"This request involves {total} values (tokens, or scored positions x `top_logprobs`), over the "
+                f"server's `--max_total_tokens` ({self.policy.max_total_tokens}): send fewer sequences per request "
+                "(`chunk_size`) or a smaller `top_logprobs`."
+            )
         if not sequences:
             return {"logprobs": [], "logprob_token_ids": [], "actual_logprobs": [], "actual_token_ids": []}
-        return self.engine.sequence_logprobs(sequences, prompt_lengths, top_logprobs, temperature)
+        return self._engine_call(self.engine.sequence_logprobs, sequences, prompt_lengths, top_logprobs, temperature)
 
     def _run(self, prompt_ids, sampling, texts, images, regex) -> GenerationResult:
         if not prompt_ids:
             return GenerationResult(completion_ids=[], finish_reasons=[], logprobs=[], prompt_ids=[])
-        return self.engine.generate(prompt_ids, sampling, texts=texts, images=images, regex=regex)
+        deadline = getattr(self._local, "deadline", None)
+        return self._engine_call(
+            self.engine.generate, prompt_ids, sampling, texts=texts, images=images, regex=regex, deadline=deadline
+        )
 
-    def _tokenize(self, prompts: list, truncate: int | None) -> list[list[int]]:
-        if all(isinstance(p, str) for p in prompts):
-            ids = [self.tokenizer(p)["input_ids"] for p in prompts]
-        elif all(isinstance(p, list) and all(isinstance(t, int) for t in p) for p in prompts):
-            ids = [list(p) for p in prompts]
+    def _render_chat(self, conversation, name, tools=None, chat_template=None, template_kwargs=None) -> list[int]:
+        check.messages(conversation, name)
+        check.optional({"tools": tools}, "tools", list, "a list of tool schemas (objects)")
+        if tools is not None and not all(isinstance(tool, dict) for tool in tools):
+            raise RequestError("`tools` must be a list of tool schemas (JSON objects).")
+        template_kwargs = check.template_kwargs(template_kwargs, _TEMPLATE_RESERVED)
+        max_chars = self.policy.max_prompt_tokens * _CHARS_PER_TOKEN
+        if chat_template is not None:
+            text = self._render_request_template(conversation, tools, chat_template, template_kwargs, max_chars)
         else:
-            raise RequestError("`prompts` must be all strings or all token-id lists.")
-        if any(len(p) == 0 for p in ids):
-            raise RequestError("Empty prompt: every prompt needs at least one token.")
-        if truncate is not None:
-            ids = [p[-truncate:] for p in ids]
+            if getattr(self.tokenizer, "chat_template", None) is None:
+                raise RequestError("The served tokenizer has no chat template, and `chat_template` is not set.")
+            try:
+                with self.tokenizer_lock:
+                    text = self.tokenizer.apply_chat_template(
+                        conversation, tools=tools, add_generation_prompt=True, tokenize=False, **template_kwargs
+                    )
+            except Exception as error:  # the (trusted) template refused these messages
+                raise RequestError(f"`{name}`: the model's chat template failed on them: {error}") from error
+        if len(text) > max_chars:
+            raise RequestError(f"`{name}` renders to {len(text)} characters, over the {max_chars} allowed.")
+        with self.tokenizer_lock:
+            return self._tokenize_rendered(text, name)
+
+    def _tokenize_rendered(self, text: str, name: str) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) > self.policy.max_prompt_tokens:
+            raise RequestError(
+                f"`{name}` renders to {len(ids)} tokens, over the server's `--max_prompt_tokens` "
+                f"({self.policy.max_prompt_tokens})."
+            )
+        if not ids:
+            raise RequestError(f"`{name}` renders to an empty prompt.")
         return ids
 
-    def _render_chat(self, conversation, tools=None, chat_template=None, template_kwargs=None) -> list[int]:
-        for message in conversation:
-            content = message.get("content")
-            if isinstance(content, list) and any(part.get("type") != "text" for part in content):
-                raise RequestError("Only text content parts are supported in chat messages by `trl vllm-serve`.")
-        if chat_template is None and getattr(self.tokenizer, "chat_template", None) is None:
-            raise RequestError("The served tokenizer has no chat template; pass `chat_template`.")
-        text = self.tokenizer.apply_chat_template(
-            conversation,
-            tools=tools,
-            chat_template=chat_template,
-            add_generation_prompt=True,
-            tokenize=False,
-            **(template_kwargs or {}),
-        )
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+    def _render_request_template(self, conversation, tools, template, template_kwargs, max_chars) -> str:
+        if self.templates is None:
+            raise RequestError(
+                "`chat_template` in requests is off on this server: leave it unset (the model's template is used) "
+                "or start the server with `--allow_request_chat_template`."
+            )
+        if not isinstance(template, str):
+            raise RequestError("`chat_template` must be a Jinja template (a string).")
+        special = {
+            key: str(value) for key, value in self.tokenizer.special_tokens_map.items() if isinstance(value, str)
+        }
+        variables = {**special, **template_kwargs, "messages": conversation, "tools": tools}
+        variables["add_generation_prompt"] = True
+        return self.templates.render(template, variables, self.policy.chat_template_timeout, max_chars)
 
     # ------------------------------------------------------------------ weight sync
 
     def init_communicator(self, body: dict) -> dict:
-        _check_keys(body, {"host", "port", "world_size", "client_device_uuid"}, "/init_communicator/")
-        self.engine.init_communicator(
+        self._check_keys(body, {"host", "port", "world_size", "client_device_uuid"}, "/init_communicator/")
+        for key in ("host", "client_device_uuid"):
+            check.optional(body, key, str, "a string")
+        port = check.integer(body, "port", None, minimum=0)
+        if port is not None and port > 65535:
+            raise RequestError(f"`port` must be a TCP port (0-65535), got {port}.")
+        world_size = check.integer(body, "world_size", None, minimum=0)
+        self._engine_call(
+            self.engine.init_communicator,
             host=body.get("host"),
-            port=body.get("port"),
-            world_size=body.get("world_size"),
+            port=port,
+            world_size=world_size,
             client_device_uuid=body.get("client_device_uuid"),
+            late_is_error=False,
         )
         return {"status": "ok"}
 
     def update_named_param(self, body: dict) -> dict:
-        _check_keys(body, {"name", "dtype", "shape", "data"}, "/update_named_param/")
+        self._check_keys(body, {"name", "dtype", "shape", "data"}, "/update_named_param/")
+        _check_weight_entry(body, "", with_data=self.engine.weight_transport == "http")
         if self.engine.weight_transport == "http":
-            self.engine.update_named_params([body])
+            self._engine_call(self.engine.update_named_params, [body], late_is_error=False)
         else:
             if "data" in body:
                 raise RequestError("A vLLM server receives tensors by NCCL: send `name`, `dtype`, `shape` only.")
-            self.engine.update_named_param(body["name"], body["dtype"], body["shape"])
+            update = self.engine.update_named_param
+            self._engine_call(update, body["name"], body["dtype"], body["shape"], late_is_error=False)
         return {"status": "ok"}
 
     def update_named_params(self, body: dict) -> dict:
-        _check_keys(body, {"params"}, "/update_named_params/")
-        self.engine.update_named_params(body.get("params") or [])
+        self._check_keys(body, {"params"}, "/update_named_params/")
+        params = check.optional(body, "params", list, "a list of `{name, dtype, shape, data}` objects") or []
+        for index, entry in enumerate(params):
+            if not isinstance(entry, dict):
+                raise RequestError(f"`params[{index}]` must be an object with `name`, `dtype`, `shape`, `data`.")
+            self._check_keys(entry, {"name", "dtype", "shape", "data"}, f"`params[{index}]`")
+            _check_weight_entry(entry, f"params[{index}].", with_data=True)
+        self._engine_call(self.engine.update_named_params, params, late_is_error=False)
         return {"status": "ok"}
 
-    # ------------------------------------------------------------------ OpenAI-compatible
 
-    def v1_models(self, body: dict) -> dict:
-        created = int(time.time())
-        model = {"id": self.model_name, "object": "model", "created": created, "owned_by": "trl"}
-        return {"object": "list", "data": [{**model, "max_model_len": self.engine.max_model_len}]}
+def _check_weight_entry(entry: dict, prefix: str, with_data: bool) -> None:
+    from trl.generation.vllm_client import parse_dtype
 
-    def v1_completions(self, body: dict) -> dict:
-        _check_keys(body, _COMPLETIONS_KEYS, "/v1/completions")
-        self._check_openai(body)
-        prompt = body.get("prompt")
-        if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and isinstance(prompt[0], int)):
-            prompt = [prompt]
-        if not isinstance(prompt, list) or not prompt:
-            raise RequestError("`prompt` must be a string, a token-id list, or a non-empty list of either.")
-        prompt_ids = self._tokenize(prompt, None)
-        with_logprobs = _wants_logprobs(body.get("logprobs"))
-        sampling = self._openai_sampling(body, body.get("max_tokens"), with_logprobs, prompt_ids)
-        result = self._run(prompt_ids, sampling, None, None, None)
-        as_ids = bool(body.get("return_tokens_as_token_ids"))
-        choices = []
-        for index, completion in enumerate(result.completion_ids):
-            choice = {
-                "index": index,
-                "text": self.tokenizer.decode(completion, skip_special_tokens=True),
-                "logprobs": self._completion_logprobs(completion, result.logprobs[index], as_ids)
-                if with_logprobs
-                else None,
-                "finish_reason": result.finish_reasons[index],
-            }
-            if body.get("return_token_ids"):
-                choice.update(prompt_token_ids=prompt_ids[index // sampling.n], token_ids=completion)
-            choices.append(choice)
-        return self._openai_answer("cmpl", "text_completion", choices, prompt_ids, result)
-
-    def v1_chat_completions(self, body: dict) -> dict:
-        _check_keys(body, _CHAT_COMPLETIONS_KEYS, "/v1/chat/completions")
-        self._check_openai(body)
-        if body.get("add_generation_prompt") is False:
-            raise RequestError("`add_generation_prompt=false` is not supported.")
-        if body.get("tool_choice") not in (None, "none", "auto"):
-            raise RequestError("Only `tool_choice` 'none' or 'auto' (tool calls are returned as text) is supported.")
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise RequestError("`messages` must be a non-empty list of messages.")
-        prompt_ids = [
-            self._render_chat(messages, body.get("tools"), body.get("chat_template"), body.get("chat_template_kwargs"))
-        ]
-        with_logprobs = bool(body.get("logprobs")) and _wants_logprobs(body.get("top_logprobs") or 0, "top_logprobs")
-        max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-        sampling = self._openai_sampling(body, max_tokens, with_logprobs, prompt_ids)
-        result = self._run(prompt_ids, sampling, None, None, None)
-        as_ids = bool(body.get("return_tokens_as_token_ids"))
-        choices = []
-        for index, completion in enumerate(result.completion_ids):
-            content = self.tokenizer.decode(completion, skip_special_tokens=True)
-            choice = {
-                "index": index,
-                "message": {"role": "assistant", "content": content},
-                "logprobs": self._chat_logprobs(completion, result.logprobs[index], as_ids) if with_logprobs else None,
-                "finish_reason": result.finish_reasons[index],
-            }
-            if body.get("return_token_ids"):
-                choice["token_ids"] = completion
-            choices.append(choice)
-        answer = self._openai_answer("chatcmpl", "chat.completion", choices, prompt_ids, result)
-        if body.get("return_token_ids"):
-            answer["prompt_token_ids"] = prompt_ids[0]
-        return answer
-
-    def _check_openai(self, body: dict) -> None:
-        model = body.get("model")
-        if model not in (None, self.model_name):
-            raise RequestError(f"The model {model!r} is not served here; this server serves {self.model_name!r}.")
-        for key, neutral in _OPENAI_NEUTRAL.items():
-            if key in body and body[key] not in neutral:
-                raise RequestError(f"`{key}={body[key]!r}` is not supported by `trl vllm-serve`; leave it unset.")
-        if body.get("best_of") not in (None, body.get("n", 1)):
-            raise RequestError("`best_of` is not supported; leave it unset.")
-
-    def _openai_sampling(self, body, max_tokens, with_logprobs, prompt_ids) -> SamplingParams:
-        if max_tokens is None:
-            if self.engine.max_model_len is None:
-                raise RequestError("Set `max_tokens`: the server does not know the model's length.")
-            max_tokens = self.engine.max_model_len - max(map(len, prompt_ids))
-        request = {key: body.get(key) for key in ("n", "temperature", "top_p", "top_k", "min_p", "repetition_penalty")}
-        seed = body.get("seed")
-        request.update(max_tokens=max_tokens, generation_kwargs={"seed": seed} if seed is not None else {})
-        return sampling_from_request(request, with_logprobs)
-
-    def _token_text(self, token: int, as_ids: bool) -> str:
-        return f"token_id:{token}" if as_ids else self.tokenizer.decode([token])
-
-    def _completion_logprobs(self, completion: list[int], logprobs: list[float], as_ids: bool) -> dict:
-        tokens = [self._token_text(token, as_ids) for token in completion]
-        values = [sanitize_logprob(value) for value in logprobs]
-        offsets, position = [], 0
-        for token in tokens:
-            offsets.append(position)
-            position += len(token)
-        top = [{token: value} for token, value in zip(tokens, values)]
-        return {"tokens": tokens, "token_logprobs": values, "top_logprobs": top, "text_offset": offsets}
-
-    def _chat_logprobs(self, completion: list[int], logprobs: list[float], as_ids: bool) -> dict:
-        content = []
-        for token, value in zip(completion, logprobs):
-            text = self._token_text(token, as_ids)
-            entry = {"token": text, "logprob": sanitize_logprob(value), "bytes": list(text.encode())}
-            content.append({**entry, "top_logprobs": []})
-        return {"content": content}
-
-    def _openai_answer(self, prefix, kind, choices, prompt_ids, result: GenerationResult) -> dict:
-        prompt_tokens = sum(len(p) for p in prompt_ids)
-        completion_tokens = sum(len(c) for c in result.completion_ids)
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
-        return {
-            "id": f"{prefix}-{uuid.uuid4().hex}",
-            "object": kind,
-            "created": int(time.time()),
-            "model": self.model_name,
-            "choices": choices,
-            "usage": {**usage, "total_tokens": prompt_tokens + completion_tokens},
-        }
+    if not isinstance(entry.get("name"), str) or not entry["name"]:
+        raise RequestError(f"`{prefix}name` is required: the parameter's name (a string).")
+    if not isinstance(entry.get("dtype"), str):
+        raise RequestError(f"`{prefix}dtype` is required: a torch dtype name such as 'torch.float32'.")
+    try:
+        parse_dtype(entry["dtype"])
+    except ValueError as error:
+        raise RequestError(f"`{prefix}dtype`: {error}") from None
+    shape = entry.get("shape")
+    if not isinstance(shape, list):
+        raise RequestError(f"`{prefix}shape` is required: a list of non-negative integers.")
+    for index, size in enumerate(shape):
+        check.check_integer(size, f"{prefix}shape[{index}]", minimum=0)
+    if with_data and not isinstance(entry.get("data"), str):
+        raise RequestError(f"`{prefix}data` is required on this server: the tensor's bytes in base64 (a string).")
 
 
 def _generation_answer(result: GenerationResult) -> dict:
@@ -445,64 +499,6 @@ def _generation_answer(result: GenerationResult) -> dict:
     }
 
 
-# ============================================================================================================ HTTP
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "trl-vllm-serve"
-
-    def do_GET(self):  # noqa: N802 (http.server naming)
-        self._handle("GET")
-
-    def do_POST(self):  # noqa: N802
-        self._handle("POST")
-
-    def _handle(self, method: str) -> None:
-        path = urlsplit(self.path).path
-        try:
-            body = self._read_body()
-            status, answer = 200, self.server.app.dispatch(method, path, body)
-        except EndpointNotFound as error:
-            status, answer = 404, {"detail": str(error)}
-        except KeyError as error:
-            status, answer = 400, {"detail": f"Missing field {error} in the request."}
-        except (RequestError, json.JSONDecodeError) as error:
-            status, answer = 400, {"detail": str(error)}
-        except Exception as error:
-            logger.exception("%s %s failed", method, path)
-            status, answer = 500, {"detail": f"{type(error).__name__}: {error}"}
-        self._send(status, answer)
-
-    def _read_body(self) -> dict:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length == 0:
-            return {}
-        return json.loads(self.rfile.read(length))
-
-    def _send(self, status: int, answer: Any) -> None:
-        data = json.dumps(answer, allow_nan=False).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 (http.server signature)
-        logger.debug("%s - %s", self.address_string(), format % args)
-
-
-class TrlHTTPServer(ThreadingHTTPServer):
-    """A threading HTTP server bound to a [`ServerApp`] (health checks are answered while a request generates)."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], app: ServerApp):
-        self.app = app
-        super().__init__(address, _Handler)
-
-
 def build_app(script_args: ScriptArguments) -> ServerApp:
     """
     Load the tokenizer and the engine named by `script_args.backend` (resolved by [`resolve_backend`]).
@@ -513,9 +509,10 @@ def build_app(script_args: ScriptArguments) -> ServerApp:
     """
     from transformers import AutoTokenizer
 
+    policy = ServerPolicy.from_args(script_args)  # checked before any model loads
     backend = resolve_backend(script_args.backend)
     tokenizer = AutoTokenizer.from_pretrained(
         script_args.model, revision=script_args.revision, trust_remote_code=script_args.trust_remote_code
     )
     engine = TransformersEngine(script_args, tokenizer) if backend == "transformers" else VLLMEngine(script_args)
-    return ServerApp(engine, tokenizer, script_args.model)
+    return ServerApp(engine, tokenizer, script_args.model, policy)

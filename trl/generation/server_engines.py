@@ -4,10 +4,12 @@ vLLM (GPU; data-parallel worker processes, NCCL weight sync through [`WeightSync
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import logging
 import multiprocessing
 import os
+import time
 from typing import TYPE_CHECKING
 
 from trl.generation.base import GenerationResult, sanitize_logprob
@@ -96,8 +98,9 @@ class TransformersEngine:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
         self.generator = TransformersBackend(self.model, pad_token_id=pad, eos_token_id=sorted(set(eos)))
         self.max_model_len = args.max_model_len or getattr(self.model.config, "max_position_embeddings", None)
+        self.vocab_size = self.model.get_input_embeddings().num_embeddings
 
-    def generate(self, prompt_ids, sampling, texts=None, images=None, regex=None) -> GenerationResult:
+    def generate(self, prompt_ids, sampling, texts=None, images=None, regex=None, deadline=None) -> GenerationResult:
         if images is not None and any(image is not None for image in images):
             raise RequestError("Images need `--backend vllm`; the transformers backend serves text models.")
         if regex is not None:
@@ -107,10 +110,15 @@ class TransformersEngine:
                 f"Prompt + `max_tokens` exceeds the model length ({self.max_model_len}); lower `max_tokens` or "
                 "`truncate_prompt_tokens`."
             )
+        if deadline is not None:  # stop decoding at the request's deadline (the server then answers 504)
+            time_limit = max(deadline - time.monotonic(), 0.01)
+            sampling = dataclasses.replace(
+                sampling, generation_kwargs={**sampling.generation_kwargs, "max_time": time_limit}
+            )
         try:
             return self.generator.generate(prompt_ids, sampling)
-        except ValueError as error:  # bad generation_kwargs and the like
-            raise RequestError(str(error)) from error
+        except (TypeError, ValueError) as error:  # bad generation_kwargs and the like
+            raise RequestError(f"`generation_kwargs`: {error}") from error
 
     def sequence_logprobs(self, sequences, prompt_lengths, top_logprobs, temperature) -> dict[str, list]:
         import torch
@@ -148,14 +156,17 @@ class TransformersEngine:
         from trl.generation.vllm_client import decode_tensor
 
         updates = []
-        for entry in params:  # check everything before changing anything
+        for index, entry in enumerate(params):  # check everything before changing anything
             if "data" not in entry:
                 raise RequestError(
                     "This server uses `--backend transformers`: send the tensor bytes in `data` (VLLMClient does so "
                     "after `init_communicator()`)."
                 )
             target = self._parameter(entry["name"])
-            tensor = decode_tensor(entry)
+            try:
+                tensor = decode_tensor(entry)
+            except ValueError as error:  # bad base64, dtype or size
+                raise RequestError(f"`params[{index}]` ({entry['name']}): {error}") from None
             if tuple(tensor.shape) != tuple(target.shape):
                 raise RequestError(f"{entry['name']}: shape {list(tensor.shape)} != served {list(target.shape)}.")
             updates.append((target, tensor))
@@ -202,6 +213,7 @@ class VLLMEngine:
             raise ImportError(VLLM_MISSING)
         self.world_size = args.tensor_parallel_size * args.data_parallel_size
         self.max_model_len = args.max_model_len
+        self.vocab_size = None  # the tokenizer's length bounds token ids
         master_port = _free_port()
         context = multiprocessing.get_context("spawn")
         self.connections, self.processes = [], []
@@ -231,7 +243,7 @@ class VLLMEngine:
     def _broadcast(self, method: str, *args, fire_and_forget: bool = False) -> list:
         return self._call(method, [args] * len(self.connections), fire_and_forget)
 
-    def generate(self, prompt_ids, sampling, texts=None, images=None, regex=None) -> GenerationResult:
+    def generate(self, prompt_ids, sampling, texts=None, images=None, regex=None, deadline=None) -> GenerationResult:
         prompts = []
         for index, ids in enumerate(prompt_ids):
             image = images[index] if images else None

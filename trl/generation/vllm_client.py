@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import atexit
 import base64
+import binascii
 import contextlib
 import copy
 import http.client
 import json
 import logging
 import math
+import os
 import socket
 import time
 import urllib.error
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
 
 
 logger = logging.getLogger(__name__)
+
+API_KEY_ENV = "TRL_VLLM_SERVER_API_KEY"  # the same variable `trl vllm-serve` reads
 
 # Bytes of tensor data per weight-update request on the HTTP transport (before base64).
 _HTTP_UPDATE_BATCH_BYTES = 64 * 2**20
@@ -163,9 +167,17 @@ def decode_tensor(payload: dict[str, Any]) -> torch.Tensor:
 
     dtype = parse_dtype(payload["dtype"])
     shape = [int(size) for size in payload["shape"]]
-    raw = base64.b64decode(payload["data"])
+    try:
+        raw = base64.b64decode(payload["data"], validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        raise ValueError("`data` is not valid base64 (standard alphabet, with padding).") from None
     if not raw:
+        if math.prod(shape) != 0:
+            raise ValueError(f"Tensor data is empty but shape {shape} needs {math.prod(shape)} values.")
         return torch.empty(shape, dtype=dtype)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if len(raw) % itemsize:
+        raise ValueError(f"Tensor data holds {len(raw)} bytes, not a whole number of {dtype} values.")
     tensor = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(dtype)
     if tensor.numel() != math.prod(shape):
         raise ValueError(f"Tensor data holds {tensor.numel()} values but shape {shape} needs {math.prod(shape)}.")
@@ -208,6 +220,9 @@ class VLLMClient:
             Seconds a request may wait for the server's answer before raising `TimeoutError` (keyword-only).
         max_retries (`int`, *optional*, defaults to `2`):
             Reconnection attempts (1 s, then 2 s, ... apart) when the server cannot be reached (keyword-only).
+        api_key (`str` or `None`, *optional*, defaults to `None`):
+            The server's API key (`trl vllm-serve --api_key`), sent as `Authorization: Bearer <api_key>` with every
+            request; unset: `$TRL_VLLM_SERVER_API_KEY` when set, else no key (keyword-only).
 
     Example:
 
@@ -232,6 +247,7 @@ class VLLMClient:
         *,
         request_timeout: float = 600.0,
         max_retries: int = 2,
+        api_key: str | None = None,
     ):
         if base_url is not None:
             parsed = urlparse(base_url if "://" in base_url else f"http://{base_url}")
@@ -243,6 +259,7 @@ class VLLMClient:
             self.server_port = server_port
             self.base_url = f"http://{host}:{server_port}"
         self.group_port = group_port
+        self.api_key = api_key or os.environ.get(API_KEY_ENV) or None
         self.request_timeout = request_timeout
         self.max_retries = max_retries
         self.communicator = None
@@ -258,7 +275,7 @@ class VLLMClient:
         url = f"{self.base_url}{path}"
         data = json.dumps(payload).encode() if payload is not None else (b"{}" if method == "POST" else None)
         for attempt in range(self.max_retries + 1):
-            request = urllib.request.Request(url, data=data, method=method)
+            request = urllib.request.Request(url, data=data, method=method, headers=self._headers())
             request.add_header("Content-Type", "application/json")
             try:
                 with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -292,12 +309,15 @@ class VLLMClient:
         )
 
     def _is_alive(self) -> bool:
-        request = urllib.request.Request(f"{self.base_url}/health/", method="GET")
+        request = urllib.request.Request(f"{self.base_url}/health/", method="GET", headers=self._headers())
         try:
             with urllib.request.urlopen(request, timeout=min(_HEALTH_TIMEOUT, self.request_timeout)) as response:
                 return response.status == 200
         except Exception:
             return False
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def _get(self, path: str, timeout: float | None = None) -> Any:
         return self._request("GET", path, timeout=timeout)

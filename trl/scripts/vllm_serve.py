@@ -95,6 +95,35 @@ class ScriptArguments:
         device (`str` or `None`, *optional*, defaults to `None`):
             Device of the transformers backend's model (`"cpu"`, `"cuda:1"`, ...); unset: the first GPU if any,
             else the CPU.
+        api_key (`str` or `None`, *optional*, defaults to `None`):
+            Require `Authorization: Bearer <api_key>` on every request (401 otherwise); unset:
+            `$TRL_VLLM_SERVER_API_KEY` when set, else no key (a loud warning when listening beyond loopback).
+        weight_update_allowed_hosts (`list[str]` or `None`, *optional*, defaults to `None`):
+            Addresses, networks (`10.0.0.0/24`) or host names allowed to call the weight-update and communicator
+            endpoints (403 for others); unset: any client holding the key.
+        max_request_bytes (`int`, *optional*, defaults to `16777216`):
+            Largest request body, weight updates excepted (413 above).
+        max_weight_update_bytes (`int`, *optional*, defaults to `1073741824`):
+            Largest body of `/update_named_param/` and `/update_named_params/`.
+        max_prompt_tokens (`int`, *optional*, defaults to `32768`):
+            Most tokens in one prompt (after `truncate_prompt_tokens`); text prompts are also limited to 16
+            characters per token before tokenizing.
+        max_n (`int`, *optional*, defaults to `256`):
+            Largest `n`.
+        max_total_tokens (`int`, *optional*, defaults to `8388608`):
+            Most tokens per request: prompt tokens + prompts x `n` x `max_tokens`.
+        request_timeout (`float`, *optional*, defaults to `600.0`):
+            Seconds a request may wait for and use the engine (503 / 504 after); a generation running longer makes
+            `/health/` answer 503 `"wedged"`.
+        read_timeout (`float`, *optional*, defaults to `60.0`):
+            Seconds a client has to send a whole request (408 after); also the idle time of a kept-alive
+            connection.
+        allow_request_chat_template (`bool`, *optional*, defaults to `False`):
+            Accept a `chat_template` field in requests, rendered in a sandboxed, memory-limited process.
+        chat_template_timeout (`float`, *optional*, defaults to `2.0`):
+            Seconds a request-supplied chat template may take to render.
+        max_connections (`int`, *optional*, defaults to `256`):
+            Connections served at once (more are answered 503).
     """
 
     model: str = field(metadata={"help": "Model id or path."})
@@ -119,6 +148,24 @@ class ScriptArguments:
     device: str | None = field(
         default=None, metadata={"help": "Device of the transformers backend (unset: cuda if available, else cpu)."}
     )
+    api_key: str | None = field(
+        default=None, metadata={"help": "Required as `Authorization: Bearer <key>` (or $TRL_VLLM_SERVER_API_KEY)."}
+    )
+    weight_update_allowed_hosts: list[str] | None = field(
+        default=None, metadata={"help": "Addresses/networks/hosts allowed to update weights (unset: any)."}
+    )
+    max_request_bytes: int = field(default=16 * 2**20, metadata={"help": "Largest request body (bytes)."})
+    max_weight_update_bytes: int = field(default=2**30, metadata={"help": "Largest weight-update body (bytes)."})
+    max_prompt_tokens: int = field(default=32768, metadata={"help": "Most tokens in one prompt."})
+    max_n: int = field(default=256, metadata={"help": "Largest n (completions per prompt)."})
+    max_total_tokens: int = field(default=2**23, metadata={"help": "Most tokens per request (prompts + n x max)."})
+    request_timeout: float = field(default=600.0, metadata={"help": "Seconds a request may wait for/use the engine."})
+    read_timeout: float = field(default=60.0, metadata={"help": "Seconds a client has to send a whole request."})
+    allow_request_chat_template: bool = field(
+        default=False, metadata={"help": "Accept `chat_template` in requests (sandboxed, time-limited)."}
+    )
+    chat_template_timeout: float = field(default=2.0, metadata={"help": "Seconds a request chat template may take."})
+    max_connections: int = field(default=256, metadata={"help": "Connections served at once."})
 
 
 def make_parser(subparsers=None, prog: str | None = None) -> TrlParser:
@@ -151,6 +198,7 @@ def main(script_args: ScriptArguments) -> None:
     app = build_app(script_args)
     server = TrlHTTPServer((script_args.host, script_args.port), app)
     host, port = server.server_address[:2]
+    app.policy.warn_if_exposed(script_args.host)
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     print(
         f"trl vllm-serve ready: serving {script_args.model} with the {app.engine.backend} backend on "
@@ -163,7 +211,7 @@ def main(script_args: ScriptArguments) -> None:
         logger.info("Shutting down.")
     finally:
         server.server_close()
-        app.engine.shutdown()
+        app.close()
 
 
 def _raise_keyboard_interrupt(signum, frame) -> None:
