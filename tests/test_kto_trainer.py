@@ -244,6 +244,23 @@ def test_precomputed_reference_matches_the_batches_it_is_used_in(tmp_path, token
     )  # sequential reading
 
 
+def test_sequential_sampling_reads_batches_in_dataset_order(tmp_path, tokenized_train):
+    raw = load_test_dataset("standard_unpaired_preference")
+    trainer = KTOTrainer(MODEL, args=make_config(tmp_path), train_dataset=raw)
+    # Preparation tokenises in place: no row moves (the reference keeps the order too).
+    assert trainer.train_dataset["completion_ids"] == tokenized_train["completion_ids"]
+    assert trainer.train_dataset["label"] == raw["label"]
+    for index, batch in zip(range(3), trainer.get_train_dataloader()):
+        rows = [tokenized_train[i] for i in range(4 * index, 4 * index + 4)]
+        assert batch["labels"].tolist() == raw["label"][4 * index : 4 * index + 4]
+        expected = [row["prompt_ids"] + row["completion_ids"] for row in rows]
+        assert [ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"])] == expected
+        # The KL pairs mismatch prompt i with completion i + 1 of the same batch (cyclically).
+        kl = [row["prompt_ids"] + rows[(i + 1) % 4]["completion_ids"] for i, row in enumerate(rows)]
+        kl_ids = zip(batch["kl_input_ids"], batch["kl_attention_mask"])
+        assert [ids[mask.bool()].tolist() for ids, mask in kl_ids] == kl
+
+
 def test_peft_reference_disables_adapters_without_a_copy(tmp_path, tokenized_train, monkeypatch):
     from peft import LoraConfig
 

@@ -130,8 +130,8 @@ class KTOConfig(_UnpairedPreferenceConfig):
     `max_prompt_length=512`, `max_completion_length`, `max_length=1024`, `truncation_mode="keep_end"`, `beta=0.1`,
     `generate_during_eval`, and the 0.x `padding_value`, `label_pad_token_id`, `is_encoder_decoder`) are documented in
     `_UnpairedPreferenceConfig`, and the rest in [`~transformers.TrainingArguments`]. `train_sampling_strategy`
-    defaults to `"sequential"`: the training data is shuffled once (with `data_seed`, else `seed`) when it is
-    prepared, so that precomputed reference log-probs of the KL pairs match the batches.
+    defaults to `"sequential"`: batches follow the dataset's order (KTO does not reorder it), so that precomputed
+    reference log-probs of the KL pairs match the batches. Shuffle the dataset beforehand for mixed batches.
 
     > Parameters that control the model and the reference model
 
@@ -175,7 +175,7 @@ class KTOConfig(_UnpairedPreferenceConfig):
     train_sampling_strategy: str = field(
         default="sequential",
         metadata={
-            "help": "Sampler for training (KTO prepares its data in a shuffled order and reads it sequentially).",
+            "help": "Sampler for training (sequential: batches follow the dataset's order).",
             "choices": ["random", "sequential", "group_by_length", "batch_rebalance"],
         },
     )
@@ -216,8 +216,8 @@ class KTOConfig(_UnpairedPreferenceConfig):
         if self.loss_type == "kto" and self.precompute_ref_log_probs and self.train_sampling_strategy != "sequential":
             raise ValueError(
                 "precompute_ref_log_probs=True stores the reference log-probs of each batch's KL pairs, which needs "
-                "the batches read in dataset order: keep train_sampling_strategy='sequential' (the data is shuffled "
-                "once when it is prepared)."
+                "the batches read in dataset order: keep train_sampling_strategy='sequential' (shuffle the dataset "
+                "beforehand for mixed batches)."
             )
         self._validate_sync()
 

@@ -10,8 +10,9 @@ estimated on mismatched pairs (x_i, y_{i+1}) of the same batch, mean(log π − 
 processes before the clamp. `loss_type="apo_zero_unpaired"` (arXiv 2408.06266) drops z: desirable w_d·(1 − σ(βr)),
 undesirable w_u·σ(βr).
 
-- Paired data is unpaired first (chosen → desirable, rejected → undesirable); the training data is shuffled once
-  (seeded) and read sequentially, so every batch mixes both kinds and precomputed KL pairs match the batches.
+- Paired data is unpaired first (chosen → desirable, rejected → undesirable); the training data keeps its order and
+  is read sequentially by default, so batches (and their precomputed KL pairs) follow the dataset. Shuffle the data
+  beforehand, or set `train_sampling_strategy="random"`, for batches that mix both kinds.
 - The policy scores the KL pairs without gradients; the reference scores completions and KL pairs in one pass.
 - Reference handling (explicit, frozen copy, PEFT adapters disabled, precomputed, TR-DPO sync) is shared with DPO.
 - Metrics: `rewards/*`, `logps/*`, `logits/*` of desirable (`chosen`) and undesirable (`rejected`) examples from
@@ -130,12 +131,10 @@ class KTOTrainer(UnpairedPreferenceTrainer):
         self, dataset: Dataset | IterableDataset, processing_class: Any, args: KTOConfig, name: str
     ) -> Dataset | IterableDataset:
         dataset = super()._prepare_dataset(dataset, processing_class, args, name)
-        if name != "train" or not isinstance(dataset, Dataset):
-            return dataset
-        # Read sequentially (see KTOConfig): shuffled once here so that batches mix desirable and undesirable rows.
-        seed = args.data_seed if args.data_seed is not None else args.seed
-        dataset = dataset.shuffle(seed=seed).flatten_indices()
-        warn_if_unbalanced(dataset, args.desirable_weight, args.undesirable_weight)
+        # The rows keep their order (as in the reference): the KL pairs are built inside each batch by the collator,
+        # so nothing needs moving, and `train_sampling_strategy="sequential"` reads the data as given.
+        if name == "train" and isinstance(dataset, Dataset):
+            warn_if_unbalanced(dataset, args.desirable_weight, args.undesirable_weight)
         return dataset
 
     def _derived_quantities(self) -> dict[str, Any]:
