@@ -27,7 +27,22 @@ def test_env():
     assert "- vLLM version: " in result.stdout
 
 
-def test_env_rejects_arguments():
+def _user_error(capsys, argv: list[str]) -> str:
+    """Run `trl` on a user mistake: it must exit with status 2 and print one line, returned."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in lines[0]
+    return lines[0]
+
+
+def test_env_rejects_arguments(capsys):
+    assert "--verbose" in _user_error(capsys, ["env", "--verbose"])
+
+
+def test_user_errors_show_the_traceback_with_trl_debug(monkeypatch):
+    monkeypatch.setenv("TRL_DEBUG", "1")
     with pytest.raises(ValueError, match="--verbose"):
         main(["env", "--verbose"])
 
@@ -52,14 +67,13 @@ def test_sft_help(capsys):
         assert option in out
 
 
-def test_sft_rejects_unknown_argument_before_launch():
-    with pytest.raises(ValueError, match="--not_an_option"):
-        main(["sft", "--model_name_or_path", "m", "--not_an_option", "1"])
+def test_sft_rejects_unknown_argument_before_launch(capsys):
+    assert "--not_an_option" in _user_error(capsys, ["sft", "--model_name_or_path", "m", "--not_an_option", "1"])
 
 
-def test_sft_rejects_unknown_accelerate_profile():
-    with pytest.raises(ValueError, match="neither a file nor a valid config"):
-        main(["sft", "--model_name_or_path", "m", "--accelerate_config", "zero9"])
+def test_sft_rejects_unknown_accelerate_profile(capsys):
+    line = _user_error(capsys, ["sft", "--model_name_or_path", "m", "--accelerate_config", "zero9"])
+    assert "neither a file nor a valid config" in line
 
 
 @pytest.mark.slow

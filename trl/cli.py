@@ -11,6 +11,9 @@ or an accelerate config file. Other commands (`env`) run in this process.
 Adding a command is one entry in `COMMANDS`: a training script module exposes
 `make_parser(subparsers=None, prog=None)` and `main(script_args, training_args, model_args, dataset_args)`; an
 in-process command exposes `make_parser(...)` and a `main` that takes the parsed dataclasses.
+
+User mistakes (a bad value, an unknown argument, a missing model path, a config the trainer refuses) are printed as
+one line and exit with status 2; set the environment variable `TRL_DEBUG=1` to see the full traceback.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from .scripts.cli_checks import report_user_errors
 from .scripts.utils import (
     LAUNCHED_BY_TRL_ENV,
     TrlParser,
@@ -126,10 +130,12 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"trl: unknown command {argv[0]!r}; choose one of {[c.name for c in COMMANDS]}.")
     module = importlib.import_module(command.module)
     parser = module.make_parser(prog=f"trl {command.name}")
-    if command.training:
-        launch_training_script(module.__file__, parser, argv[1:])
-    else:
-        module.main(*parser.parse_args_and_config(argv[1:]))
+    # A mistake in the arguments or the config is one line and exit status 2; TRL_DEBUG=1 shows the traceback.
+    with report_user_errors(f"trl {command.name}"):
+        if command.training:
+            launch_training_script(module.__file__, parser, argv[1:])
+        else:
+            module.main(*parser.parse_args_and_config(argv[1:]))
 
 
 def launch_training_script(script_path: str, parser: TrlParser, args: list[str]) -> None:

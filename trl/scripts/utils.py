@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from transformers import HfArgumentParser
 
+from .cli_checks import check_config_types, report_user_errors, resolve_resume_from_checkpoint
+
 
 if TYPE_CHECKING:
     from datasets import DatasetDict
@@ -354,6 +356,7 @@ class TrlParser(HfArgumentParser):
         Returns:
             `list[str]`: The keys that match no argument, as command-line strings (`["--key", "value", ...]`).
         """
+        check_config_types(self, self.dataclass_types, kwargs)
         used = _apply_defaults(self, kwargs)
         return config_to_argv({key: value for key, value in kwargs.items() if key not in used})
 
@@ -761,10 +764,18 @@ def run_training(
     Returns:
         The trained trainer.
     """
+    with report_user_errors(f"trl {trainer_class._name.lower()}"):
+        return _run_training(trainer_class, script_args, training_args, model_args, dataset_args, **trainer_kwargs)
+
+
+def _run_training(trainer_class, script_args, training_args, model_args, dataset_args, **trainer_kwargs):
+    from trl.trainer.input_checks import check_model_path
     from trl.trainer.peft_utils import get_peft_config
 
     if model_args.model_name_or_path is None:
         raise ValueError("No model given: set `--model_name_or_path` (a Hub id or a local directory).")
+    check_model_path(model_args.model_name_or_path)  # before the dataset loads
+    resume_from_checkpoint = resolve_resume_from_checkpoint(training_args.resume_from_checkpoint)
     training_args.model_init_kwargs = merge_model_init_kwargs(
         model_init_kwargs_from_args(model_args), training_args.model_init_kwargs
     )
@@ -782,7 +793,7 @@ def run_training(
     )
     if script_args.ignore_bias_buffers:
         ignore_bool_buffers(trainer.model)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +29,47 @@ RewardFunc = str | PreTrainedModel | Callable[..., list[float | None]]
 
 
 # -------------------------------------------------------------------------------------------------- rewards
+def reward_column(values: Any, length: int, name: str) -> torch.Tensor:
+    """The rewards one function returned, as a float32 column with NaN for `None`, after checking them.
+
+    Args:
+        values (`Any`):
+            What the reward function returned: one number (or `None`) per completion.
+        length (`int`):
+            The number of completions.
+        name (`str`):
+            The function's name, for the error messages.
+    """
+    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__len__"):
+        raise TypeError(
+            f"Reward function {name!r} returned {values!r} ({type(values).__name__}); it must return a list with one "
+            "float (or None) per completion, e.g. `return [score(c) for c in completions]`."
+        )
+    values = values.tolist() if hasattr(values, "tolist") else list(values)
+    if len(values) != length:
+        raise ValueError(
+            f"Reward function {name!r} returned {len(values)} values for {length} completions: return exactly one "
+            "float (or None) per completion."
+        )
+    column = []
+    for index, value in enumerate(values):
+        if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:
+            value = value.item()  # numpy / torch scalars
+        if value is not None and not isinstance(value, numbers.Real):
+            raise TypeError(
+                f"Reward function {name!r} returned {value!r} ({type(value).__name__}) for completion {index}; "
+                "rewards must be numbers (or None where the function does not apply). Convert it with float()."
+            )
+        # +-inf would make the group's mean and std inf/nan, zeroing every advantage of the group.
+        if value is not None and math.isinf(value):
+            raise ValueError(
+                f"Reward function {name!r} returned {value} for completion {index}; rewards must be finite. Clip "
+                "the reward (e.g. to [-10, 10]), or return None where the function does not apply."
+            )
+        column.append(float("nan") if value is None else float(value))
+    return torch.tensor(column, dtype=torch.float32)
+
+
 def _run_async(coroutines: list) -> list:
     """Run coroutines concurrently to completion, also from inside a running event loop (e.g. a notebook)."""
 
@@ -177,13 +220,7 @@ class RewardScorer:
 
     @staticmethod
     def _as_column(values: Any, length: int, name: str) -> torch.Tensor:
-        values = list(values)
-        if len(values) != length:
-            raise ValueError(
-                f"Reward function {name!r} returned {len(values)} values for {length} completions: return exactly one "
-                "float (or None) per completion."
-            )
-        return torch.tensor([float("nan") if v is None else float(v) for v in values], dtype=torch.float32)
+        return reward_column(values, length, name)
 
     @torch.no_grad()
     def _model_scores(self, model: Any, processing_class: Any, prompts: list, completions: list) -> torch.Tensor:
