@@ -248,9 +248,11 @@ class DPOTrainer(ReferenceModelMixin, BaseTrainer):
         attention = getattr(unwrapped.config, "_attn_implementation", None) or ""
         if self.args.padding_free and not attention.startswith("flash"):
             warnings.warn(
-                f"padding_free=True with attn_implementation={attention!r}: the loss is exact, but this attention "
-                "builds one mask over the whole flattened batch, which is slower than padding. Load the model with "
-                "attn_implementation='flash_attention_2' (or 3), or set padding_free=False.",
+                f"padding_free=True with attn_implementation={attention!r}: this attention builds one mask over the "
+                "whole flattened batch, which is slower than padding, and keeps the sequences apart only when the "
+                "model derives its mask from `position_ids` (most transformers models do; GPT-OSS does not, so its "
+                "sequences would attend to each other). Load the model with attn_implementation='flash_attention_2' "
+                "(or 3), or set padding_free=False.",
                 UserWarning,
                 stacklevel=3,
             )
