@@ -233,13 +233,15 @@ def get_tiny_model_path(arch: str = "qwen2", template: str | None = None, size: 
 
     Args:
         arch (`str`, *optional*, defaults to `"qwen2"`):
-            `"qwen2"`, `"qwen3"`, `"llama"`, `"gpt2"` (causal LMs), `"qwen2-seq-cls"` (sequence classification,
-            `num_labels=1`), `"qwen2-token-cls"` (token classification, `num_labels=2`) or `"t5"`
+            A causal LM of [`CAUSAL_LM_ARCHITECTURES`] (`"qwen2"`, `"qwen3"`, `"qwen3-moe"`, `"llama"`, `"gpt2"`,
+            `"gpt-neox"`, `"gemma2"`, `"phi3"`, `"cohere2"`, `"gpt-oss"`), a sequence classifier
+            `"<arch>-seq-cls"` of [`SEQUENCE_CLASSIFICATION_ARCHITECTURES`] (`num_labels=1`), a token classifier
+            `"<arch>-token-cls"` of [`TOKEN_CLASSIFICATION_ARCHITECTURES`] (`num_labels=2`), or `"t5"`
             (encoder-decoder).
         template (`str` or `None`, *optional*):
             Chat template of the bundled tokenizer: `"chatml"`, `"chatml_generation"`, `"llama3"` or `"none"` (no
-            chat template, GPT-2 style special tokens). `None` picks the arch's own: `"chatml"` for the Qwen archs,
-            `"llama3"` for `"llama"`, no template for `"gpt2"` and `"t5"`.
+            chat template, GPT-2 style special tokens). `None` picks the arch's own: `"llama3"` for `"llama"`, no
+            template for `"gpt2"`, `"gpt-neox"` and `"t5"`, `"chatml"` for the others.
         size (`str`, *optional*, defaults to `"tiny"`):
             `"tiny"` or `"small"`.
 
