@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import logging
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
     from trl.generation.server_app import ServerApp
 
 logger = logging.getLogger("trl.vllm_serve")
+
+_DRAIN_BYTES = 64 * 2**20  # at most this much of a refused body is read (and dropped) before closing
+_DRAIN_SECONDS = 2.0
 
 
 def _refuse_constant(name: str):
@@ -105,6 +109,22 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         self.end_headers()
         self.wfile.write(data)
+        if close and status in (401, 403, 404, 411, 413):
+            self._drain()
+
+    def _drain(self) -> None:
+        # The body was refused unread: read and drop a bounded part of it so that a client still sending gets the
+        # answer instead of a broken pipe (a lingering close).
+        with contextlib.suppress(OSError):
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)
+            deadline, left = time.monotonic() + _DRAIN_SECONDS, _DRAIN_BYTES
+            while left > 0 and (remaining := deadline - time.monotonic()) > 0:
+                self.connection.settimeout(remaining)
+                chunk = self.connection.recv(min(left, 1 << 16))
+                if not chunk:
+                    break
+                left -= len(chunk)
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 (http.server signature)
         logger.debug("%s - %s", self.address_string(), format % args)
