@@ -7,7 +7,7 @@ log π_ref(y|x)) (sums over the completion tokens) and δ the running mean of ev
 
 averaged over the examples of the micro-batch (`trl.losses.bco_loss`). δ is updated with the rewards of each training
 batch of every process before the loss uses it (as in the reference), is not updated during evaluation, and is saved
-to `running.json` in every checkpoint and restored on resume.
+in every checkpoint's extra state (`BaseTrainer.extra_state_dict()`) and restored on resume.
 
 Underlying distribution matching (UDM), active when the trainer gets an `embedding_func` and an
 `embedding_tokenizer`: a logistic-regression classifier (scikit-learn, `class_weight="balanced"`) learns to tell the
