@@ -52,7 +52,7 @@ def test_config_defaults_follow_the_reference():
         "model_init_kwargs": None, "trust_remote_code": False, "dataset_num_proc": None, "prompt_sample_size": 1024,
         "min_density_ratio": 0.5, "max_density_ratio": 10.0,
         # seed-era fields
-        "max_prompt_length": 512, "label_pad_token_id": -100, "padding_value": None, "truncation_mode": "keep_end",
+        "max_prompt_length": None, "label_pad_token_id": -100, "padding_value": None, "truncation_mode": "keep_end",
         "ref_model_init_kwargs": None,
     }  # fmt: skip
     assert {name: getattr(args, name) for name in expected} == expected

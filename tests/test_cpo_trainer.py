@@ -60,7 +60,7 @@ def test_config_defaults_follow_the_reference():
         "max_completion_length": None, "beta": 0.1, "label_smoothing": 0.0, "loss_type": "sigmoid",
         "disable_dropout": True, "cpo_alpha": 1.0, "simpo_gamma": 0.5, "alpha": 0.0, "generate_during_eval": False,
         "is_encoder_decoder": None, "model_init_kwargs": None, "trust_remote_code": False, "dataset_num_proc": None,
-        "max_prompt_length": 512, "label_pad_token_id": -100, "padding_value": None, "truncation_mode": "keep_end",
+        "max_prompt_length": None, "label_pad_token_id": -100, "padding_value": None, "truncation_mode": "keep_end",
     }  # fmt: skip
     assert {name: getattr(args, name) for name in expected} == expected
 

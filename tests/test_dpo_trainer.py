@@ -72,7 +72,7 @@ def test_config_defaults_follow_the_reference():
         "activation_offloading": False, "sync_ref_model": False, "ref_model_mixup_alpha": 0.6,
         "ref_model_sync_steps": 512, "pad_token": None, "ref_model_init_kwargs": None, "model_adapter_name": None,
         "ref_adapter_name": None, "force_use_ref_model": False, "use_logits_to_keep": False,
-        "label_pad_token_id": -100, "max_prompt_length": 512, "max_completion_length": None, "tools": None,
+        "label_pad_token_id": -100, "max_prompt_length": None, "max_completion_length": None, "tools": None,
         "use_liger_loss": False, "base_model_attribute_name": "model", "reference_free": False, "rpo_alpha": None,
         "generate_during_eval": False, "padding_value": None,
     }  # fmt: skip

@@ -66,7 +66,9 @@ def make_trainer(tmp_path, name: str, eval_dataset):
         max_steps=1, save_strategy="no", disable_tqdm=True, seed=0, **fields,
     )  # fmt: skip
     train = load_test_dataset(data).select(range(4))
-    return trainer_class(get_tiny_model_path(model), args=args, train_dataset=train, eval_dataset=eval_dataset, **extra)
+    return trainer_class(
+        get_tiny_model_path(model), args=args, train_dataset=train, eval_dataset=eval_dataset, **extra
+    )
 
 
 def eval_split(name: str) -> Dataset:

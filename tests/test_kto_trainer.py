@@ -64,7 +64,7 @@ def test_config_defaults_follow_the_reference():
         "activation_offloading": False, "sync_ref_model": False, "ref_model_mixup_alpha": 0.6,
         "ref_model_sync_steps": 512,
         # seed-era fields
-        "max_prompt_length": 512, "max_completion_length": None, "label_pad_token_id": -100, "padding_value": None,
+        "max_prompt_length": None, "max_completion_length": None, "label_pad_token_id": -100, "padding_value": None,
         "truncation_mode": "keep_end", "generate_during_eval": False, "is_encoder_decoder": None,
         "ref_model_init_kwargs": None, "use_liger_loss": False, "base_model_attribute_name": "model",
     }  # fmt: skip

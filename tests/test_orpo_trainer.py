@@ -51,7 +51,7 @@ def test_config_defaults_follow_the_reference():
         "learning_rate": 1e-6, "logging_steps": 10, "gradient_checkpointing": True, "max_length": 1024,
         "max_completion_length": None, "beta": 0.1, "disable_dropout": True, "padding_value": None,
         "generate_during_eval": False, "is_encoder_decoder": None, "model_init_kwargs": None,
-        "trust_remote_code": False, "dataset_num_proc": None, "max_prompt_length": 512, "label_pad_token_id": -100,
+        "trust_remote_code": False, "dataset_num_proc": None, "max_prompt_length": None, "label_pad_token_id": -100,
         "truncation_mode": "keep_end",
     }  # fmt: skip
     assert {name: getattr(args, name) for name in expected} == expected

@@ -14,7 +14,7 @@ class BCOConfig(_UnpairedPreferenceConfig):
 
     Only the parameters specific to BCO are listed here; the fields shared with [`KTOConfig`] (`model_init_kwargs`,
     `ref_model_init_kwargs`, `trust_remote_code`, `disable_dropout`, `precompute_ref_log_probs`, `dataset_num_proc`,
-    `max_prompt_length=512`, `max_completion_length`, `max_length=1024`, `truncation_mode="keep_end"`, `beta=0.1`,
+    `max_prompt_length=None`, `max_completion_length`, `max_length=1024`, `truncation_mode="keep_end"`, `beta=0.1`,
     `generate_during_eval`, and the 0.x `padding_value`, `label_pad_token_id`, `is_encoder_decoder`) are documented in
     `_UnpairedPreferenceConfig`, and the rest in [`~transformers.TrainingArguments`].
 

@@ -22,7 +22,7 @@ class CPOConfig(_ReferenceFreePairedConfig):
 
     Only the parameters specific to CPO are listed here; see [`~transformers.TrainingArguments`] for the rest. The
     model and data parameters shared with [`ORPOConfig`] are `model_init_kwargs`, `trust_remote_code`,
-    `is_encoder_decoder`, `disable_dropout`, `dataset_num_proc`, `max_prompt_length` (default `512`),
+    `is_encoder_decoder`, `disable_dropout`, `dataset_num_proc`, `max_prompt_length` (default `None`),
     `max_completion_length`, `max_length` (default `1024`), `truncation_mode` (default `"keep_end"`: long prompts keep
     their end), `padding_value`, `label_pad_token_id` and `generate_during_eval`, documented in
     `trl.trainer.orpo_config._ReferenceFreePairedConfig`.

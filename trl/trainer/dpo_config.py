@@ -99,8 +99,9 @@ class DPOConfig(_BaseConfig):
     tools (`list[dict]` or `None`, *optional*, defaults to `None`):
         Tools (JSON schemas) passed to the chat template of conversational data. A `tools` column of the dataset
         takes precedence for its rows.
-    max_prompt_length (`int` or `None`, *optional*, defaults to `512`):
-        Prompts are cut to their last `max_prompt_length` tokens (applied first). `None` keeps them whole.
+    max_prompt_length (`int` or `None`, *optional*, defaults to `None`):
+        Prompts are cut to their last `max_prompt_length` tokens (applied first). `None`, as in trl 1.x, sets no
+        separate prompt limit: only `max_length` cuts the row. (trl 0.x defaulted to 512.)
     max_completion_length (`int` or `None`, *optional*, defaults to `None`):
         Completions are cut to their first `max_completion_length` tokens (applied second).
     max_length (`int` or `None`, *optional*, defaults to `1024`):
@@ -200,7 +201,9 @@ class DPOConfig(_BaseConfig):
     # data
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes used to tokenize the dataset."})
     tools: list[Any] | None = field(default=None, metadata={"help": "Tools (JSON schemas) for the chat template."})
-    max_prompt_length: int | None = field(default=512, metadata={"help": "Keep the last N prompt tokens."})
+    max_prompt_length: int | None = field(
+        default=None, metadata={"help": "Keep the last N prompt tokens; None (the default): no separate prompt limit."}
+    )
     max_completion_length: int | None = field(default=None, metadata={"help": "Keep the first N completion tokens."})
     max_length: int | None = field(default=1024, metadata={"help": "Maximum prompt + completion length."})
     truncation_mode: str = field(

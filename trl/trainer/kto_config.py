@@ -38,8 +38,9 @@ class _UnpairedPreferenceConfig(_BaseConfig):
 
     dataset_num_proc (`int` or `None`, *optional*, defaults to `None`):
         Processes used to tokenise the dataset.
-    max_prompt_length (`int` or `None`, *optional*, defaults to `512`):
-        Prompts are cut to `max_prompt_length` tokens (which end is kept: `truncation_mode`). `None` keeps them whole.
+    max_prompt_length (`int` or `None`, *optional*, defaults to `None`):
+        Prompts are cut to `max_prompt_length` tokens (which end is kept: `truncation_mode`). `None`, as in trl 1.x,
+        sets no separate prompt limit: only `max_length` cuts the row. (trl 0.x defaulted to 512.)
     max_completion_length (`int` or `None`, *optional*, defaults to `None`):
         Completions are cut to their first `max_completion_length` tokens.
     max_length (`int` or `None`, *optional*, defaults to `1024`):
@@ -83,7 +84,9 @@ class _UnpairedPreferenceConfig(_BaseConfig):
 
     # data
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes used to tokenize the dataset."})
-    max_prompt_length: int | None = field(default=512, metadata={"help": "Maximum prompt length in tokens."})
+    max_prompt_length: int | None = field(
+        default=None, metadata={"help": "Maximum prompt length in tokens; None (the default): no separate limit."}
+    )
     max_completion_length: int | None = field(default=None, metadata={"help": "Keep the first N completion tokens."})
     max_length: int | None = field(default=1024, metadata={"help": "Maximum prompt + completion length."})
     truncation_mode: str = field(
@@ -127,7 +130,7 @@ class KTOConfig(_UnpairedPreferenceConfig):
 
     Only the parameters specific to KTO are listed here; the fields shared with [`BCOConfig`] (`model_init_kwargs`,
     `ref_model_init_kwargs`, `trust_remote_code`, `disable_dropout`, `precompute_ref_log_probs`, `dataset_num_proc`,
-    `max_prompt_length=512`, `max_completion_length`, `max_length=1024`, `truncation_mode="keep_end"`, `beta=0.1`,
+    `max_prompt_length=None`, `max_completion_length`, `max_length=1024`, `truncation_mode="keep_end"`, `beta=0.1`,
     `generate_during_eval`, and the 0.x `padding_value`, `label_pad_token_id`, `is_encoder_decoder`) are documented in
     `_UnpairedPreferenceConfig`, and the rest in [`~transformers.TrainingArguments`]. `train_sampling_strategy`
     defaults to `"sequential"`: batches follow the dataset's order (KTO does not reorder it), so that precomputed

@@ -32,8 +32,9 @@ class _ReferenceFreePairedConfig(_BaseConfig):
 
     dataset_num_proc (`int` or `None`, *optional*, defaults to `None`):
         Number of processes used to tokenise the dataset.
-    max_prompt_length (`int` or `None`, *optional*, defaults to `512`):
-        Prompts longer than this are cut following `truncation_mode`. `None` keeps them whole.
+    max_prompt_length (`int` or `None`, *optional*, defaults to `None`):
+        Prompts longer than this are cut following `truncation_mode`. `None`, as in trl 1.x, sets no separate prompt
+        limit: only `max_length` cuts the row. (trl 0.x defaulted to 512.)
     max_completion_length (`int` or `None`, *optional*, defaults to `None`):
         Completions are cut to their first `max_completion_length` tokens.
     max_length (`int` or `None`, *optional*, defaults to `1024`):
@@ -68,7 +69,9 @@ class _ReferenceFreePairedConfig(_BaseConfig):
     )
     disable_dropout: bool = field(default=True, metadata={"help": "Disable dropout in the model."})
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes used to tokenize the dataset."})
-    max_prompt_length: int | None = field(default=512, metadata={"help": "Maximum prompt length in tokens."})
+    max_prompt_length: int | None = field(
+        default=None, metadata={"help": "Maximum prompt length in tokens; None (the default): no separate limit."}
+    )
     max_completion_length: int | None = field(default=None, metadata={"help": "Keep the first N completion tokens."})
     max_length: int | None = field(default=1024, metadata={"help": "Maximum prompt + completion length."})
     truncation_mode: str = field(
@@ -110,7 +113,7 @@ class ORPOConfig(_ReferenceFreePairedConfig):
         Weight λ of the odds-ratio term added to the NLL of the chosen completions (the paper's λ).
 
     The model and data parameters, shared with [`CPOConfig`], are `model_init_kwargs`, `trust_remote_code`,
-    `is_encoder_decoder`, `disable_dropout`, `dataset_num_proc`, `max_prompt_length` (default `512`),
+    `is_encoder_decoder`, `disable_dropout`, `dataset_num_proc`, `max_prompt_length` (default `None`),
     `max_completion_length`, `max_length` (default `1024`), `truncation_mode` (default `"keep_end"`: long prompts keep
     their end), `padding_value`, `label_pad_token_id` and `generate_during_eval`, documented in
     [`_ReferenceFreePairedConfig`].
