@@ -332,3 +332,30 @@ def test_pickled_rollout_state_of_an_older_checkpoint_is_never_unpickled(tmp_pat
     with pytest.warns(UserWarning, match=r"rollout_state\.pt is a pickle from an older trl and is not read"):
         resumed.train(resume_from_checkpoint=True)
     assert not marker.exists() and resumed.state.global_step == 2
+
+
+@pytest.mark.distributed
+@pytest.mark.xdist_group("distributed")
+def test_two_processes_write_one_checkpoint_each_with_its_own_state_and_resume_exactly(tmp_path):
+    from pathlib import Path
+
+    from .testing_utils import run_accelerate
+
+    script = str(Path(__file__).parent / "scripts" / "checkpoint_and_resume.py")
+    run_accelerate([script, str(tmp_path), "full"], num_processes=2)
+    checkpoint = tmp_path / "full" / "checkpoint-1"
+    files = set(os.listdir(checkpoint))
+    assert {f"extra_state_{rank}.{ext}" for rank in (0, 1) for ext in ("json", "safetensors")} <= files
+    assert "extra_state.json" not in files and not any(
+        name.startswith(".tmp-") for name in os.listdir(checkpoint.parent)
+    )
+    states = [load_state(str(checkpoint), f"extra_state_{rank}") for rank in (0, 1)]
+    assert all(state["rollout"]["step"] == 1 for state in states)
+    # Each process buffers its own completions, sampled from its own generation stream.
+    assert not torch.equal(
+        states[0]["rollout"]["generation_rng"]["cpu"], states[1]["rollout"]["generation_rng"]["cpu"]
+    )
+    run_accelerate([script, str(tmp_path), "resume"], num_processes=2)
+    full = [(tmp_path / f"full-rank-{rank}.txt").read_text().split() for rank in (0, 1)]
+    resumed = [(tmp_path / f"resume-rank-{rank}.txt").read_text().split() for rank in (0, 1)]
+    assert full[0][0] == "2" and resumed == full  # the step-2 loss of the resumed run equals the uninterrupted one
