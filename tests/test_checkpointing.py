@@ -180,11 +180,9 @@ def make_trainer(output_dir, **overrides) -> SFTTrainer:
         logging_steps=1, save_strategy="steps", save_steps=1, max_length=64, seed=0,
     )  # fmt: skip
     values.update(overrides)
-    callbacks = values.pop("callbacks", None)
+    extra = {key: values.pop(key) for key in ("callbacks", "eval_dataset") if key in values}
     dataset = load_test_dataset("standard_language_modeling")
-    return SFTTrainer(
-        get_tiny_model_path("qwen2"), args=SFTConfig(**values), train_dataset=dataset, callbacks=callbacks
-    )
+    return SFTTrainer(get_tiny_model_path("qwen2"), args=SFTConfig(**values), train_dataset=dataset, **extra)
 
 
 def test_checkpoint_holds_extra_state_and_no_pickled_rng(tmp_path):
@@ -359,3 +357,18 @@ def test_two_processes_write_one_checkpoint_each_with_its_own_state_and_resume_e
     full = [(tmp_path / f"full-rank-{rank}.txt").read_text().split() for rank in (0, 1)]
     resumed = [(tmp_path / f"resume-rank-{rank}.txt").read_text().split() for rank in (0, 1)]
     assert full[0][0] == "2" and resumed == full  # the step-2 loss of the resumed run equals the uninterrupted one
+
+
+def test_best_checkpoint_is_recorded_under_its_final_name_and_kept_by_rotation(tmp_path):
+    dataset = load_test_dataset("standard_language_modeling")
+    trainer = make_trainer(
+        tmp_path, max_steps=3, eval_strategy="steps", eval_steps=1, save_total_limit=1, load_best_model_at_end=True,
+        eval_dataset=dataset.select(range(4)),
+    )  # fmt: skip
+    trainer.train()
+    best = trainer.state.best_model_checkpoint
+    assert best == str(tmp_path / f"checkpoint-{trainer.state.best_global_step}") and os.path.isdir(best)
+    kept = sorted(name for name in os.listdir(tmp_path) if "checkpoint" in name)
+    assert kept == sorted({"checkpoint-3", os.path.basename(best)})
+    saved = json.loads((tmp_path / "checkpoint-3" / "trainer_state.json").read_text())
+    assert saved["best_model_checkpoint"] == best

@@ -206,7 +206,11 @@ class CheckpointingMixin:
         self.state.save_to_json(os.path.join(directory, TRAINER_STATE_NAME))
 
     def _every_process_succeeded(self, succeeded: bool) -> bool:
-        """Whether every process wrote its part; also the barrier before the rename."""
+        """Whether every process wrote its part; also the barrier before the rename.
+
+        A process that fails inside a collective save (DeepSpeed, FSDP) leaves the others waiting in that collective:
+        this check covers the failures that happen between collectives (plain files, the extra state).
+        """
         if self.accelerator.num_processes == 1:
             return succeeded
         failures = torch.tensor([0.0 if succeeded else 1.0], device=self.accelerator.device)
