@@ -331,3 +331,29 @@ class TestParseResponse:
         unknown.chat_template = "{% for m in messages %}{{ m.content }}{% endfor %}"
         with pytest.raises(ValueError, match="response_schema"):
             add_response_schema(unknown)
+
+
+@pytest.mark.parametrize(
+    "trainer, data",
+    [
+        ("DPO", "conversational_preference"),
+        ("KTO", "conversational_unpaired_preference"),
+        ("ORPO", "conversational_preference"),
+    ],
+)
+def test_every_trainer_checks_the_template_of_conversational_data(tmp_path, trainer, data):
+    """The preference trainers run the same chat-template checks as SFT (here: prefix preservation)."""
+    import trl
+    from trl.testing import get_tiny_model_path, load_test_dataset
+
+    tokenizer = load("chatml")
+    tokenizer.chat_template = TURN_COUNTING
+    trainer_class, config_class = getattr(trl, f"{trainer}Trainer"), getattr(trl, f"{trainer}Config")
+    args = config_class(output_dir=str(tmp_path), report_to="none", per_device_train_batch_size=2)
+    with pytest.raises(ValueError, match="prefix-preserving"):
+        trainer_class(
+            get_tiny_model_path("qwen2"),
+            args=args,
+            train_dataset=load_test_dataset(data).select(range(4)),
+            processing_class=tokenizer,
+        )

@@ -410,6 +410,26 @@ def test_completion_only_loss_on_language_modeling_data_raises(tmp_path):
         )
 
 
+def sharegpt(dataset: Dataset) -> Dataset:
+    """The same conversations in ShareGPT form: a `conversations` column of `{"from", "value"}` turns."""
+    speakers = {"user": "human", "assistant": "gpt", "system": "system"}
+    rows = [[{"from": speakers[m["role"]], "value": m["content"]} for m in messages] for messages in dataset["messages"]]
+    return Dataset.from_dict({"conversations": rows})
+
+
+def test_sharegpt_data_is_converted_before_the_chat_template_checks(tmp_path):
+    chatml = load_test_dataset("conversational_language_modeling").select(range(4))
+    model_path = get_tiny_model_path("qwen2", template="chatml_generation")
+    args = make_config(tmp_path, assistant_only_loss=True)
+    converted = SFTTrainer(model_path, args=args, train_dataset=sharegpt(chatml)).train_dataset
+    reference = SFTTrainer(model_path, args=args, train_dataset=chatml).train_dataset
+    assert converted["input_ids"] == reference["input_ids"]
+    assert converted["assistant_masks"] == reference["assistant_masks"] and any(converted["assistant_masks"][0])
+    # Without assistant_only_loss the checks run too: a tokenizer without a chat template is refused up front.
+    with pytest.raises(ValueError, match="chat_template_path"):
+        SFTTrainer(get_tiny_model_path("gpt2"), args=make_config(tmp_path), train_dataset=sharegpt(chatml))
+
+
 def test_conversational_data_without_chat_template_raises(tmp_path):
     with pytest.raises(ValueError, match="chat_template_path"):
         SFTTrainer(

@@ -15,7 +15,6 @@ from datasets import Dataset, IterableDataset
 from ..data_utils import (
     get_dataset_column_names,
     is_conversational,
-    is_conversational_from_value,
     maybe_convert_to_chatml,
     pack_dataset,
     truncate_dataset,
@@ -98,6 +97,65 @@ def to_map_style(dataset: AnyDataset, name: str = "eval") -> Dataset:
     if not rows:
         raise ValueError(f"The {name} dataset is empty: pass a dataset with at least one example.")
     return Dataset.from_list(rows, features=dataset.features)
+
+
+# The columns `maybe_convert_to_chatml` converts.
+_MESSAGE_COLUMNS = ("prompt", "completion", "chosen", "rejected", "messages", "conversations")
+
+
+def _is_sharegpt(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and isinstance(value[0], dict) and "from" in value[0]
+
+
+def convert_to_chatml(dataset: AnyDataset, num_proc: int | None = None) -> AnyDataset:
+    """ShareGPT data (`{"from", "value"}` turns, a `conversations` column) as ChatML (`{"role", "content"}` turns,
+    `messages`); other data is returned unchanged.
+
+    Every trainer converts first, so that format detection and the chat-template checks see conversational data.
+
+    Args:
+        dataset (`Dataset` or `IterableDataset`):
+            The data.
+        num_proc (`int` or `None`, *optional*, defaults to `None`):
+            Processes for `Dataset.map`.
+    """
+    columns = get_dataset_column_names(dataset)
+    if "conversations" in columns and "messages" not in columns:
+        dataset = dataset.rename_column("conversations", "messages")
+    example = first_example(dataset)
+    if any(_is_sharegpt(example.get(key)) for key in _MESSAGE_COLUMNS):
+        dataset = dataset.map(maybe_convert_to_chatml, **_map_kwargs(dataset, num_proc, "Converting to ChatML"))
+    return dataset
+
+
+def check_conversational_template(
+    dataset: AnyDataset,
+    processing_class: Any,
+    assistant_only_loss: bool = False,
+    require_prefix_preserving: bool = True,
+) -> bool:
+    """Run the chat-template checks ([`~trl.chat_template_utils.check_chat_template`]) when `dataset` is
+    conversational (after [`convert_to_chatml`]); every trainer calls this before rendering conversations.
+
+    Args:
+        dataset (`Dataset` or `IterableDataset`):
+            The data, in ChatML form.
+        processing_class (`PreTrainedTokenizerBase` or `ProcessorMixin`):
+            The tokenizer or processor whose template renders the data.
+        assistant_only_loss (`bool`, *optional*, defaults to `False`):
+            Also check the assistant mask.
+        require_prefix_preserving (`bool`, *optional*, defaults to `True`):
+            Check that rendering a prompt is a prefix of rendering prompt + completion.
+
+    Returns:
+        `bool`: whether the dataset is conversational (and so was checked).
+    """
+    if not is_conversational(first_example(dataset)):
+        return False
+    from ..chat_template_utils import check_chat_template
+
+    check_chat_template(processing_class, assistant_only_loss, require_prefix_preserving)
+    return True
 
 
 def first_example(dataset: Dataset | IterableDataset) -> dict[str, Any]:
@@ -289,15 +347,10 @@ def tokenize_dataset(
         num_proc (`int` or `None`, *optional*, defaults to `None`):
             Processes for `Dataset.map`.
     """
+    dataset = convert_to_chatml(dataset, num_proc)
     columns = get_dataset_column_names(dataset)
-    if "conversations" in columns and "messages" not in columns:
-        dataset = dataset.rename_column("conversations", "messages")
-        columns = get_dataset_column_names(dataset)
     kind = lm_dataset_kind(columns, text_field)
     example = first_example(dataset)
-    if is_conversational_from_value(example):
-        dataset = dataset.map(maybe_convert_to_chatml, **_map_kwargs(dataset, num_proc, "Converting to ChatML"))
-        example = first_example(dataset)
     if assistant_only_loss and not is_conversational(example):
         raise ValueError(
             "assistant_only_loss=True needs conversational data ('messages' or conversational prompt/completion). "

@@ -23,9 +23,9 @@ from typing import Any
 
 from datasets import Dataset, IterableDataset
 
-from ..data_utils import apply_chat_template, get_dataset_column_names, is_conversational, maybe_convert_to_chatml
+from ..data_utils import apply_chat_template, get_dataset_column_names, is_conversational
 from ..data_utils import maybe_extract_prompt as _maybe_extract_prompt
-from .data_preparation import _map_kwargs, first_example
+from .data_preparation import _map_kwargs, check_conversational_template, convert_to_chatml, first_example
 from .model_utils import get_tokenizer
 
 
@@ -157,14 +157,6 @@ def truncate_preference_example(
     }
 
 
-def _to_chatml_if_needed(dataset: Dataset | IterableDataset, num_proc: int | None) -> Dataset | IterableDataset:
-    example = first_example(dataset)
-    value = example.get("chosen")
-    if isinstance(value, list) and value and isinstance(value[0], dict) and "from" in value[0]:
-        dataset = dataset.map(maybe_convert_to_chatml, **_map_kwargs(dataset, num_proc, "Converting to ChatML"))
-    return dataset
-
-
 def extract_prompts(dataset: Dataset | IterableDataset, num_proc: int | None = None) -> Dataset | IterableDataset:
     """Give implicit-prompt rows an explicit `prompt` (the common start of `chosen` and `rejected`).
 
@@ -219,10 +211,8 @@ def prepare_preference_dataset(
     check_preference_columns(columns, trainer_name)
     _check_no_images(first_example(dataset), trainer_name)
     if not all(name in columns for name in PREFERENCE_TOKEN_COLUMNS):
-        dataset = _to_chatml_if_needed(dataset, num_proc)
-        dataset = extract_prompts(dataset, num_proc)
-        if is_conversational(first_example(dataset)):
-            _check_chat_template(processing_class, trainer_name)
+        dataset = extract_prompts(convert_to_chatml(dataset, num_proc), num_proc)
+        check_conversational_template(dataset, processing_class)
 
         def tokenize(example: dict[str, Any]) -> dict[str, list[int]]:
             return tokenize_preference_example(example, processing_class, tools, eos_token)
@@ -236,14 +226,6 @@ def prepare_preference_dataset(
 
         dataset = dataset.map(truncate, **_map_kwargs(dataset, num_proc, "Truncating"))
     return dataset
-
-
-def _check_chat_template(processing_class: Any, trainer_name: str) -> None:
-    if get_tokenizer(processing_class).chat_template is None:
-        raise ValueError(
-            f"The dataset is conversational but the tokenizer has no chat template, so {trainer_name} cannot render "
-            "it. Set `chat_template_path` (where the config has it) or assign `tokenizer.chat_template`."
-        )
 
 
 def count_empty_completions(dataset: Dataset, max_length: int | None, truncation_mode: str) -> int:
@@ -346,9 +328,9 @@ def prepare_reward_dataset(
     check_preference_columns(columns, "RewardTrainer")
     _check_no_images(first_example(dataset), "RewardTrainer")
     if not all(name in columns for name in REWARD_TOKEN_COLUMNS):
-        dataset = _to_chatml_if_needed(dataset, num_proc)
-        if is_conversational(first_example(dataset)):
-            _check_chat_template(processing_class, "RewardTrainer")
+        dataset = convert_to_chatml(dataset, num_proc)
+        # A reward model scores whole conversations: no prompt/completion boundary to preserve.
+        check_conversational_template(dataset, processing_class, require_prefix_preserving=False)
 
         def tokenize(example: dict[str, Any]) -> dict[str, list[int]]:
             return tokenize_reward_example(example, processing_class, tools, eos_token)

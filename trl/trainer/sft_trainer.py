@@ -21,12 +21,14 @@ import torch
 from datasets import Dataset, IterableDataset
 from transformers import PreTrainedModel, TrainingArguments
 
-from ..chat_template_utils import check_chat_template, get_training_chat_template
+from ..chat_template_utils import get_training_chat_template
 from ..data_utils import get_dataset_column_names, is_conversational
 from .base_trainer import BaseTrainer
 from .collators import DataCollatorForLanguageModeling
 from .data_preparation import (
     apply_formatting_func,
+    check_conversational_template,
+    convert_to_chatml,
     count_unlearnable,
     first_example,
     lm_dataset_kind,
@@ -260,6 +262,8 @@ class SFTTrainer(BaseTrainer):
                     dataset, formatting_func, args.dataset_text_field, args.dataset_num_proc
                 )
             if "input_ids" not in get_dataset_column_names(dataset):
+                # ShareGPT data is converted first, so that the checks below see it as the conversations it is.
+                dataset = convert_to_chatml(dataset, args.dataset_num_proc)
                 text_field = args.dataset_text_field
                 columns = (text_field, "prompt", "completion", "messages", "conversations")
                 check_text_columns(dataset, columns, name, non_empty=(text_field,))
@@ -280,24 +284,18 @@ class SFTTrainer(BaseTrainer):
 
     @staticmethod
     def _check_chat_template(dataset: Dataset | IterableDataset, processing_class: Any, args: SFTConfig) -> None:
-        if not is_conversational(first_example(dataset)):
-            if args.assistant_only_loss:
+        tokenizer = get_tokenizer(processing_class)
+        if args.assistant_only_loss:
+            if not is_conversational(first_example(dataset)):
                 raise ValueError(
                     "assistant_only_loss=True needs conversational data (lists of role/content messages). For "
                     "standard prompt-completion data use completion_only_loss instead."
                 )
-            return
-        tokenizer = get_tokenizer(processing_class)
-        if tokenizer.chat_template is None:
-            raise ValueError(
-                "The dataset is conversational but the tokenizer has no chat template. Set `chat_template_path` to a "
-                "tokenizer or .jinja file with one, or set `tokenizer.chat_template`."
-            )
-        if args.assistant_only_loss:
-            training_template = get_training_chat_template(tokenizer)
+            # The shipped training version of the template (with generation markers) gives the assistant mask.
+            training_template = get_training_chat_template(tokenizer) if tokenizer.chat_template else None
             if training_template is not None:
                 tokenizer.chat_template = training_template
-        check_chat_template(tokenizer, assistant_only_loss=args.assistant_only_loss)
+        check_conversational_template(dataset, tokenizer, assistant_only_loss=args.assistant_only_loss)
 
     def _check_learnable(self, dataset: Dataset | IterableDataset, args: SFTConfig, name: str) -> None:
         for column, enabled in (("completion_mask", self.completion_only_loss), ("assistant_masks", True)):

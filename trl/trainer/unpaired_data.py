@@ -25,15 +25,13 @@ from ..data_utils import (
     apply_chat_template,
     get_dataset_column_names,
     is_conversational,
-    maybe_convert_to_chatml,
     unpair_preference_dataset,
 )
-from .data_preparation import _map_kwargs, first_example
+from .data_preparation import _map_kwargs, check_conversational_template, convert_to_chatml, first_example
 from .model_utils import get_tokenizer
 from .preference_data import (
     PREFERENCE_TOKEN_COLUMNS,
     _chat_kwargs,
-    _check_chat_template,
     _check_no_images,
     _completion_ids,
     extract_prompts,
@@ -84,10 +82,6 @@ def _check_labels(example: dict[str, Any], trainer_name: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ tokenising
-def _is_from_value(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and isinstance(value[0], dict) and "from" in value[0]
-
-
 def tokenize_unpaired_example(
     example: dict[str, Any],
     processing_class: Any,
@@ -211,10 +205,8 @@ def prepare_unpaired_dataset(
     example = first_example(dataset)
     _check_labels(example, trainer_name)
     if "completion_ids" not in example:
-        if any(_is_from_value(example[key]) for key in ("prompt", "completion")):
-            dataset = dataset.map(maybe_convert_to_chatml, **_map_kwargs(dataset, num_proc, "Converting to ChatML"))
-        if is_conversational(first_example(dataset)):
-            _check_chat_template(processing_class, trainer_name)
+        dataset = convert_to_chatml(dataset, num_proc)
+        check_conversational_template(dataset, processing_class)
 
         def tokenize(example: dict[str, Any]) -> dict[str, list[int]]:
             return tokenize_unpaired_example(example, processing_class, tools, eos_token)
