@@ -162,16 +162,16 @@ def test_slow_half_sent_body_times_out_and_the_server_stays_responsive(server):
     url = server[0]
     host, port = url.removeprefix("http://").split(":")
     start = time.monotonic()
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
+    with socket.create_connection((host, int(port)), timeout=20) as sock:
         request = (
             f"POST /generate/ HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\nContent-Length: 500\r\n\r\n"
         )
         sock.sendall(request.encode() + b'{"prompts": [')
         assert call(url, "/health/")[0] == 200  # answered while the slow client holds its connection
         answer = sock.recv(65536)
-    assert answer.startswith(b"HTTP/1.1 408") and b"--read_timeout" in answer
-    assert time.monotonic() - start < 6
-    with socket.create_connection((host, int(port)), timeout=10) as sock:  # headers never finished
+    assert answer.startswith(b"HTTP/1.1 408") and b"--read_timeout" in answer, answer
+    assert time.monotonic() - start < 12
+    with socket.create_connection((host, int(port)), timeout=20) as sock:  # headers never finished
         sock.sendall(b"POST /generate/ HTTP/1.1\r\nHost: x\r\n")
         assert sock.recv(65536) == b""  # closed after --read_timeout
     assert call(url, "/generate/", {"prompts": [PROMPT], "max_tokens": 2})[0] == 200

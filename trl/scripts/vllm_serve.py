@@ -19,7 +19,7 @@ Endpoints (JSON in, JSON out; a trailing `/` is optional):
 
 | endpoint | request | answer |
 |---|---|---|
-| GET `/health/` | | `{"status": "ok"}` |
+| GET `/health/` | | `{"status": "ok"}`, or 503 `{"status": "wedged"}` while a request holds the engine past `--request_timeout` |
 | GET `/get_world_size/` | | `{"world_size": tp * dp}` |
 | GET `/get_server_info/` | | `backend`, `model`, `world_size`, `weight_transport` (`"nccl"`/`"http"`) |
 | POST `/generate/` | `prompts` (texts or token ids), `images`, `n`, `repetition_penalty`, `temperature`, `top_p`, `top_k`, `min_p`, `max_tokens`, `truncate_prompt_tokens`, `guided_decoding_regex`, `generation_kwargs`, `logprobs` (0 or null) | `prompt_ids`, `completion_ids`, `logprobs`, `finish_reasons` |
@@ -32,6 +32,11 @@ Endpoints (JSON in, JSON out; a trailing `/` is optional):
 | GET `/v1/models`, POST `/v1/completions`, `/v1/chat/completions` | OpenAI schema | OpenAI schema |
 
 Completions are prompt-major: the `n` completions of prompt 0, then those of prompt 1, ...
+
+Access and limits (see `ScriptArguments`): `--api_key` (or `$TRL_VLLM_SERVER_API_KEY`) makes every endpoint require
+`Authorization: Bearer <key>`; `--weight_update_allowed_hosts` restricts the weight endpoints; body, prompt, `n`,
+total-token and time limits answer 413 / 400 / 408 / 503 / 504; malformed fields get a 400 naming them. Listening
+beyond loopback without a key prints a loud warning.
 """
 
 from __future__ import annotations
