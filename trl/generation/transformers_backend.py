@@ -204,7 +204,8 @@ class TransformersBackend(GenerationBackend):
         # Repeating rows (rather than `num_return_sequences`) also works for greedy decoding with n > 1.
         rows = [prompt for prompt in prompts for _ in range(sampling.n)]
         input_ids, attention_mask = left_pad(rows, self.pad_token_id, device)
-        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+        extra = _no_router_logits(model)
+        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config, **extra)
         generated = output.sequences[:, input_ids.shape[1] :]
         eos = set(self.eos_token_ids)
         cut = [cut_at_eos(row, eos, config.max_new_tokens) for row in generated.tolist()]
@@ -286,3 +287,13 @@ def _as_id_list(value: int | list[int] | None) -> list[int]:
 
 def _get(config: Any, name: str) -> Any:
     return getattr(config, name, None) if config is not None else None
+
+
+def _no_router_logits(model: torch.nn.Module) -> dict[str, bool]:
+    """`output_router_logits=False` for a mixture-of-experts model loaded with router logits on, else nothing.
+
+    The aux loss is a training term; computed during cached decoding, transformers pairs each step's router logits
+    (new tokens only) with the attention mask of the whole sequence and fails on the shape mismatch.
+    """
+    config = getattr(model, "config", None)
+    return {"output_router_logits": False} if getattr(config, "output_router_logits", False) else {}
