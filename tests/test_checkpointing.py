@@ -192,7 +192,28 @@ def test_checkpoint_holds_extra_state_and_no_pickled_rng(tmp_path):
     assert not any(name.startswith("rng_state") for name in files)
     assert [name for name in os.listdir(tmp_path) if name.startswith(".tmp-")] == []
     state = load_state(str(tmp_path / "checkpoint-1"), "extra_state")
-    assert set(state) == {"rng"} and state["rng"]["cpu"].dtype == torch.uint8
+    assert set(state) == {"rng", "total_train_tokens"} and state["rng"]["cpu"].dtype == torch.uint8
+
+
+def test_num_tokens_resumes_exactly_when_saves_fall_between_logs(tmp_path):
+    # Logged at steps 2 and 4, saved at step 3: the count at the checkpoint was never logged, so only the extra
+    # state can continue it.
+    schedule = dict(max_steps=4, logging_steps=2, save_steps=3)
+    straight = make_trainer(tmp_path / "straight", save_strategy="no", **schedule)
+    straight.train()
+    make_trainer(tmp_path / "out", max_steps=3, logging_steps=2, save_steps=3).train()
+    resumed = make_trainer(tmp_path / "out", **schedule)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-3"))
+
+    def logged(trainer):
+        return {entry["step"]: entry["num_tokens"] for entry in trainer.state.log_history if "num_tokens" in entry}
+
+    assert logged(straight)[4] > logged(straight)[2] > 0
+    assert logged(resumed)[4] == logged(straight)[4]
+    # A running total is logged as it stands at the logging step, not averaged over the window.
+    per_step = make_trainer(tmp_path / "per_step", save_strategy="no", max_steps=4, logging_steps=1)
+    per_step.train()
+    assert logged(straight) == {step: logged(per_step)[step] for step in (2, 4)}
 
 
 def test_disk_full_at_checkpoint_2_leaves_checkpoint_1_and_resume_is_exact(tmp_path, monkeypatch):

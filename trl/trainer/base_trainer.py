@@ -55,11 +55,18 @@ class BaseTrainer(CheckpointingMixin, Trainer):
     def _mode(self) -> str:
         return "train" if self.model.training else "eval"
 
+    # Running totals: `log()` reports their latest value, not the mean over the logging window.
+    _CUMULATIVE_METRICS = frozenset({"num_tokens"})
+
     def log_metric(self, name: str, value: float | torch.Tensor, mode: str | None = None) -> None:
-        """Record one value of a metric; `log()` reports the mean of the values recorded since the last log."""
+        """Record one value of a metric; `log()` reports the mean of the values recorded since the last log (the
+        latest value for running totals such as `num_tokens`)."""
         if isinstance(value, torch.Tensor):
             value = value.detach().float().mean().item()
-        self._metrics[mode or self._mode()][name].append(float(value))
+        values = self._metrics[mode or self._mode()][name]
+        if name in self._CUMULATIVE_METRICS:
+            values.clear()
+        values.append(float(value))
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
         # A dict of eval datasets is evaluated one by one with prefixes "eval_<name>": remember the current one.

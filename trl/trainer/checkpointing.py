@@ -58,6 +58,9 @@ class CheckpointingMixin:
         state: dict[str, Any] = {"rng": capture_rng_state()}
         if getattr(self, "running", None) is not None:
             state["running"] = self.running.state_dict()
+        if hasattr(self, "_total_train_tokens"):
+            # The cumulative `num_tokens` metric: exact on resume whatever `logging_steps` and `save_steps` are.
+            state["total_train_tokens"] = int(self._total_train_tokens)
         return state
 
     def load_extra_state_dict(self, state: dict[str, Any]) -> None:
@@ -71,6 +74,8 @@ class CheckpointingMixin:
             from .utils import RunningMoments
 
             self.running = RunningMoments(self.accelerator, **{key: float(v) for key, v in state["running"].items()})
+        if "total_train_tokens" in state and hasattr(self, "_total_train_tokens"):
+            self._total_train_tokens = int(state["total_train_tokens"])
 
     def _extra_state_stem(self) -> str:
         return state_stem(EXTRA_STATE_NAME, self.args.process_index, self.args.world_size)
