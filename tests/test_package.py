@@ -1,6 +1,7 @@
 import importlib
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -35,3 +36,39 @@ def test_experimental_warning_can_be_silenced():
     code = "import warnings; warnings.simplefilter('error'); import trl.experimental"
     env = {"TRL_EXPERIMENTAL_SILENCE": "1", "PATH": ""}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+# Layering (docs/architecture.md): lower layers never import the layers above them, not even for type checking.
+_FORBIDDEN_IMPORTS = {
+    "generation": ("trl.scripts", "trl.cli"),
+    "losses": ("trl.trainer", "trl.scripts", "trl.generation", "trl.cli"),
+    "kernels": ("trl.trainer", "trl.scripts", "trl.generation", "trl.cli"),
+}
+
+
+def _imported_modules(path) -> set[str]:
+    import ast
+
+    tree = ast.parse(path.read_text())
+    package = "trl." + ".".join(path.relative_to(Path(trl.__file__).parent).parts[:-1])
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against the module's package
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                names.add(f"{base}.{node.module}" if node.module else base)
+            else:
+                names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("layer", sorted(_FORBIDDEN_IMPORTS))
+def test_lower_layers_do_not_import_upper_layers(layer):
+    offenders = []
+    for path in sorted((Path(trl.__file__).parent / layer).rglob("*.py")):
+        for name in _imported_modules(path):
+            if name.startswith(_FORBIDDEN_IMPORTS[layer]):
+                offenders.append(f"{path.name} imports {name}")
+    assert offenders == []

@@ -18,7 +18,7 @@ from trl.import_utils import is_vllm_available
 
 
 if TYPE_CHECKING:
-    from trl.scripts.vllm_serve import ScriptArguments
+    from trl.generation.server_args import ScriptArguments
 
 logger = logging.getLogger("trl.vllm_serve")
 

@@ -120,7 +120,7 @@ class ServerPolicy:
         The policy of the `trl vllm-serve` arguments `args`; the API key falls back on `$TRL_VLLM_SERVER_API_KEY`.
 
         Args:
-            args ([`~trl.scripts.vllm_serve.ScriptArguments`]):
+            args ([`~trl.generation.server_args.ScriptArguments`]):
                 The server arguments.
         """
         names = [name for name in cls.__dataclass_fields__ if name != "api_key"]
