@@ -1,12 +1,15 @@
 """`BaseTrainer`: what every trl trainer shares on top of `transformers.Trainer`.
 
+- the trainer skeleton: `__init__` runs one fixed sequence of small steps, and a trainer overrides only the steps it
+  needs (see [`BaseTrainer`]);
+- one declared loss normalisation (`loss_normalization = "tokens"` or `"examples"`), applied once;
 - a per-mode metrics store (`self._metrics`) that `log()` averages, prefixes and clears;
 - a derived-quantities table printed when training starts (global batch, steps per epoch, ...);
 - model cards written next to every saved model;
 - atomic checkpoints with one mechanism for extra state (`extra_state_dict()`, in `trl.trainer.checkpointing`).
 
-Model loading, pad-token resolution and PEFT wrapping live in `trl.trainer.model_utils`, so that trainers call them
-from their own `_setup_model` step before `Trainer.__init__` runs.
+Model loading, pad-token resolution, PEFT wrapping and auxiliary (reference, teacher, reward) models live in
+`trl.trainer.model_utils`; the skeleton's default steps call them.
 """
 
 from __future__ import annotations
@@ -15,41 +18,214 @@ import contextlib
 import math
 import os
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import Trainer
 
-from .. import __version__
 from .checkpointing import CheckpointingMixin
+from .data_preparation import prepare_train_and_eval
 from .input_checks import check_lengths_fit_model, check_output_dir, logged_num_tokens
+from .model_utils import (
+    apply_chat_template_path,
+    check_activation_offloading,
+    check_model_init_kwargs_unused,
+    load_policy,
+    load_processing_class,
+    model_name_of,
+    prepare_peft_model,
+    resolve_pad_token_id,
+    to_config,
+)
+from .utils import disable_dropout_in_model
+
+
+# `loss_normalization` -> (`model_accepts_loss_kwargs`, `loss_is_scaled_for_ga`) of `transformers.Trainer`.
+# "tokens": `compute_loss` divides a sum by `num_items_in_batch`, the labelled-token count of the accumulated batch on
+# every process (Trainer counts it only for models it believes take loss kwargs) and is already scaled for gradient
+# accumulation. "examples": a mean over the micro-batch, which Trainer divides by the accumulation steps. "step": the
+# trainer normalises by its own optimizer-step count (online trainers): Trainer neither counts nor divides.
+_LOSS_NORMALIZATIONS = {"tokens": (True, True), "examples": (False, False), "step": (False, True)}
+
+
+@dataclass(frozen=True)
+class TrainerInputs:
+    """What the user passed to a trainer, as given (`model` is `None` with `model_init`), for the steps that check or
+    load from it: `_validate` and `_setup_auxiliary_models`."""
+
+    model: Any
+    ref_model: Any = None
+    train_dataset: Any = None
+    eval_dataset: Any = None
+    processing_class: Any = None
+    peft_config: Any = None
+    quantization_config: Any = None
+    model_init: Callable | None = None
 
 
 class BaseTrainer(CheckpointingMixin, Trainer):
-    """Base class of every trl trainer.
+    """Base class of every trl trainer, and the skeleton of their `__init__`.
 
-    Class attributes set by subclasses:
-        _tag_names (`list[str]`): tags added to the model card, e.g. `["trl", "sft"]`.
-        _name (`str`): the method's display name, e.g. `"SFT"`.
-        _paper (`dict`): `{"title", "id", "citation"}` of the method's paper, shown on the model card.
-        _template_file (`str`): the model-card template in `trl/templates/`.
+    A trainer's public `__init__` keeps the reference library's signature, stores what only it takes (e.g.
+    `formatting_func`) and calls `BaseTrainer.__init__`, which runs, in this order:
+
+    1. `_resolve_args(args, model)`: the config as `_config_class` (`None`: its defaults, `output_dir="<model>-<name>"`);
+    2. `_validate(args, inputs)`: every check that needs no model, before any model loads;
+    3. `_setup_model(model, args, quantization_config)` (or `_setup_model_init(model_init, args)` without a model);
+    4. `_setup_processing_class(processing_class, model, args)`: the tokenizer / processor, and `chat_template_path`;
+    5. `_setup_peft(model, peft_config, args)`;
+    6. `disable_dropout` on the policy (the one place it is applied to it);
+    7. `_setup_pad_token(model, processing_class, args)` -> `self.pad_token_id` (one rule, see
+       [`~trl.trainer.model_utils.resolve_pad_token_id`]; the tokenizer is never changed);
+    8. `_setup_auxiliary_models(model, args, inputs)` -> `{name: model}` (reference, teacher, reward, ...: built with
+       [`~trl.trainer.model_utils.prepare_auxiliary_model`], frozen, eval mode, dropout off);
+    9. `_resolve_options(model, processing_class, args, inputs)`: settings derived from all of the above;
+    10. `_prepare_dataset(dataset, processing_class, args, name)` on the training data and on every evaluation set
+        (`None`, a `Dataset`, an `IterableDataset` or a dict of them: `prepare_train_and_eval`);
+    11. `_default_collator(processing_class, args)` unless a `data_collator` was passed;
+    12. `transformers.Trainer.__init__`, then the declared `loss_normalization`;
+    13. `_after_init(auxiliary_models)`.
+
+    A subclass that sets no `_config_class` (not yet on the skeleton) passes a prepared model and everything
+    `Trainer` needs; only step 12 runs.
+
+    Class attributes: `_config_class` (e.g. `SFTConfig`), `loss_normalization` (`"tokens"`, `"examples"` or
+    `"step"`, see `_LOSS_NORMALIZATIONS`), `_requires_train_dataset`, and for the model card `_tag_names` (e.g.
+    `["trl", "sft"]`), `_name` (e.g. `"SFT"`), `_paper` (`{"title", "id", "citation"}`) and `_template_file`.
     """
 
+    _config_class: type | None = None
+    loss_normalization: str = "examples"
+    _requires_train_dataset: bool = True
     _tag_names: list[str] = ["trl"]
     _name: str = "Base"
     _paper: dict[str, str] = {}
     _template_file: str = "lm_model_card.md"
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(
+        self,
+        model: Any = None,
+        args: Any = None,
+        data_collator: Callable | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        compute_metrics: Callable | None = None,
+        callbacks: list | None = None,
+        optimizers: tuple = (None, None),
+        optimizer_cls_and_kwargs: tuple | None = None,
+        preprocess_logits_for_metrics: Callable | None = None,
+        peft_config: Any = None,
+        quantization_config: Any = None,
+        *,
+        ref_model: Any = None,
+        model_init: Callable | None = None,
+        compute_loss_func: Callable | None = None,
+    ):
+        trainer_kwargs = dict(compute_metrics=compute_metrics, callbacks=callbacks, optimizers=optimizers,
+                              optimizer_cls_and_kwargs=optimizer_cls_and_kwargs, compute_loss_func=compute_loss_func,
+                              preprocess_logits_for_metrics=preprocess_logits_for_metrics)  # fmt: skip
+        if self._config_class is None:
+            self._init_trainer(model, args, data_collator, train_dataset, eval_dataset, processing_class,
+                               model_init=model_init, **trainer_kwargs)  # fmt: skip
+            return
+        inputs = TrainerInputs(model, ref_model, train_dataset, eval_dataset, processing_class, peft_config,
+                               quantization_config, model_init)  # fmt: skip
+        args = self._resolve_args(args, model)
+        self._validate(args, inputs)
+        if model is not None:
+            model = self._setup_model(model, args, quantization_config)
+        model_init = self._setup_model_init(model_init, args)
+        processing_class = self._setup_processing_class(processing_class, model, args)
+        if model is not None:
+            model = self._setup_peft(model, peft_config, args)
+            if getattr(args, "disable_dropout", False):
+                disable_dropout_in_model(model)
+        self.pad_token_id = self._setup_pad_token(model, processing_class, args)
+        auxiliary_models = self._setup_auxiliary_models(model, args, inputs)
+        self._resolve_options(model, processing_class, args, inputs)
+        train_dataset, eval_dataset = prepare_train_and_eval(
+            train_dataset, eval_dataset, lambda data, name: self._prepare_dataset(data, processing_class, args, name)
+        )
+        if data_collator is None:
+            data_collator = self._default_collator(processing_class, args)
+        self._init_trainer(model, args, data_collator, train_dataset, eval_dataset, processing_class,
+                           model_init=model_init, **trainer_kwargs)  # fmt: skip
+        self._after_init(auxiliary_models)
+
+    def _init_trainer(self, model: Any, args: Any, *trainer_args: Any, **trainer_kwargs: Any) -> None:
+        # Step 12: `transformers.Trainer.__init__`, then the declared loss normalisation and the model tags.
         self._metrics: dict[str, defaultdict[str, list[float]]] = {
             "train": defaultdict(list),
             "eval": defaultdict(list),
         }
-        if kwargs.get("args") is not None and kwargs.get("model") is not None:
-            check_lengths_fit_model(kwargs["args"], kwargs["model"])
-        super().__init__(*args, **kwargs)
+        if args is not None and model is not None:
+            check_lengths_fit_model(args, model)
+        Trainer.__init__(self, model, args, *trainer_args, **trainer_kwargs)
+        if self._config_class is not None:
+            self.model_accepts_loss_kwargs, self.loss_is_scaled_for_ga = _LOSS_NORMALIZATIONS[self.loss_normalization]
         if hasattr(self.model, "add_model_tags"):
             self.model.add_model_tags(self._tag_names)
+
+    # ------------------------------------------------------------------ skeleton steps (override as needed)
+    def _resolve_args(self, args: Any, model: Any) -> Any:
+        """Step 1: `args` as an instance of `_config_class`; `None` gives its defaults."""
+        name = model_name_of(model) if model is not None else "model"
+        return to_config(args, self._config_class, name, self._name)
+
+    def _validate(self, args: Any, inputs: TrainerInputs) -> None:
+        """Step 2: checks that need no model. Extend with `super()._validate(args, inputs)`."""
+        check_model_init_kwargs_unused(inputs.model if inputs.model is not None else inputs.model_init, args)
+        if self._requires_train_dataset and inputs.train_dataset is None:
+            raise ValueError(f"{type(self).__name__} needs a train_dataset.")
+        check_activation_offloading(args)
+
+    def _setup_model(self, model: Any, args: Any, quantization_config: Any) -> Any:
+        """Step 3: the trained model, loaded from a string (float32 unless `model_init_kwargs` sets `dtype`)."""
+        return load_policy(model, args, quantization_config)
+
+    def _setup_model_init(self, model_init: Callable | None, args: Any) -> Callable | None:
+        """Step 3 without a model: the `model_init` factory `Trainer` calls (hyperparameter search)."""
+        return model_init
+
+    def _setup_processing_class(self, processing_class: Any, model: Any, args: Any) -> Any:
+        """Step 4: the tokenizer of `model` unless one was passed; `chat_template_path` applied when set."""
+        if processing_class is None:
+            processing_class = load_processing_class(model.config._name_or_path, args)
+        path = getattr(args, "chat_template_path", None)
+        if path is not None and model is not None:
+            _, processing_class = apply_chat_template_path(model, processing_class, path)
+        return processing_class
+
+    def _setup_peft(self, model: Any, peft_config: Any, args: Any) -> Any:
+        """Step 5: the model wrapped with `peft_config` (unchanged without one)."""
+        return prepare_peft_model(model, peft_config, args)
+
+    def _setup_pad_token(self, model: Any, processing_class: Any, args: Any) -> int:
+        """Step 7: the pad id of the collators (`padding_value`, `pad_token`, the tokenizer's pad, else EOS)."""
+        return resolve_pad_token_id(
+            processing_class, getattr(args, "pad_token", None), getattr(args, "padding_value", None)
+        )
+
+    def _setup_auxiliary_models(self, model: Any, args: Any, inputs: TrainerInputs) -> dict[str, Any]:
+        """Step 8: the models the trainer runs but does not train, by name (`{}`: none)."""
+        return {}
+
+    def _resolve_options(self, model: Any, processing_class: Any, args: Any, inputs: TrainerInputs) -> None:
+        """Step 9: the trainer's settings derived from the model, the tokenizer and the raw data."""
+
+    def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, name: str) -> Any:
+        """Step 10: one dataset made ready for the collator; `name` is `"train"`, `"eval"` or `"eval_<key>"`."""
+        return dataset
+
+    def _default_collator(self, processing_class: Any, args: Any) -> Callable | None:
+        """Step 11: the collator used when none is passed (`None`: `Trainer`'s default)."""
+        return None
+
+    def _after_init(self, auxiliary_models: dict[str, Any]) -> None:
+        """Step 13: what needs the accelerator (placing auxiliary models, callbacks, flags read from the model)."""
 
     # ------------------------------------------------------------------ metrics
     def _mode(self) -> str:
@@ -213,26 +389,7 @@ class BaseTrainer(CheckpointingMixin, Trainer):
             output_dir (`str` or `None`, *optional*, defaults to `None`):
                 Where to write the card; defaults to `args.output_dir`.
         """
-        if not self.is_world_process_zero():
-            return
-        from .model_card import render_model_card
+        if self.is_world_process_zero():
+            from .model_card import write_model_card
 
-        output_dir = output_dir or self.args.output_dir
-        base_model = getattr(getattr(self.model, "config", None), "_name_or_path", None)
-        if base_model and os.path.isdir(base_model):
-            base_model = None  # a local path says nothing to a reader of the card
-        tags = [tags] if isinstance(tags, str) else list(tags or [])
-        card = render_model_card(
-            template_file=self._template_file,
-            base_model=base_model,
-            model_name=model_name or os.path.basename(os.path.normpath(output_dir)),
-            hub_model_id=self.hub_model_id if hasattr(self, "hub_model_id") else self.args.hub_model_id,
-            dataset_name=dataset_name,
-            tags=["generated_from_trainer", *tags, *self._tag_names],
-            trainer_name=self._name,
-            paper=self._paper,
-            trl_version=__version__,
-        )
-        os.makedirs(output_dir, exist_ok=True)
-        with open(os.path.join(output_dir, "README.md"), "w", encoding="utf-8") as file:
-            file.write(card)
+            write_model_card(self, model_name, dataset_name, tags, output_dir or self.args.output_dir)

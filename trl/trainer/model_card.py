@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from importlib import resources
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import jinja2
 import yaml
@@ -84,3 +86,42 @@ def render_model_card(
         },
     )
     return f"---\n{yaml.safe_dump(metadata, sort_keys=False)}---\n\n{body}"
+
+
+def write_model_card(
+    trainer: Any, model_name: str | None, dataset_name: str | None, tags: str | list[str] | None, output_dir: str
+) -> None:
+    """Write the `README.md` model card of `trainer`'s run into `output_dir`.
+
+    Args:
+        trainer ([`BaseTrainer`]):
+            The trainer (its model, config, `_template_file`, `_tag_names`, `_name` and `_paper`).
+        model_name (`str` or `None`):
+            Name of the trained model; `None` uses the output directory's name.
+        dataset_name (`str` or `None`):
+            Dataset used for training.
+        tags (`str`, `list[str]` or `None`):
+            Extra tags for the card's metadata.
+        output_dir (`str`):
+            Where to write the card.
+    """
+    from .. import __version__
+
+    base_model = getattr(getattr(trainer.model, "config", None), "_name_or_path", None)
+    if base_model and os.path.isdir(base_model):
+        base_model = None  # a local path says nothing to a reader of the card
+    tags = [tags] if isinstance(tags, str) else list(tags or [])
+    card = render_model_card(
+        template_file=trainer._template_file,
+        base_model=base_model,
+        model_name=model_name or os.path.basename(os.path.normpath(output_dir)),
+        hub_model_id=getattr(trainer, "hub_model_id", None) or trainer.args.hub_model_id,
+        dataset_name=dataset_name,
+        tags=["generated_from_trainer", *tags, *trainer._tag_names],
+        trainer_name=trainer._name,
+        paper=trainer._paper,
+        trl_version=__version__,
+    )
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "README.md"), "w", encoding="utf-8") as file:
+        file.write(card)

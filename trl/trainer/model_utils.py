@@ -7,13 +7,18 @@ import dataclasses
 import inspect
 import os
 import warnings
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, TrainingArguments
+from transformers.utils import logging
 
 from ..import_utils import is_peft_available, require
 from .input_checks import check_model_path
+
+
+logger = logging.get_logger(__name__)
 
 
 _DTYPE_NAMES = {"float32", "float16", "bfloat16", "float64", "half", "float", "double"}
@@ -133,15 +138,24 @@ def get_tokenizer(processing_class: Any):
     return getattr(processing_class, "tokenizer", processing_class)
 
 
-def resolve_pad_token_id(processing_class: Any, pad_token: str | None = None) -> int:
-    """Find the pad token id used by collators: the config's `pad_token`, else the tokenizer's, else its EOS.
+def resolve_pad_token_id(
+    processing_class: Any, pad_token: str | None = None, padding_value: int | None = None
+) -> int:
+    """The one pad-token rule: the pad id collators use, without ever changing the tokenizer.
+
+    In order: the config's `padding_value` (an id, preference trainers), the config's `pad_token` (a token), the
+    tokenizer's pad token, else its EOS token (padded positions are masked, so EOS is a safe filler; logged once).
 
     Args:
         processing_class (`PreTrainedTokenizerBase` or `ProcessorMixin`):
             The tokenizer (or processor).
         pad_token (`str` or `None`, *optional*, defaults to `None`):
             The config's (deprecated) `pad_token`.
+        padding_value (`int` or `None`, *optional*, defaults to `None`):
+            The config's `padding_value`, used as is.
     """
+    if padding_value is not None:
+        return padding_value
     tokenizer = get_tokenizer(processing_class)
     if pad_token is not None:
         warnings.warn(
@@ -159,6 +173,11 @@ def resolve_pad_token_id(processing_class: Any, pad_token: str | None = None) ->
     if tokenizer.pad_token_id is not None:
         return tokenizer.pad_token_id
     if tokenizer.eos_token_id is not None:
+        logger.info(
+            "The tokenizer has no pad token: batches are padded with its EOS token %r (padded positions are masked). "
+            "The tokenizer itself is left unchanged.",
+            tokenizer.eos_token,
+        )
         return tokenizer.eos_token_id
     raise ValueError(
         "The tokenizer has neither a pad token nor an EOS token to pad with. Set one, e.g. "
@@ -402,6 +421,41 @@ def load_policy(
             "config has no router). Leave router_aux_loss_coef=None."
         )
     return model
+
+
+def prepare_auxiliary_model(
+    model: str | torch.nn.Module, args: Any, init_kwargs: dict[str, Any] | None = None, auto_class: Any = None
+) -> torch.nn.Module:
+    """A model a trainer runs but never trains (reference, teacher, reward or value model), ready to use: loaded when
+    given as a string, frozen (no parameter requires grad), in eval mode and with every dropout probability at 0.
+
+    Dropout is switched off whatever `args.disable_dropout` says: these models only score, and a `train()` call on a
+    wrapper must not turn their noise back on. A PEFT policy's reference needs no model at all (its adapters are
+    disabled instead, see `trl.trainer.reference`), so it never comes through here.
+
+    Args:
+        model (`str` or `torch.nn.Module`):
+            Model id / local path, or a loaded model.
+        args (`TrainingArguments`):
+            The trainer config (`model_init_kwargs`, `trust_remote_code`).
+        init_kwargs (`dict[str, Any]` or `None`, *optional*, defaults to `None`):
+            `from_pretrained` arguments for this model (e.g. `ref_model_init_kwargs`); `None` uses
+            `args.model_init_kwargs`.
+        auto_class (`type` or `None`, *optional*, defaults to `None`):
+            The auto class to load with; `None` is `AutoModelForCausalLM`.
+    """
+    if isinstance(model, str):
+        load_args = SimpleNamespace(
+            model_init_kwargs=init_kwargs if init_kwargs is not None else getattr(args, "model_init_kwargs", None),
+            trust_remote_code=getattr(args, "trust_remote_code", False),
+        )
+        model = load_model(model, load_args, auto_class or AutoModelForCausalLM)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model.eval()
 
 
 def check_activation_offloading(args: Any) -> None:
