@@ -138,9 +138,7 @@ def get_tokenizer(processing_class: Any):
     return getattr(processing_class, "tokenizer", processing_class)
 
 
-def resolve_pad_token_id(
-    processing_class: Any, pad_token: str | None = None, padding_value: int | None = None
-) -> int:
+def resolve_pad_token_id(processing_class: Any, pad_token: str | None = None, padding_value: int | None = None) -> int:
     """The one pad-token rule: the pad id collators use, without ever changing the tokenizer.
 
     In order: the config's `padding_value` (an id, preference trainers), the config's `pad_token` (a token), the

@@ -23,7 +23,7 @@ from transformers import PreTrainedModel, TrainingArguments
 
 from ..chat_template_utils import get_training_chat_template
 from ..data_utils import get_dataset_column_names, is_conversational
-from .base_trainer import BaseTrainer
+from .base_trainer import BaseTrainer, TrainerInputs
 from .collators import DataCollatorForLanguageModeling
 from .data_preparation import (
     apply_formatting_func,
@@ -32,24 +32,14 @@ from .data_preparation import (
     count_unlearnable,
     first_example,
     lm_dataset_kind,
-    prepare_train_and_eval,
     tokenize_dataset,
     truncate_or_pack,
 )
 from .input_checks import check_text_columns
 from .model_utils import (
     accepts_logits_to_keep,
-    apply_chat_template_path,
-    check_activation_offloading,
-    check_model_init_kwargs_unused,
     get_tokenizer,
-    load_policy,
-    load_processing_class,
-    model_name_of,
     num_prepended_virtual_tokens,
-    prepare_peft_model,
-    resolve_pad_token_id,
-    to_config,
     uses_flash_attention,
 )
 from .sft_config import SFTConfig
@@ -98,6 +88,8 @@ class SFTTrainer(BaseTrainer):
             Builds the training text of one example.
     """
 
+    _config_class = SFTConfig
+    loss_normalization = "tokens"
     _tag_names = ["trl", "sft"]
     _name = "SFT"
     _paper = {}
@@ -120,63 +112,21 @@ class SFTTrainer(BaseTrainer):
         peft_config: Any = None,
         formatting_func: Callable[[dict], str] | None = None,
     ):
-        args = to_config(args, SFTConfig, model_name_of(model), self._name)
-        self._validate_config(args, model, formatting_func)
-        model = self._setup_model(model, args, quantization_config)
-        processing_class = processing_class or load_processing_class(model.config._name_or_path, args)
-        model, processing_class = apply_chat_template_path(model, processing_class, args.chat_template_path)
-        model = prepare_peft_model(model, peft_config, args)
-        self.padding_free = self._resolve_padding_free(model, args)
-        self.pad_token_id = resolve_pad_token_id(processing_class, args.pad_token)
-        self.eos_token = self._resolve_eos_token(processing_class, args)
-
-        kind = "text" if formatting_func is not None else self._dataset_kind(train_dataset, args)
-        self.completion_only_loss = self._resolve_completion_only_loss(args, kind, formatting_func)
-        train_dataset, eval_dataset = prepare_train_and_eval(
-            train_dataset,
-            eval_dataset,
-            lambda dataset, name: self._prepare_dataset(dataset, processing_class, args, formatting_func, name),
-        )
-
-        if data_collator is None:
-            data_collator = DataCollatorForLanguageModeling(
-                pad_token_id=self.pad_token_id,
-                completion_only_loss=self.completion_only_loss,
-                padding_free=self.padding_free,
-                pad_to_multiple_of=args.pad_to_multiple_of,
-            )
+        self._formatting_func = formatting_func
         super().__init__(
-            model=model,
-            args=args,
-            data_collator=data_collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
+            model, args, data_collator, train_dataset, eval_dataset, processing_class, compute_metrics, callbacks,
+            optimizers, optimizer_cls_and_kwargs, preprocess_logits_for_metrics, peft_config, quantization_config,
             compute_loss_func=compute_loss_func,
-            compute_metrics=compute_metrics,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
-            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-        )
-        # The loss below is normalised by the labelled-token count of the whole accumulated batch, which Trainer
-        # only counts when it believes the model takes loss kwargs.
-        self.model_accepts_loss_kwargs = True
-        self.loss_is_scaled_for_ga = True
-        self._total_train_tokens = 0
-        self._logits_to_keep_supported = accepts_logits_to_keep(self.accelerator.unwrap_model(self.model))
-        self._num_virtual_tokens = num_prepended_virtual_tokens(self.accelerator.unwrap_model(self.model))
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ setup
-    @staticmethod
-    def _validate_config(args: SFTConfig, model: Any, formatting_func: Callable | None) -> None:
-        check_model_init_kwargs_unused(model, args)
-        if formatting_func is not None and args.completion_only_loss:
+    def _validate(self, args: SFTConfig, inputs: TrainerInputs) -> None:
+        super()._validate(args, inputs)
+        if self._formatting_func is not None and args.completion_only_loss:
             raise ValueError(
                 "formatting_func builds one text per example, so there is no prompt/completion split for "
                 "completion_only_loss=True. Use a prompt-completion dataset, or set completion_only_loss=False."
             )
-        check_activation_offloading(args)
         unknown = set(args.dataset_kwargs or {}) - {"skip_prepare_dataset"}
         if unknown:
             raise ValueError(
@@ -188,9 +138,25 @@ class SFTTrainer(BaseTrainer):
 
             require(is_liger_kernel_available(), "use_liger_kernel=True", "pip install trl[liger]")
 
-    @staticmethod
-    def _setup_model(model: str | PreTrainedModel, args: SFTConfig, quantization_config: Any) -> PreTrainedModel:
-        return load_policy(model, args, quantization_config)
+    def _resolve_options(self, model: Any, processing_class: Any, args: SFTConfig, inputs: TrainerInputs) -> None:
+        self.padding_free = self._resolve_padding_free(model, args)
+        self.eos_token = self._resolve_eos_token(processing_class, args)
+        kind = "text" if self._formatting_func is not None else self._dataset_kind(inputs.train_dataset, args)
+        self.completion_only_loss = self._resolve_completion_only_loss(args, kind, self._formatting_func)
+
+    def _default_collator(self, processing_class: Any, args: SFTConfig) -> DataCollatorForLanguageModeling:
+        return DataCollatorForLanguageModeling(
+            pad_token_id=self.pad_token_id,
+            completion_only_loss=self.completion_only_loss,
+            padding_free=self.padding_free,
+            pad_to_multiple_of=args.pad_to_multiple_of,
+        )
+
+    def _after_init(self, auxiliary_models: dict[str, Any]) -> None:
+        self._total_train_tokens = 0
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        self._logits_to_keep_supported = accepts_logits_to_keep(unwrapped)
+        self._num_virtual_tokens = num_prepended_virtual_tokens(unwrapped)
 
     @staticmethod
     def _resolve_padding_free(model: PreTrainedModel, args: SFTConfig) -> bool:
@@ -244,13 +210,9 @@ class SFTTrainer(BaseTrainer):
         return args.completion_only_loss
 
     def _prepare_dataset(
-        self,
-        dataset: Dataset | IterableDataset,
-        processing_class: Any,
-        args: SFTConfig,
-        formatting_func: Callable | None,
-        name: str,
+        self, dataset: Dataset | IterableDataset, processing_class: Any, args: SFTConfig, name: str
     ) -> Dataset | IterableDataset:
+        formatting_func = self._formatting_func
         if (args.dataset_kwargs or {}).get("skip_prepare_dataset", False):
             return dataset
         packing = args.packing if name == "train" or args.eval_packing is None else args.eval_packing
