@@ -572,7 +572,7 @@ def test_resume_from_a_missing_folder_is_refused_before_the_model_loads():
 
 
 def test_run_training_resumes_from_the_latest_checkpoint_with_true(tmp_path, monkeypatch):
-    from trl.scripts import utils
+    from trl.scripts import training_script
     from trl.scripts.sft import make_parser
 
     seen = {}
@@ -589,10 +589,11 @@ def test_run_training_resumes_from_the_latest_checkpoint_with_true(tmp_path, mon
         def save_model(self, output_dir):
             pass
 
-    monkeypatch.setattr(utils, "load_dataset_from_args", lambda *_: {"train": Dataset.from_dict({"text": ["a"]})})
+    dataset = {"train": Dataset.from_dict({"text": ["a"]})}
+    monkeypatch.setattr(training_script, "load_dataset_from_args", lambda *_: dataset)
     argv = ["--model_name_or_path", MODEL, "--output_dir", str(tmp_path), "--resume_from_checkpoint", "true"]
     script_args, args, model_args, dataset_args = make_parser().parse_args_and_config(argv)
-    utils.run_training(FakeTrainer, script_args, args, model_args, dataset_args)
+    training_script.run_training(FakeTrainer, script_args, args, model_args, dataset_args)
     assert seen["resume"] is True
 
 

@@ -14,7 +14,16 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .cli_checks import report_user_errors, resolve_resume_from_checkpoint
+from .dataset_mixture import DatasetMixtureConfig, get_split, load_dataset_from_args
+from .parser import TrlParser
+
+
+if TYPE_CHECKING:
+    from ..trainer.model_config import ModelConfig
+    from .utils import ScriptArguments
 
 
 def _import(module_name: str, attribute: str) -> Any:
@@ -62,8 +71,6 @@ class TrainingScript:
             prog (`str` or `None`, *optional*, defaults to `None`):
                 Program name shown in the usage line of a standalone parser.
         """
-        from .utils import make_training_parser
-
         return make_training_parser(
             self.command,
             self.description,
@@ -91,8 +98,172 @@ class TrainingScript:
         Returns:
             The trained trainer.
         """
-        from .utils import run_training
-
         extra = self.trainer_kwargs(script_args) if self.trainer_kwargs is not None else {}
         trainer_class = _import(f"trl.trainer.{self.command}_trainer", self.trainer)
         return run_training(trainer_class, script_args, training_args, model_args, dataset_args, **extra)
+
+
+def model_init_kwargs_from_args(model_args: ModelConfig) -> dict[str, Any]:
+    """
+    Keyword arguments for `from_pretrained` described by a [`ModelConfig`].
+
+    Args:
+        model_args ([`ModelConfig`]):
+            The model arguments.
+
+    Returns:
+        `dict[str, Any]`: `revision`, `dtype`, `attn_implementation` (when set) and, for k-bit loading,
+        `quantization_config` and `device_map`.
+    """
+    from ..trainer.peft_utils import get_kbit_device_map, get_quantization_config
+
+    kwargs = {
+        "revision": model_args.model_revision,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+    }
+    quantization_config = get_quantization_config(model_args)
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+        kwargs["device_map"] = get_kbit_device_map()
+    return {key: value for key, value in kwargs.items() if value is not None}
+
+
+def merge_model_init_kwargs(from_model_args: dict[str, Any], explicit: dict[str, Any] | None) -> dict[str, Any]:
+    """
+    Combine the kwargs built from a [`ModelConfig`] with a config's explicit `model_init_kwargs`, which win.
+
+    Args:
+        from_model_args (`dict[str, Any]`):
+            Output of [`model_init_kwargs_from_args`].
+        explicit (`dict[str, Any]` or `None`):
+            The trainer config's `model_init_kwargs`; its `torch_dtype` counts as `dtype`.
+    """
+    merged = dict(from_model_args)
+    explicit = explicit or {}
+    if "torch_dtype" in explicit:
+        merged.pop("dtype", None)
+    merged.update(explicit)
+    return merged
+
+
+def ignore_bool_buffers(model) -> None:
+    """
+    Make DDP skip the model's boolean buffers, which it cannot broadcast (`--ignore_bias_buffers`).
+
+    Args:
+        model (`torch.nn.Module`):
+            The model about to be wrapped in DDP.
+    """
+    import torch
+
+    model._ddp_params_and_buffers_to_ignore = [
+        name for name, buffer in model.named_buffers() if buffer.dtype == torch.bool
+    ]
+
+
+def make_training_parser(
+    command: str,
+    description: str,
+    config_class: type,
+    subparsers: Any = None,
+    prog: str | None = None,
+    lora_task_type: str | None = None,
+    script_args_class: type | None = None,
+) -> TrlParser:
+    """
+    Parser of a training script: `(ScriptArguments, <config_class>, ModelConfig, DatasetMixtureConfig)`.
+
+    Args:
+        command (`str`):
+            The `trl` subcommand, e.g. `"sft"`.
+        description (`str`):
+            One-line description shown in `--help`.
+        config_class (`type`):
+            The trainer's config dataclass.
+        subparsers (`argparse._SubParsersAction` or `None`, *optional*, defaults to `None`):
+            When given (created with `parser_class=TrlParser`), the command is added to them.
+        prog (`str` or `None`, *optional*, defaults to `None`):
+            Program name shown in the usage line of a standalone parser.
+        lora_task_type (`str` or `None`, *optional*, defaults to `None`):
+            Default `--lora_task_type` (e.g. `"SEQ_CLS"` for reward models); `None` keeps `CAUSAL_LM`.
+        script_args_class (`type` or `None`, *optional*, defaults to `None`):
+            A [`ScriptArguments`] subclass with the command's own arguments (e.g. GRPO's `--reward_funcs`).
+    """
+    from ..trainer.model_config import ModelConfig
+    from .utils import ScriptArguments
+
+    dataclass_types = (script_args_class or ScriptArguments, config_class, ModelConfig, DatasetMixtureConfig)
+    if subparsers is not None:
+        parser = subparsers.add_parser(
+            command, help=description, description=description, dataclass_types=dataclass_types
+        )
+    else:
+        parser = TrlParser(dataclass_types, prog=prog, description=description)
+    if lora_task_type is not None:
+        parser.set_defaults(lora_task_type=lora_task_type)
+    return parser
+
+
+def run_training(
+    trainer_class: type,
+    script_args: ScriptArguments,
+    training_args: Any,
+    model_args: ModelConfig,
+    dataset_args: DatasetMixtureConfig | None = None,
+    **trainer_kwargs: Any,
+):
+    """
+    The flow every training script shares: model kwargs from `model_args`, dataset loading, train, save, push.
+
+    Args:
+        trainer_class (`type`):
+            The trainer, e.g. `SFTTrainer`.
+        script_args ([`ScriptArguments`]):
+            Dataset name, configuration and splits.
+        training_args:
+            The trainer configuration.
+        model_args ([`ModelConfig`]):
+            Model to load, dtype, LoRA and quantization options.
+        dataset_args ([`DatasetMixtureConfig`] or `None`, *optional*, defaults to `None`):
+            A dataset mixture (used instead of `dataset_name` when it lists datasets).
+        **trainer_kwargs:
+            Extra trainer arguments (e.g. `reward_funcs` for GRPO).
+
+    Returns:
+        The trained trainer.
+    """
+    with report_user_errors(f"trl {trainer_class._name.lower()}"):
+        return _run_training(trainer_class, script_args, training_args, model_args, dataset_args, **trainer_kwargs)
+
+
+def _run_training(trainer_class, script_args, training_args, model_args, dataset_args, **trainer_kwargs):
+    from trl.trainer.input_checks import check_model_path
+    from trl.trainer.peft_utils import get_peft_config
+
+    if model_args.model_name_or_path is None:
+        raise ValueError("No model given: set `--model_name_or_path` (a Hub id or a local directory).")
+    check_model_path(model_args.model_name_or_path)  # before the dataset loads
+    resume_from_checkpoint = resolve_resume_from_checkpoint(training_args.resume_from_checkpoint)
+    training_args.model_init_kwargs = merge_model_init_kwargs(
+        model_init_kwargs_from_args(model_args), training_args.model_init_kwargs
+    )
+    dataset = load_dataset_from_args(script_args, dataset_args)
+    eval_dataset = None
+    if training_args.eval_strategy != "no":
+        eval_dataset = get_split(dataset, script_args.dataset_test_split, "--dataset_test_split")
+    trainer = trainer_class(
+        model=model_args.model_name_or_path,
+        args=training_args,
+        train_dataset=get_split(dataset, script_args.dataset_train_split, "--dataset_train_split"),
+        eval_dataset=eval_dataset,
+        peft_config=get_peft_config(model_args),
+        **trainer_kwargs,
+    )
+    if script_args.ignore_bias_buffers:
+        ignore_bool_buffers(trainer.model)
+    trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    return trainer
