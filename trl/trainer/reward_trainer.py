@@ -23,24 +23,15 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrai
 from ..losses import bradley_terry_loss
 from .base_trainer import BaseTrainer
 from .collators import DataCollatorForRewardPreference
-from .data_preparation import prepare_train_and_eval
 from .model_utils import (
-    apply_chat_template_path,
-    check_activation_offloading,
-    check_model_init_kwargs_unused,
     classification_head_name,
     classification_peft_config,
     get_tokenizer,
-    load_processing_class,
     load_trained_model,
-    model_name_of,
     prepare_peft_model,
-    resolve_pad_token_id,
-    to_config,
 )
 from .preference_data import prepare_reward_dataset
 from .reward_config import RewardConfig
-from .utils import disable_dropout_in_model
 
 
 _REWARD_COLUMNS = ["chosen_ids", "rejected_ids", "margin"]
@@ -77,6 +68,7 @@ class RewardTrainer(BaseTrainer):
             Adapter configuration. The score head is always trained in full (added to `modules_to_save`).
     """
 
+    _config_class = RewardConfig
     _tag_names = ["trl", "reward-trainer"]
     _name = "Reward"
     _template_file = "rm_model_card.md"
@@ -98,56 +90,15 @@ class RewardTrainer(BaseTrainer):
         quantization_config: Any = None,
         peft_config: Any = None,
     ):
-        args = to_config(args, RewardConfig, model_name_of(model), self._name)
-        self._validate_config(args, model, train_dataset)
-        model = self._setup_model(model, args, quantization_config)
-        processing_class = processing_class or load_processing_class(model.config._name_or_path, args)
-        model, processing_class = apply_chat_template_path(model, processing_class, args.chat_template_path)
-        self.pad_token_id = resolve_pad_token_id(processing_class, args.pad_token)
-        if model.config.pad_token_id is None:
-            # The model scores the last non-pad token: it must know which id pads the batch.
-            model.config.pad_token_id = self.pad_token_id
-        model = prepare_peft_model(model, classification_peft_config(peft_config, model, "SEQ_CLS", "reward"), args)
-        if args.disable_dropout:
-            disable_dropout_in_model(model)
-
-        eos_token = args.eos_token or get_tokenizer(processing_class).eos_token
-        train_dataset, eval_dataset = prepare_train_and_eval(
-            train_dataset,
-            eval_dataset,
-            lambda dataset, name: self._prepare_dataset(dataset, processing_class, args, eos_token, name),
-        )
-        if data_collator is None:
-            data_collator = DataCollatorForRewardPreference(
-                self.pad_token_id, pad_to_multiple_of=args.pad_to_multiple_of
-            )
         super().__init__(
-            model=model,
-            args=args,
-            data_collator=data_collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            compute_metrics=compute_metrics,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
-            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-        )
-        # The loss is a mean over the pairs of each micro-batch: Trainer divides it by the accumulation steps.
-        self.model_accepts_loss_kwargs = False
-        self._total_train_tokens = 0
+            model, args, data_collator, train_dataset, eval_dataset, processing_class, compute_metrics, callbacks,
+            optimizers, optimizer_cls_and_kwargs, preprocess_logits_for_metrics, peft_config, quantization_config,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------- setup
-    @staticmethod
-    def _validate_config(args: RewardConfig, model: Any, train_dataset: Any) -> None:
-        check_model_init_kwargs_unused(model, args)
-        if train_dataset is None:
-            raise ValueError("RewardTrainer needs a train_dataset of paired preference data.")
-        check_activation_offloading(args)
-
-    @staticmethod
-    def _setup_model(model: str | PreTrainedModel, args: RewardConfig, quantization_config: Any) -> PreTrainedModel:
+    def _setup_model(
+        self, model: str | PreTrainedModel, args: RewardConfig, quantization_config: Any
+    ) -> PreTrainedModel:
         if isinstance(model, str):
             config = AutoConfig.from_pretrained(model, trust_remote_code=args.trust_remote_code)
             architectures = getattr(config, "architectures", None) or []
@@ -158,7 +109,7 @@ class RewardTrainer(BaseTrainer):
                     "random and trained from scratch. This is expected when turning a language model into a reward "
                     "model.",
                     UserWarning,
-                    stacklevel=3,
+                    stacklevel=4,
                 )
             overrides = {"num_labels": 1}
             if quantization_config is not None:
@@ -174,18 +125,33 @@ class RewardTrainer(BaseTrainer):
             )
         return model
 
-    @staticmethod
+    def _setup_peft(self, model: PreTrainedModel, peft_config: Any, args: RewardConfig) -> Any:
+        return prepare_peft_model(model, classification_peft_config(peft_config, model, "SEQ_CLS", "reward"), args)
+
+    def _setup_pad_token(self, model: Any, processing_class: Any, args: RewardConfig) -> int:
+        pad_token_id = super()._setup_pad_token(model, processing_class, args)
+        if model.config.pad_token_id is None:
+            # The model scores the last non-pad token: it must know which id pads the batch.
+            model.config.pad_token_id = pad_token_id
+        return pad_token_id
+
     def _prepare_dataset(
-        dataset: Dataset | IterableDataset, processing_class: Any, args: RewardConfig, eos_token: str | None, name: str
+        self, dataset: Dataset | IterableDataset, processing_class: Any, args: RewardConfig, name: str
     ) -> Dataset | IterableDataset:
         with args.main_process_first(desc=f"preparing the {name} dataset"):
             return prepare_reward_dataset(
                 dataset,
                 processing_class,
                 max_length=args.max_length,
-                eos_token=eos_token,
+                eos_token=args.eos_token or get_tokenizer(processing_class).eos_token,
                 num_proc=args.dataset_num_proc,
             )
+
+    def _default_collator(self, processing_class: Any, args: RewardConfig) -> DataCollatorForRewardPreference:
+        return DataCollatorForRewardPreference(self.pad_token_id, pad_to_multiple_of=args.pad_to_multiple_of)
+
+    def _after_init(self, auxiliary_models: dict[str, Any]) -> None:
+        self._total_train_tokens = 0
 
     def _set_signature_columns_if_needed(self) -> None:
         if self._signature_columns is None:

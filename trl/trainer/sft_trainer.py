@@ -175,7 +175,7 @@ class SFTTrainer(BaseTrainer):
                 "padded batches. Load the model with attn_implementation='flash_attention_2', or use packing=True, "
                 "whose packed rows keep documents apart row by row.",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=5,
             )
         # bfd packing keeps documents apart either way: flattened for FlashAttention, packed rows otherwise.
         return args.padding_free or (args.packing and args.packing_strategy != "wrapped" and flash)
