@@ -157,7 +157,9 @@ def test_dataset_preparation_matches_tokenize_row_with_a_real_tokenizer(tmp_path
     assert first["input_ids"][0] == tokenizer.bos_token_id
     assert sum(label != X for label in first["labels"]) == 1  # last step only
     assert sum(label != X for label in trainer.eval_dataset[0]["labels"]) == len(test[0]["labels"])
-    assert tokenizer.pad_token == tokenizer.eos_token  # padding falls back on EOS
+    # Padding falls back on EOS through a copy: the tokenizer the user passed keeps no pad token.
+    assert tokenizer.pad_token is None
+    assert trainer.data_collator.tokenizer.pad_token == tokenizer.eos_token
 
 
 # ------------------------------------------------------------------------------------------------------ training

@@ -20,6 +20,7 @@ the same separator (ending with one) and read the class probabilities at the sep
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable
 from functools import partial
@@ -37,18 +38,13 @@ from transformers.trainer_utils import number_of_arguments
 
 from ..data_utils import get_dataset_column_names, is_conversational
 from ..losses import token_classification_loss
-from .base_trainer import BaseTrainer
-from .data_preparation import _map_kwargs, first_example, prepare_train_and_eval
+from .base_trainer import BaseTrainer, TrainerInputs
+from .data_preparation import _map_kwargs, first_example
 from .model_utils import (
-    check_model_init_kwargs_unused,
     classification_peft_config,
     get_tokenizer,
-    load_processing_class,
     load_trained_model,
-    model_name_of,
     prepare_peft_model,
-    resolve_pad_token_id,
-    to_config,
 )
 from .prm_config import PRMConfig
 from .stepwise_data import (
@@ -114,6 +110,9 @@ class PRMTrainer(BaseTrainer):
             full (PEFT adds it to `modules_to_save`).
     """
 
+    _config_class = PRMConfig
+    loss_normalization = "tokens"
+    _requires_train_dataset = False
     _tag_names = ["trl", "prm"]
     _name = "PRM"
     _template_file = "rm_model_card.md"
@@ -146,76 +145,37 @@ class PRMTrainer(BaseTrainer):
         preprocess_logits_for_metrics: Callable | None = None,
         peft_config: Any = None,
     ):
-        args = to_config(args, PRMConfig, model_name_of(model) if model is not None else "model", self._name)
-        self._validate_config(args, model, model_init, processing_class, peft_config)
-        if model is not None:
-            model = self._setup_model(model, args)
-            processing_class = processing_class or load_processing_class(model.config._name_or_path, args)
-            model = prepare_peft_model(
-                model, classification_peft_config(peft_config, model, "TOKEN_CLS", "process reward"), args
-            )
-            if args.disable_dropout:
-                disable_dropout_in_model(model)
-        else:
-            model_init = self._checked_model_init(model_init, args)
-        tokenizer = get_tokenizer(processing_class)
-        self._ensure_pad_token(tokenizer)
-
-        train_dataset, eval_dataset = prepare_train_and_eval(
-            train_dataset,
-            eval_dataset,
-            lambda dataset, name: self._prepare_dataset(dataset, tokenizer, args, name, is_eval=name != "train"),
-        )
-        if data_collator is None:
-            # Sequences are already truncated, so no `max_length` here (with padding=True it is ignored, with a
-            # warning on every batch).
-            data_collator = DataCollatorForTokenClassification(tokenizer)
         super().__init__(
-            model=model,
-            args=args,
-            data_collator=data_collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            model_init=model_init,
-            compute_metrics=compute_metrics if compute_metrics is not None else compute_accuracy,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-        )
-        # The loss is normalised by the labelled-position count of the whole accumulated batch, which Trainer only
-        # counts (as `num_items_in_batch`) when it believes the model takes loss kwargs.
-        self.model_accepts_loss_kwargs = True
-        self.loss_is_scaled_for_ga = True
+            model, args, data_collator, train_dataset, eval_dataset, processing_class,
+            compute_metrics if compute_metrics is not None else compute_accuracy, callbacks, optimizers, None,
+            preprocess_logits_for_metrics, peft_config, model_init=model_init,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------ setup
-    @staticmethod
-    def _validate_config(
-        args: PRMConfig, model: Any, model_init: Callable | None, processing_class: Any, peft_config: Any
-    ) -> None:
-        if model is None:
-            if model_init is None:
+    def _validate(self, args: PRMConfig, inputs: TrainerInputs) -> None:
+        if inputs.model is None:
+            if inputs.model_init is None:
                 raise ValueError("PRMTrainer needs `model` (a model id or a token-classification model).")
-            if processing_class is None:
+            if inputs.processing_class is None:
                 raise ValueError("With `model_init` and no `model`, pass the tokenizer as `processing_class`.")
-            if peft_config is not None:
+            if inputs.peft_config is not None:
                 raise ValueError("peft_config is not applied to models built by `model_init`; wrap them yourself.")
-        elif model_init is not None:
+        elif inputs.model_init is not None:
             raise ValueError("Pass either `model` or `model_init` (for hyperparameter search), not both.")
-        check_model_init_kwargs_unused(model if model is not None else model_init, args)
+        super()._validate(args, inputs)
         if (args.model_init_kwargs or {}).get("num_labels", 2) != 2:
             raise ValueError("A PRM has 2 labels (wrong / correct step): remove `num_labels` from model_init_kwargs.")
 
-    @staticmethod
-    def _setup_model(model: str | PreTrainedModel, args: PRMConfig) -> PreTrainedModel:
+    def _setup_model(self, model: str | PreTrainedModel, args: PRMConfig, quantization_config: Any) -> PreTrainedModel:
         if isinstance(model, str):
             model = load_trained_model(model, args, AutoModelForTokenClassification, num_labels=2)
         _check_model(model)
         return model
 
-    @staticmethod
-    def _checked_model_init(model_init: Callable, args: PRMConfig) -> Callable:
+    def _setup_model_init(self, model_init: Callable | None, args: PRMConfig) -> Callable | None:
         """Wrap `model_init` so that every model it builds is checked and gets dropout disabled."""
+        if model_init is None:
+            return None
         takes_trial = number_of_arguments(model_init) == 1
 
         def init(trial: Any = None) -> PreTrainedModel:
@@ -227,13 +187,21 @@ class PRMTrainer(BaseTrainer):
 
         return init
 
-    @staticmethod
-    def _ensure_pad_token(tokenizer: Any) -> None:
+    def _setup_peft(self, model: PreTrainedModel, peft_config: Any, args: PRMConfig) -> Any:
+        return prepare_peft_model(
+            model, classification_peft_config(peft_config, model, "TOKEN_CLS", "process reward"), args
+        )
+
+    def _default_collator(self, processing_class: Any, args: PRMConfig) -> DataCollatorForTokenClassification:
         # DataCollatorForTokenClassification pads through the tokenizer; padded positions are masked and labelled
-        # -100, so EOS works as padding.
-        if tokenizer.pad_token is None:
-            resolve_pad_token_id(tokenizer)  # raises, naming the fix, when there is no EOS token either
-            tokenizer.pad_token = tokenizer.eos_token
+        # -100, so EOS works as padding. A tokenizer without that pad token is copied, never changed.
+        tokenizer = get_tokenizer(processing_class)
+        if tokenizer.pad_token_id != self.pad_token_id:
+            tokenizer = copy.deepcopy(tokenizer)
+            tokenizer.pad_token = tokenizer.convert_ids_to_tokens(self.pad_token_id)
+        # Sequences are already truncated, so no `max_length` here (with padding=True it is ignored, with a warning on
+        # every batch).
+        return DataCollatorForTokenClassification(tokenizer)
 
     @staticmethod
     def tokenize_row(
@@ -275,10 +243,10 @@ class PRMTrainer(BaseTrainer):
             max_completion_length,
         )
 
-    @staticmethod
     def _prepare_dataset(
-        dataset: Dataset | IterableDataset, tokenizer: Any, args: PRMConfig, name: str, is_eval: bool
+        self, dataset: Dataset | IterableDataset, processing_class: Any, args: PRMConfig, name: str
     ) -> Dataset | IterableDataset:
+        tokenizer, is_eval = get_tokenizer(processing_class), name != "train"
         columns = get_dataset_column_names(dataset)
         if "input_ids" in columns:
             if "labels" not in columns:
