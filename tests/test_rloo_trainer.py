@@ -9,6 +9,7 @@ import torch
 from trl.testing import get_dataset_path, get_tiny_model_path, load_test_dataset
 from trl.trainer.rloo_config import RLOOConfig
 from trl.trainer.rloo_trainer import RLOOTrainer
+from trl.trainer.rollout_engine import RolloutBatch
 
 
 RLOO_DEFAULTS = {
@@ -82,24 +83,25 @@ def test_reward_clip_range_from_the_command_line():
 
 # -------------------------------------------------------------------------------------------------- advantages
 def rollout_batch(trainer, rewards, old=None, ref=None):
-    """A hand-made local batch of `len(rewards)` one-token completions."""
+    """A hand-made rollout of `len(rewards)` one-token completions (one group of 4) and its rewards `[B, 1]`."""
     size = len(rewards)
-    batch = {"completion_mask": torch.ones(size, 1, dtype=torch.long)}
+    tensors = {"completion_mask": torch.ones(size, 1, dtype=torch.long)}
     if old is not None:
-        batch["old_logps"], batch["ref_logps"] = torch.tensor(old).view(-1, 1), torch.tensor(ref).view(-1, 1)
-    return batch, torch.tensor(rewards, dtype=torch.float32).view(-1, 1)
+        tensors["old_logps"], tensors["ref_logps"] = torch.tensor(old).view(-1, 1), torch.tensor(ref).view(-1, 1)
+    rewards_B_F = torch.tensor(rewards, dtype=torch.float32).view(-1, 1)
+    return RolloutBatch(tensors, rewards_B_F, 4, [""] * size, [""] * size, [False] * size), rewards_B_F
 
 
 def test_leave_one_out_advantages_with_the_kl_in_the_reward(tmp_path):
     trainer = make_trainer(tmp_path, beta=0.0)
     batch, rewards = rollout_batch(trainer, [1.0, 0.0, 0.0, 0.0])
-    advantages = trainer._process_rollout(batch, rewards, 4, "train")
+    advantages = trainer._compute_advantages(rewards, batch, "train")
     torch.testing.assert_close(advantages, torch.tensor([1.0, -1 / 3, -1 / 3, -1 / 3]))
-    torch.testing.assert_close(batch["advantages"], advantages)
+    assert "advantages" not in batch.tensors  # returned, never written into the batch
     # β = 0.5 and a sequence KL of [1, 0, 0, 0]: rewards [−0.5, 0, 0, 0], so A = [−0.5, 1/6, 1/6, 1/6].
     trainer.args.beta = 0.5
     batch, rewards = rollout_batch(trainer, [0.0] * 4, old=[-1.0, -2.0, -2.0, -2.0], ref=[-2.0, -2.0, -2.0, -2.0])
-    advantages = trainer._process_rollout(batch, rewards, 4, "train")
+    advantages = trainer._compute_advantages(rewards, batch, "train")
     torch.testing.assert_close(advantages, torch.tensor([-0.5, 1 / 6, 1 / 6, 1 / 6]))
     assert trainer._metrics["train"]["kl"][-1] == pytest.approx(0.25)
 
@@ -107,7 +109,7 @@ def test_leave_one_out_advantages_with_the_kl_in_the_reward(tmp_path):
 def test_clipped_and_normalized_rewards(tmp_path):
     trainer = make_trainer(tmp_path, beta=0.0, reward_clip_range=(-1.0, 1.0), normalize_advantages=True)
     batch, rewards = rollout_batch(trainer, [5.0, -1.0, float("nan"), -1.0])
-    advantages = trainer._process_rollout(batch, rewards, 4, "train")
+    advantages = trainer._compute_advantages(rewards, batch, "train")
     # Clipped to [1, −1, nan, −1]; baselines over the scorable siblings: A = [2, −1, 0, −1], then normalised over
     # the three scored rows (mean 0, std √3).
     expected = torch.tensor([2.0, -1.0, 0.0, -1.0]) / (3**0.5 + 1e-4)

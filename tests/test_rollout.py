@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from trl.testing import get_tiny_model_path
 from trl.trainer.reward_scoring import RewardScorer, _run_async
-from trl.trainer.rollout import _trim_padding
+from trl.trainer.rollout_engine import trim_padding
 from trl.trainer.rollout_utils import (
     GenerationBuffer,
     GenerationRNG,
@@ -182,7 +182,7 @@ def test_trim_padding_drops_shared_padding_of_every_per_token_tensor():
         "ref_logps": torch.zeros(2, 4),
         "advantages": torch.tensor([1.0, -1.0]),
     }
-    trimmed = _trim_padding(part)
+    trimmed = trim_padding(part)
     assert trimmed["prompt_ids"].tolist() == [[0, 5], [6, 7]]
     assert trimmed["completion_ids"].shape == (2, 2) and trimmed["ref_logps"].shape == (2, 2)
     assert torch.equal(trimmed["advantages"], part["advantages"])

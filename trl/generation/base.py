@@ -21,6 +21,7 @@ training model (PEFT, DeepSpeed ZeRO-3 or FSDP wrapped) into the `(name, tensor)
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -331,10 +332,12 @@ def build_generation_backend(
     """
     The backend a trainer config asks for: transformers unless `use_vllm`, then vLLM per `vllm_mode`.
 
-    Reads the config fields shared by the online trainers (`use_vllm`, `vllm_mode`, `vllm_server_base_url`,
-    `vllm_server_host`, `vllm_server_port`, `vllm_server_timeout`, `vllm_group_port`, `vllm_tensor_parallel_size`,
+    The one factory: every online trainer builds its backend here. Reads the config fields shared by the online
+    trainers (`use_vllm`, `vllm_mode`, `ds3_gather_for_generation`, `vllm_server_base_url`, `vllm_server_host`,
+    `vllm_server_port`, `vllm_server_timeout`, `vllm_group_port`, `vllm_tensor_parallel_size`,
     `vllm_gpu_memory_utilization`, `vllm_max_model_length`, `vllm_enable_sleep_mode`, `vllm_model_impl`,
-    `vllm_structured_outputs_regex` / `vllm_guided_decoding_regex`); a missing field takes its default.
+    `vllm_structured_outputs_regex` / `vllm_guided_decoding_regex`, `trust_remote_code`, the `revision` of
+    `model_init_kwargs`); a missing field takes its default.
 
     Args:
         args (`TrainingArguments`-like):
@@ -352,9 +355,15 @@ def build_generation_backend(
         ValueError: For a `vllm_mode` other than `"server"` or `"colocate"`.
     """
     if not getattr(args, "use_vllm", False):
-        from .transformers_backend import TransformersBackend
+        from .transformers_backend import TransformersBackend, unwrap_model_for_generation
 
-        return TransformersBackend(model, accelerator, pad_token_id=pad_token_id, eos_token_id=eos_token_id)
+        # Under DeepSpeed ZeRO-3, `ds3_gather_for_generation=False` generates from the sharded parameters (slower,
+        # but fits models whose full weights do not fit on one device).
+        gather = getattr(args, "ds3_gather_for_generation", True)
+        unwrap = functools.partial(unwrap_model_for_generation, gather_deepspeed3_params=gather)
+        return TransformersBackend(
+            model, accelerator, pad_token_id=pad_token_id, eos_token_id=eos_token_id, unwrap_context=unwrap
+        )
     mode = getattr(args, "vllm_mode", "colocate")
     regex = getattr(args, "vllm_structured_outputs_regex", None) or getattr(args, "vllm_guided_decoding_regex", None)
     if mode == "server":
@@ -382,6 +391,8 @@ def build_generation_backend(
             max_model_len=getattr(args, "vllm_max_model_length", None),
             enable_sleep_mode=getattr(args, "vllm_enable_sleep_mode", False),
             model_impl=getattr(args, "vllm_model_impl", "vllm"),
+            revision=(getattr(args, "model_init_kwargs", None) or {}).get("revision"),
             guided_decoding_regex=regex,
+            trust_remote_code=getattr(args, "trust_remote_code", False),
         )
     raise ValueError(f"`vllm_mode` must be 'server' or 'colocate', got {mode!r}.")

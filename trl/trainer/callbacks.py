@@ -8,6 +8,11 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from .completions_callback import LogCompletionsCallback
+
+
+__all__ = ["LogCompletionsCallback", "SyncRefModelCallback"]
+
 
 class SyncRefModelCallback(TrainerCallback):
     """TR-DPO reference update (arXiv 2404.09656): every `args.ref_model_sync_steps` optimizer steps,

@@ -33,7 +33,7 @@ from ..losses import LOSS_AGGREGATIONS, aggregate_loss, compute_advantages, entr
 from ..losses.policy import sampler_correction_weights
 from .grpo_config import GRPOConfig
 from .model_utils import model_name_of, to_config
-from .rollout import OnlineTrainer, RewardFunc
+from .rollout import OnlineTrainer, RewardFunc, RolloutBatch
 
 
 class GRPOTrainer(OnlineTrainer):
@@ -130,31 +130,38 @@ class GRPOTrainer(OnlineTrainer):
         # The correction compares the sampler with the training model's view of the same (unchanged) policy.
         return super()._needs_old_logps(mode) or (mode == "train" and self._use_sampler_correction)
 
-    def _process_rollout(self, batch: dict, rewards_B_F: torch.Tensor, num_generations: int, mode: str):
+    def _compute_advantages(self, rewards_B_F: torch.Tensor, rollout: RolloutBatch, mode: str) -> torch.Tensor:
+        """Group-normalised advantages of the weighted rewards (see the module docstring)."""
         args = self.args
         advantages_B, _, stats = compute_advantages(
             rewards_B_F,
-            num_generations,
+            rollout.num_generations,
             self.reward_scorer.weights.to(rewards_B_F.device),
             args.scale_rewards,
             args.multi_objective_aggregation,
         )
-        batch["advantages"] = self._local(advantages_B)
         for name in ("reward", "reward_std", "frac_reward_zero_std"):
             self.log_metric(name, stats[name], mode)
-        if mode == "train" and self._use_sampler_correction and "sampler_logps" in batch:
-            batch["sampler_weights"], sampling_stats = sampler_correction_weights(
-                batch["old_logps"],
-                batch["sampler_logps"],
-                batch["completion_mask"],
-                args.vllm_importance_sampling_mode,
-                args.vllm_importance_sampling_clip_min,
-                args.vllm_importance_sampling_clip_max,
-            )
-            for name, value in sampling_stats.items():
-                reduction = name.rsplit("/", 1)[-1]
-                self.log_metric(name, getattr(self.accelerator.gather(value.reshape(1)), reduction)(), mode)
         return advantages_B
+
+    def _extra_rollout_tensors(self, rollout: RolloutBatch, mode: str) -> dict[str, torch.Tensor]:
+        """`sampler_weights` `[B, C]`: the importance weights correcting for the vLLM sampler's distribution."""
+        tensors = rollout.tensors
+        if mode != "train" or not self._use_sampler_correction or "sampler_logps" not in tensors:
+            return {}
+        args = self.args
+        sampler_weights_B_C, sampling_stats = sampler_correction_weights(
+            tensors["old_logps"],
+            tensors["sampler_logps"],
+            tensors["completion_mask"],
+            args.vllm_importance_sampling_mode,
+            args.vllm_importance_sampling_clip_min,
+            args.vllm_importance_sampling_clip_max,
+        )
+        for name, value in sampling_stats.items():
+            reduction = name.rsplit("/", 1)[-1]
+            self.log_metric(name, getattr(self.accelerator.gather(value.reshape(1)), reduction)(), mode)
+        return {"sampler_weights": sampler_weights_B_C}
 
     # -------------------------------------------------------------------------------------------------- loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -28,7 +28,7 @@ from transformers import PreTrainedModel, TrainingArguments
 from ..losses import aggregate_rewards, nan_mean_std, policy_loss, rloo_advantages, sequence_kl
 from .model_utils import model_name_of, to_config
 from .rloo_config import RLOOConfig
-from .rollout import OnlineTrainer, RewardFunc
+from .rollout import OnlineTrainer, RewardFunc, RolloutBatch
 
 
 # Keyword arguments of the trl <= 0.21 RLOOTrainer: old name -> new name (None: no longer used).
@@ -125,19 +125,20 @@ class RLOOTrainer(OnlineTrainer):
         # The KL penalty enters the reward, before the advantages: it needs the generating policy's log-probs.
         return super()._needs_old_logps(mode) or self.args.beta != 0.0
 
-    def _process_rollout(self, batch: dict, rewards_B_F: torch.Tensor, num_generations: int, mode: str):
+    def _compute_advantages(self, rewards_B_F: torch.Tensor, rollout: RolloutBatch, mode: str) -> torch.Tensor:
+        """Leave-one-out advantages of the weighted (clipped) rewards minus `β ×` the sequence KL to the reference."""
         args = self.args
         rewards_B = aggregate_rewards(rewards_B_F, self.reward_scorer.weights.to(rewards_B_F.device))
         if args.reward_clip_range is not None:
             rewards_B = rewards_B.clamp(*args.reward_clip_range)
-        self._log_reward_stats(rewards_B, num_generations, mode)
+        self._log_reward_stats(rewards_B, rollout.num_generations, mode)
         if args.beta != 0.0:
-            local_kl_B = sequence_kl(batch["old_logps"], batch["ref_logps"], batch["completion_mask"])
+            tensors = rollout.tensors
+            local_kl_B = sequence_kl(tensors["old_logps"], tensors["ref_logps"], tensors["completion_mask"])
             kl_B = self.accelerator.gather(local_kl_B)
             self.log_metric("kl", kl_B.mean(), mode)
             rewards_B = rewards_B - args.beta * kl_B
-        advantages_B, _ = rloo_advantages(rewards_B, num_generations, args.normalize_advantages)
-        batch["advantages"] = self._local(advantages_B)
+        advantages_B, _ = rloo_advantages(rewards_B, rollout.num_generations, args.normalize_advantages)
         return advantages_B
 
     def _log_reward_stats(self, rewards_B: torch.Tensor, num_generations: int, mode: str) -> None:

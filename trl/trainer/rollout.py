@@ -1,26 +1,22 @@
-"""The rollout path shared by every online trainer (GRPO, RLOO; later Online DPO, Nash-MD, XPO, GKD, PPO).
+"""The online trainers' base (GRPO, RLOO; later Online DPO, Nash-MD, XPO, GKD, PPO): what ties a [`Rollout`] to
+`transformers.Trainer`.
 
-One generation step, in order:
+The rollout itself (render and tokenize prompts, generate, decode, score, log-probs, buffer, timing, resume state)
+is [`~trl.trainer.rollout_engine.Rollout`], testable without a trainer. [`OnlineTrainer`] adds:
 
-1. **Prompts.** [`RolloutSampler`] yields each prompt `num_generations` times in a row, and the whole generation
+1. **Data.** [`RolloutSampler`] yields each prompt `num_generations` times in a row, and the whole generation
    batch `steps_per_generation × num_iterations` times, so every process receives its slice of the same prompt
-   groups ([`~trl.trainer.utils.RepeatSampler`], seeded per epoch so a resumed run replays it). Conversational
-   prompts go through the chat template ([`render_prompts`]), then the tokenizer.
-2. **Generation** through a [`~trl.generation.GenerationBackend`] (transformers, vLLM colocate, vLLM server), from
-   a per-process random stream ([`GenerationRNG`]) so that processes holding the same prompt do not draw the same
-   completions, and a resumed run draws what the uninterrupted one drew.
-3. **Decoding** ([`decode_completions`]) and **scoring** ([`RewardScorer`]): reward functions (sync or async,
-   `None` for "not applicable") and reward models, gathered across processes into `rewards_B_F`.
-4. **Log-probs** of the generating policy (only when training is off-policy) and of the reference model (only when
-   the method has a KL term), once per generation batch.
-5. **Advantages**: the method's hook `_process_rollout` (GRPO: group normalisation; RLOO: leave-one-out).
-6. **Buffering** ([`GenerationBuffer`]): the local batch is shuffled, cut into `steps_per_generation` micro-batches
-   and served to the next `steps_per_generation × num_iterations` training steps. The buffer, the step counter and
-   the generation random state go into every checkpoint, so resuming reproduces the uninterrupted run.
-
-Every phase is timed ([`PhaseTimer`]) and logged as `timing/{generate,score,reference,train,weight_sync}`, in
-seconds per optimizer step. A method subclasses [`OnlineTrainer`] and adds its advantage (`_process_rollout`) and
-its loss (`compute_loss`, built on [`OnlineTrainer._completion_logps`]).
+   groups (seeded per epoch, so a resumed run replays it). One dataloader batch is one generation batch.
+2. **Training step.** At the first micro-step of each generation batch the rollout produces a batch, the method
+   adds its advantages ([`OnlineTrainer._compute_advantages`]: GRPO group-normalises, RLOO leaves one out) and
+   the rollout buffers it; every micro-step trains on the next buffered micro-batch.
+3. **Loss plumbing**: [`OnlineTrainer._completion_logps`] (per-token log-probs at the sampling temperature), the
+   normalisation that makes gradient accumulation and several processes equal one large batch, the MoE router
+   term, entropy and clip metrics. A method implements `compute_loss` with them.
+4. **Logging**: rollout metrics, `timing/{generate,score,reference,train,weight_sync}` per optimizer step, and the
+   completions table, recorded here and written by [`~trl.trainer.callbacks.LogCompletionsCallback`].
+5. **Checkpoints**: the rollout's `state_dict()` goes into `extra_state_dict()["rollout"]`, so a resumed run
+   continues exactly.
 
 The building blocks live in `trl.trainer.rollout_utils` (timing, sampling, prompts, buffer) and
 `trl.trainer.reward_scoring` (reward functions and models).
@@ -33,19 +29,17 @@ import math
 import os
 import time
 import warnings
-from collections import defaultdict
 from collections.abc import Iterator
-from functools import partial
 from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from ..data_utils import get_dataset_column_names
-from ..generation.base import GenerationBackend, SamplingParams
 from ..models.utils import create_reference_model, prepare_ref_model
 from .base_trainer import BaseTrainer
 from .callbacks import SyncRefModelCallback
+from .completions_callback import LogCompletionsCallback, record_completions
 from .data_preparation import map_datasets, to_map_style
 from .model_utils import (
     accepts_logits_to_keep,
@@ -58,44 +52,27 @@ from .model_utils import (
     prepare_peft_model,
 )
 from .reward_scoring import RewardFunc, RewardScorer
-from .rollout_utils import (
-    GenerationBuffer,
-    GenerationRNG,
-    PhaseTimer,
-    RolloutSampler,
-    completion_logps,
-    decode_completions,
-    pad_rows,
-    policy_inputs,
-    render_prompts,
-    tokenize_prompts,
-)
-from .utils import (
-    disable_dropout_in_model,
-    identity,
-    message_text,
-    print_prompt_completions_sample,
-    use_adapter,
-)
+from .rollout_engine import SEQUENCE_KEYS, Rollout, RolloutBatch
+from .rollout_utils import RolloutSampler, completion_logps, policy_inputs
+from .utils import disable_dropout_in_model, identity, use_adapter
 
 
-# Dataset columns that are not passed to reward functions as extra keyword arguments.
-_NOT_REWARD_KWARGS = ("prompt", "completion", "completion_ids")
+__all__ = ["OnlineTrainer", "RewardFunc", "Rollout", "RolloutBatch"]
 
 
 # ------------------------------------------------------------------------------------------------- trainer
 class OnlineTrainer(BaseTrainer):
     """Base class of the online trainers: everything but the advantage and the loss.
 
-    A subclass sets `_name`, `_tag_names`, `_paper`, implements `_process_rollout(batch, rewards_B_F, mode)` (set
-    `batch["advantages"]` for the local rows, log its metrics, return the global advantages) and `compute_loss`, and
-    may override `_needs_old_logps(mode)` / `_wants_sampler_logps()`.
+    A subclass sets `_name`, `_tag_names`, `_paper`, implements `_compute_advantages(rewards_B_F, rollout, mode)`
+    (the global advantages `[B_global]`, logging its metrics) and `compute_loss`, and may override
+    `_needs_old_logps(mode)`, `_wants_sampler_logps()` and `_extra_rollout_tensors(rollout, mode)`.
 
     The training batches it receives (`inputs` of `compute_loss`) hold, for `B` local rows: `prompt_ids`,
     `prompt_mask` `[B, P]` (left-padded), `completion_ids`, `completion_mask` `[B, C]` (right-padded; rows of
     truncated completions zeroed under `mask_truncated_completions`), `advantages` `[B]`, `num_items_in_batch` (the
     optimizer step's completion tokens on every process), and when computed `old_logps`, `ref_logps`,
-    `sampler_logps` `[B, C]`.
+    `sampler_logps` `[B, C]` and what `_extra_rollout_tensors` adds.
     """
 
     def __init__(
@@ -218,67 +195,41 @@ class OnlineTrainer(BaseTrainer):
         if self.args.sync_ref_model:
             self.add_callback(SyncRefModelCallback(ref_model=self.ref_model, accelerator=self.accelerator))
         self.reward_scorer.prepare(self.accelerator)
-        tokenizer = get_tokenizer(self.processing_class)
-        self.pad_token_id = tokenizer.pad_token_id
-        self.generation_backend = self._setup_generation()
         self._logits_to_keep_supported = accepts_logits_to_keep(self.accelerator.unwrap_model(self.model))
-        self._generation_rng = GenerationRNG(self.args.seed, self.accelerator.process_index, self.accelerator.device)
-        self._buffer = GenerationBuffer()
-        self._timer = PhaseTimer()
-        self._step = 0
-        self._last_synced_step: int | None = None
-        self._total_train_tokens = 0
-        self._completion_log: dict[str, list] = defaultdict(list)
-        self._extra_log_columns: dict[str, list] = {}
+        self.rollout = self._setup_rollout()
+        self.pad_token_id = self.rollout.pad_token_id
+        self.recorded_completions: dict[str, list] = {}
+        if self.args.log_completions and not self._logs_completions:
+            self.add_callback(LogCompletionsCallback(self))
 
-    def _eos_token_ids(self) -> list[int]:
-        tokenizer = get_tokenizer(self.processing_class)
-        ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-        config = getattr(self.accelerator.unwrap_model(self.model), "generation_config", None)
-        extra = getattr(config, "eos_token_id", None)
-        ids |= set(extra if isinstance(extra, list) else [extra] if extra is not None else [])
-        return sorted(ids)
-
-    def _setup_generation(self) -> GenerationBackend:
-        args = self.args
-        regex = args.vllm_structured_outputs_regex
-        if not args.use_vllm:
-            from ..generation.transformers_backend import TransformersBackend, unwrap_model_for_generation
-
-            unwrap = partial(unwrap_model_for_generation, gather_deepspeed3_params=args.ds3_gather_for_generation)
-            return TransformersBackend(
-                self.model,
-                accelerator=self.accelerator,
-                pad_token_id=self.pad_token_id,
-                eos_token_id=self._eos_token_ids(),
-                unwrap_context=unwrap,
-            )
-        if args.vllm_mode == "server":
-            from ..generation.server_backend import VLLMServerBackend
-
-            return VLLMServerBackend(
-                accelerator=self.accelerator,
-                base_url=args.vllm_server_base_url,
-                host=args.vllm_server_host,
-                server_port=args.vllm_server_port,
-                group_port=args.vllm_group_port,
-                server_timeout=args.vllm_server_timeout,
-                guided_decoding_regex=regex,
-            )
-        from ..generation.vllm_generation import VLLMGeneration
-
-        return VLLMGeneration(
-            model=self.accelerator.unwrap_model(self.model).config._name_or_path,
-            accelerator=self.accelerator,
-            tensor_parallel_size=args.vllm_tensor_parallel_size,
-            gpu_memory_utilization=args.vllm_gpu_memory_utilization,
-            max_model_len=args.vllm_max_model_length,
-            enable_sleep_mode=args.vllm_enable_sleep_mode,
-            model_impl=args.vllm_model_impl,
-            revision=(args.model_init_kwargs or {}).get("revision"),
-            guided_decoding_regex=regex,
-            trust_remote_code=args.trust_remote_code,
+    def _setup_rollout(self) -> Rollout:
+        """The [`Rollout`]: its backend from `build_generation_backend`, log-probs through this trainer's forward."""
+        return Rollout(
+            self.args,
+            self.model,
+            self.processing_class,
+            self.reward_scorer,
+            self.accelerator,
+            old_logps_fn=lambda batch: self._batched_logps(self.model, batch),
+            ref_logps_fn=self._ref_logps if self.args.beta != 0.0 else None,
+            sampler_logps=self._wants_sampler_logps(),
+            log_metric=self.log_metric,
         )
+
+    @property
+    def generation_backend(self) -> Any:
+        """The rollout's [`~trl.generation.GenerationBackend`]."""
+        return self.rollout.backend
+
+    @property
+    def _buffer(self) -> Any:
+        """The rollout's generation buffer (earlier trainer attribute, read by the checkpoint tests)."""
+        return self.rollout.buffer
+
+    @property
+    def _generation_rng(self) -> Any:
+        """The rollout's generation random stream (earlier trainer attribute, read by the checkpoint tests)."""
+        return self.rollout.rng
 
     def _set_signature_columns_if_needed(self) -> None:
         # With remove_unused_columns=True only what prompt rendering reads is kept (reward functions then receive no
@@ -318,21 +269,21 @@ class OnlineTrainer(BaseTrainer):
     @property
     def _cycle(self) -> int:
         """Micro-steps fed by one generation batch."""
-        return self.args.steps_per_generation * self.args.num_iterations
+        return self.rollout.cycle
 
     @property
     def _on_policy(self) -> bool:
-        """Whether the policy is unchanged between generating a batch and training on all of it: then the log-probs
-        of the generating policy equal the current ones (detached) and need no extra forward pass."""
-        return self.args.gradient_accumulation_steps % self._cycle == 0
+        """Whether the log-probs of the generating policy equal the current ones (see [`Rollout.on_policy`])."""
+        return self.rollout.on_policy
 
     def training_step(self, model: torch.nn.Module, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
-        start, rollout_before = time.perf_counter(), self._timer.total()
+        timer = self.rollout.timer
+        start, rollout_before = time.perf_counter(), timer.total()
         loss = super().training_step(model, inputs, num_items_in_batch)
-        rollout_seconds = self._timer.total() - rollout_before
-        self._timer.seconds["train"] += time.perf_counter() - start - rollout_seconds
+        rollout_seconds = timer.total() - rollout_before
+        timer.seconds["train"] += time.perf_counter() - start - rollout_seconds
         if self.accelerator.sync_gradients:
-            for phase, seconds in self._timer.pop().items():
+            for phase, seconds in timer.pop().items():
                 self.log_metric(f"timing/{phase}", seconds, "train")
             self._on_optimizer_step_end()
         return loss
@@ -342,144 +293,44 @@ class OnlineTrainer(BaseTrainer):
 
     def _prepare_inputs(self, rows: Any) -> dict[str, Any]:
         if not self.model.training:
-            batch = self._generate_and_score(rows, "eval")
+            batch = self._rollout_batch(rows, "eval")
             tokens = self.accelerator.gather(batch["completion_mask"].sum().float().reshape(1)).sum()
             return {**batch, "num_items_in_batch": tokens.item()}
-        position = self._step % self._cycle
-        if position == 0 or not self._buffer:
-            batch = self._generate_and_score(rows, "train")
-            self._fill_buffer(batch)
-        self._step += 1
-        part = dict(self._buffer.slices[position % self.args.steps_per_generation])
-        part["num_items_in_batch"] = self._buffer.normaliser(
-            position, self._cycle, self.args.gradient_accumulation_steps
-        )
-        return part
+        if self.rollout.needs_generation():
+            self.rollout.fill_buffer(self._rollout_batch(rows, "train"))
+        return self.rollout.next_micro_batch()
 
-    def _fill_buffer(self, batch: dict[str, torch.Tensor]) -> None:
-        """Shuffle the local generation batch (groups are spread over the micro-batches), cut it into
-        `steps_per_generation` micro-batches trimmed of shared padding, and count each one's tokens globally."""
-        spg = self.args.steps_per_generation
-        permutation = torch.randperm(batch["advantages"].shape[0]).to(batch["advantages"].device)
-        batch = {key: value[permutation] for key, value in batch.items()}
-        size = batch["advantages"].shape[0] // spg
-        slices = [
-            _trim_padding({key: value[i * size : (i + 1) * size] for key, value in batch.items()}) for i in range(spg)
-        ]
-        local_tokens = torch.stack([part["completion_mask"].sum() for part in slices]).float()
-        tokens = self.accelerator.gather(local_tokens.reshape(1, spg)).sum(dim=0)
-        self._buffer.fill(slices, tokens.tolist())
-
-    # ------------------------------------------------------------------------------------------ generation
-    def _generate_and_score(self, rows: list[dict[str, Any]], mode: str) -> dict[str, torch.Tensor]:
-        """Generate, decode and score the completions of `rows`, then compute the log-probs the method needs and
-        its advantages. Returns the local batch (see the class docstring)."""
-        device = self.accelerator.device
-        num_generations = self.args.num_generations if mode == "train" else self.args.num_generations_eval
-        prompts = [row["prompt"] for row in rows]
-        texts = render_prompts(rows, self.processing_class, **(self.args.chat_template_kwargs or {}))
-        prompt_ids = tokenize_prompts(texts, get_tokenizer(self.processing_class), self.args.max_prompt_length)
-        with self._timer("weight_sync"):
-            self._maybe_sync_weights()
-        with self._timer("generate"):
-            completion_ids, truncated, sampler_logps = self._generate(prompt_ids, num_generations)
-        completions = decode_completions(prompts, completion_ids, get_tokenizer(self.processing_class))
-        batch = self._rollout_tensors(prompt_ids, completion_ids, truncated, sampler_logps, device)
-        with self._timer("score"):
-            rewards_B_F = self._score(rows, prompts, completions, completion_ids, mode)
-        with self._timer("reference"):
-            self._add_logps(batch, mode)
-        advantages_B = self._process_rollout(batch, rewards_B_F, num_generations, mode)
-        self._log_rollout(batch, truncated, rewards_B_F, mode)
-        if self.args.log_completions:
-            self._record_completions(texts, completions, rewards_B_F, advantages_B)
-        return batch
-
-    def _maybe_sync_weights(self) -> None:
-        if self._last_synced_step != self.state.global_step:
-            self.generation_backend.sync_weights(self.model_wrapped)
-            self._last_synced_step = self.state.global_step
-
-    def _generate(
-        self, prompt_ids: list[list[int]], num_generations: int
-    ) -> tuple[list[list[int]], list[bool], list[list[float]] | None]:
-        args = self.args
-        groups = len(prompt_ids) % num_generations == 0 and all(
-            prompt_ids[i] == prompt_ids[i - i % num_generations] for i in range(len(prompt_ids))
-        )
-        # Whole groups: each prompt once with n completions (a server then sees each prompt once).
-        unique, n = (prompt_ids[::num_generations], num_generations) if groups else (prompt_ids, 1)
-        generation_kwargs = dict(args.generation_kwargs or {})
-        if args.cache_implementation is not None and not args.use_vllm:
-            generation_kwargs.setdefault("cache_implementation", args.cache_implementation)
-        sampling = SamplingParams(
-            n=n,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            top_k=args.top_k,
-            min_p=args.min_p or 0.0,
-            repetition_penalty=args.repetition_penalty,
-            max_tokens=args.max_completion_length,
-            generation_kwargs=generation_kwargs,
-            return_logprobs=self._wants_sampler_logps() and self.generation_backend.provides_logprobs,
-        )
-        with self._generation_rng():
-            result = self.generation_backend.generate(unique, sampling)
-        return result.completion_ids, result.truncated, result.logprobs
-
-    def _rollout_tensors(
-        self,
-        prompt_ids: list[list[int]],
-        completion_ids: list[list[int]],
-        truncated: list[bool],
-        sampler_logps: list[list[float]] | None,
-        device: Any,
-    ) -> dict[str, torch.Tensor]:
-        prompt_ids_B_P, prompt_mask_B_P = pad_rows(prompt_ids, self.pad_token_id, "left", torch.long, device)
-        completion_ids_B_C, completion_mask_B_C = pad_rows(
-            completion_ids, self.pad_token_id, "right", torch.long, device
-        )
-        truncated_B = torch.tensor(truncated, dtype=torch.bool, device=device)
-        if self.args.mask_truncated_completions:
-            completion_mask_B_C = completion_mask_B_C * (~truncated_B).unsqueeze(1).long()
-        batch = {
-            "prompt_ids": prompt_ids_B_P,
-            "prompt_mask": prompt_mask_B_P,
-            "completion_ids": completion_ids_B_C,
-            "completion_mask": completion_mask_B_C,
-            "completion_lengths": torch.tensor([len(c) for c in completion_ids], device=device),
-        }
-        if sampler_logps is not None:
-            batch["sampler_logps"] = pad_rows(sampler_logps, 0.0, "right", torch.float32, device)[0]
-        return batch
-
-    def _score(self, rows: list[dict], prompts: list, completions: list, completion_ids: list, mode: str):
-        """Local rewards from every reward function, gathered into the global `[B_global, F]` tensor."""
-        columns = {key: [row[key] for row in rows] for key in rows[0] if key not in _NOT_REWARD_KWARGS}
-        self._extra_log_columns = {}
-        rewards_B_F = self.reward_scorer.score(
-            prompts,
-            completions,
-            completion_ids,
-            columns,
-            device=self.accelerator.device,
+    def _rollout_batch(self, rows: list[dict[str, Any]], mode: str) -> dict[str, torch.Tensor]:
+        """One generation batch from the rollout, with the method's advantages (local rows) and extra tensors."""
+        rollout = self.rollout.produce(
+            rows,
+            mode,
+            with_old_logps=self._needs_old_logps(mode),
+            policy=self.model_wrapped,
             trainer_state=self.state,
-            log_extra=self._log_extra,
-            log_metric=partial(self.log_metric, mode=mode),
         )
-        rewards_B_F = self.accelerator.gather(rewards_B_F)
-        unscored = torch.isnan(rewards_B_F).all(dim=1)
-        if unscored.any():
-            warnings.warn(
-                f"All reward functions returned None for {int(unscored.sum())} of {len(unscored)} completions: they "
-                "get a zero advantage and teach nothing. Make sure at least one reward function scores every sample.",
-                UserWarning,
-                stacklevel=2,
+        advantages_B = self._compute_advantages(rollout.rewards_B_F, rollout, mode)
+        if self._logs_completions:
+            self.recorded_completions = record_completions(
+                self.state.global_step, rollout, self.reward_scorer.names, advantages_B
             )
-        return rewards_B_F
+        extra = self._extra_rollout_tensors(rollout, mode)
+        return {**rollout.tensors, "advantages": self.rollout.local(advantages_B), **extra}
 
-    def _log_extra(self, column: str, values: list) -> None:
-        self._extra_log_columns[column] = list(values)
+    @property
+    def _logs_completions(self) -> bool:
+        """Whether a [`LogCompletionsCallback`] is registered (it writes what `_rollout_batch` records)."""
+        return any(isinstance(cb, LogCompletionsCallback) for cb in self.callback_handler.callbacks)
+
+    # ----------------------------------------------------------------------------------------- method hooks
+    def _compute_advantages(self, rewards_B_F: torch.Tensor, rollout: RolloutBatch, mode: str) -> torch.Tensor:
+        """The advantages `[B_global]` of every process's completions from their rewards `[B_global, F]` (NaN where
+        a function does not apply); `rollout` gives the group size and, when computed, the log-probs."""
+        raise NotImplementedError
+
+    def _extra_rollout_tensors(self, rollout: RolloutBatch, mode: str) -> dict[str, torch.Tensor]:
+        """Per-row tensors a method adds to the local batch (e.g. importance-sampling weights); none by default."""
+        return {}
 
     def _needs_old_logps(self, mode: str) -> bool:
         """Whether the rollout computes the generating policy's log-probs (`old_logps`)."""
@@ -489,13 +340,10 @@ class OnlineTrainer(BaseTrainer):
         """Whether to ask the backend for the sampler's log-probs (`sampler_logps`)."""
         return False
 
-    @torch.no_grad()
-    def _add_logps(self, batch: dict[str, torch.Tensor], mode: str) -> None:
-        if self._needs_old_logps(mode):
-            batch["old_logps"] = self._batched_logps(self.model, batch)
-        if self.args.beta != 0.0:
-            with self._reference_model() as ref_model:
-                batch["ref_logps"] = self._batched_logps(ref_model, batch)
+    # ------------------------------------------------------------------------------------------- log-probs
+    def _ref_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with self._reference_model() as ref_model:
+            return self._batched_logps(ref_model, batch)
 
     @contextlib.contextmanager
     def _reference_model(self) -> Iterator[torch.nn.Module]:
@@ -510,7 +358,7 @@ class OnlineTrainer(BaseTrainer):
         step = self.args.per_device_train_batch_size
         parts = []
         for start in range(0, batch["completion_ids"].shape[0], step):
-            rows = {key: batch[key][start : start + step] for key in _SEQUENCE_KEYS}
+            rows = {key: batch[key][start : start + step] for key in SEQUENCE_KEYS}
             logps_B_C, _, _ = self._completion_logps(model, rows)
             parts.append(logps_B_C.float())
         return torch.cat(parts)
@@ -536,44 +384,7 @@ class OnlineTrainer(BaseTrainer):
             entropies_B_C = torch.nn.functional.pad(entropies_B_C, (0, extra))
         return logps_B_C, entropies_B_C, outputs
 
-    def _process_rollout(
-        self, batch: dict[str, torch.Tensor], rewards_B_F: torch.Tensor, num_generations: int, mode: str
-    ) -> torch.Tensor:
-        """Method hook: set `batch["advantages"]` (local rows) from the global rewards and return the global
-        advantages `[B_global]`."""
-        raise NotImplementedError
-
-    def _local(self, values_B: torch.Tensor) -> torch.Tensor:
-        """This process's rows of a tensor gathered over every process."""
-        size = values_B.shape[0] // self.accelerator.num_processes
-        start = self.accelerator.process_index * size
-        return values_B[start : start + size]
-
     # --------------------------------------------------------------------------------------------- metrics
-    def _log_rollout(self, batch: dict[str, torch.Tensor], truncated: list[bool], rewards_B_F, mode: str) -> None:
-        gather = self.accelerator.gather
-        device = self.accelerator.device
-        if mode == "train":
-            local_tokens = batch["prompt_mask"].sum() + batch["completion_lengths"].sum()
-            self._total_train_tokens += int(gather(local_tokens.reshape(1)).sum().item())
-            self.log_metric("num_tokens", self._total_train_tokens, mode)
-        lengths = gather(batch["completion_lengths"]).float()
-        clipped = gather(torch.tensor(truncated, dtype=torch.bool, device=device))
-        terminated = lengths[~clipped]
-        self.log_metric("completions/mean_length", lengths.mean(), mode)
-        self.log_metric("completions/min_length", lengths.min(), mode)
-        self.log_metric("completions/max_length", lengths.max(), mode)
-        self.log_metric("completions/clipped_ratio", clipped.float().mean(), mode)
-        stats = (terminated.mean(), terminated.min(), terminated.max()) if terminated.numel() else (0.0, 0.0, 0.0)
-        for name, value in zip(("mean", "min", "max"), stats, strict=True):
-            self.log_metric(f"completions/{name}_terminated_length", value, mode)
-        for i, name in enumerate(self.reward_scorer.names):
-            column = rewards_B_F[:, i]
-            valid = column[~torch.isnan(column)]
-            self.log_metric(f"rewards/{name}/mean", valid.mean() if valid.numel() else float("nan"), mode)
-            std = valid.std() if valid.numel() > 1 else torch.zeros(())
-            self.log_metric(f"rewards/{name}/std", std, mode)
-
     def _log_gathered(self, name: str, value: torch.Tensor, mode: str, reductions: tuple[str, ...] = ("mean",)):
         """Log a local scalar gathered over processes, under `name` (mean) or `name` with `_min` / `_max` suffixes
         replacing `_mean` for the other reductions."""
@@ -582,59 +393,10 @@ class OnlineTrainer(BaseTrainer):
             key = name if reduction == "mean" else name.replace("_mean", f"_{reduction}")
             self.log_metric(key, getattr(values, reduction)(), mode)
 
-    def _record_completions(self, prompts: list[str], completions: list, rewards_B_F, advantages_B) -> None:
-        from accelerate.utils import gather_object
-
-        texts = [message_text(c) for c in completions]
-        prompts, texts = gather_object(prompts), gather_object(texts)
-        extra = {key: gather_object(values) for key, values in sorted(self._extra_log_columns.items())}
-        self._completion_log = defaultdict(list)
-        log = self._completion_log
-        log["step"] = [self.state.global_step] * len(prompts)
-        log["prompt"], log["completion"] = prompts, texts
-        for i, name in enumerate(self.reward_scorer.names):
-            log[name] = rewards_B_F[:, i].tolist()
-        log["advantage"] = advantages_B.tolist()
-        for key, values in extra.items():
-            log[key] = values
-
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # LogCompletionsCallback writes the recorded table from `on_log`, inside `super().log`.
         super().log(logs, start_time)
-        if self.args.log_completions and self._completion_log and self.accelerator.is_main_process:
-            self._report_completions()
-        self._completion_log = defaultdict(list)
-
-    def _report_completions(self) -> None:
-        log = self._completion_log
-        names = self.reward_scorer.names
-        extra_keys = [k for k in log if k not in ("step", "prompt", "completion", "advantage", *names)]
-        if not os.environ.get("TRL_QUIET"):
-            print_prompt_completions_sample(
-                log["prompt"],
-                log["completion"],
-                {name: log[name] for name in names},
-                log["advantage"],
-                self.state.global_step,
-                self.args.num_completions_to_print,
-                {key: log[key] for key in extra_keys},
-            )
-        report_to = self.args.report_to or []
-        if not any(target in report_to for target in ("wandb", "trackio")):
-            return
-        import pandas as pd
-
-        table = pd.DataFrame(dict(log))
-        if self.args.log_unique_prompts:
-            table = table.drop_duplicates(subset=["prompt"])
-        if "wandb" in report_to:
-            import wandb
-
-            if wandb.run is not None:
-                wandb.log({"completions": wandb.Table(dataframe=table)})
-        if "trackio" in report_to:
-            import trackio
-
-            trackio.log({"completions": trackio.Table(dataframe=table)})
+        self.recorded_completions = {}
 
     # --------------------------------------------------------------------------------------- loss helpers
     def _old_logps(self, inputs: dict[str, torch.Tensor], mode: str) -> torch.Tensor | None:
@@ -676,20 +438,12 @@ class OnlineTrainer(BaseTrainer):
 
     # ------------------------------------------------------------------------------------ checkpoint state
     def _rollout_state_dict(self) -> dict[str, Any]:
-        """What a resumed run needs to continue exactly: micro-step counter, buffered micro-batches, generation
-        random state and running statistics."""
-        return {
-            "step": self._step,
-            "buffer": self._buffer.state_dict(),
-            "generation_rng": self._generation_rng.state_dict(),
-            "total_train_tokens": self._total_train_tokens,
-        }
+        """What a resumed run needs to continue exactly: the rollout's state (micro-step counter, buffered
+        micro-batches, generation random state, token count); methods add their own running values."""
+        return self.rollout.state_dict()
 
     def _load_rollout_state_dict(self, state: dict[str, Any]) -> None:
-        self._step = state["step"]
-        self._buffer.load_state_dict(state["buffer"], self.accelerator.device)
-        self._generation_rng.load_state_dict(state["generation_rng"])
-        self._total_train_tokens = state["total_train_tokens"]
+        self.rollout.load_state_dict(state)
 
     def extra_state_dict(self) -> dict[str, Any]:
         return {**super().extra_state_dict(), "rollout": self._rollout_state_dict()}
@@ -709,7 +463,7 @@ class OnlineTrainer(BaseTrainer):
             UserWarning,
             stacklevel=3,
         )
-        self._step = self.state.global_step * self.args.gradient_accumulation_steps
+        self.rollout.step = self.state.global_step * self.args.gradient_accumulation_steps
 
     # ------------------------------------------------------------------------------------------- summary
     def _derived_quantities(self) -> dict[str, Any]:
@@ -747,26 +501,6 @@ class OnlineTrainer(BaseTrainer):
         if self.ref_model is None:
             return "base model (adapters disabled)"
         return "frozen copy of the initial policy" + (" (synced)" if self.args.sync_ref_model else "")
-
-
-# Keys of a batch that describe the sequences (enough to rebuild the model inputs).
-_SEQUENCE_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
-_PER_TOKEN_KEYS = ("completion_ids", "completion_mask", "old_logps", "ref_logps", "sampler_logps", "sampler_weights")
-
-
-def _trim_padding(part: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop the prompt columns that are padding in every row of a micro-batch, and the completion columns past its
-    longest completion (per-token tensors alike)."""
-    prompt_used = part["prompt_mask"].bool().any(dim=0).nonzero()
-    first = int(prompt_used.min()) if prompt_used.numel() else part["prompt_mask"].shape[1]
-    lengths = part["completion_lengths"]
-    width = int(lengths.max()) if lengths.numel() else 0
-    trimmed = dict(part)
-    trimmed["prompt_ids"], trimmed["prompt_mask"] = part["prompt_ids"][:, first:], part["prompt_mask"][:, first:]
-    for key in _PER_TOKEN_KEYS:
-        if key in part:
-            trimmed[key] = part[key][:, :width]
-    return trimmed
 
 
 def _cast_lm_head_to_fp32(model: PreTrainedModel) -> None:
