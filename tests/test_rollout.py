@@ -1,15 +1,19 @@
-"""Unit tests of the rollout pieces shared by the online trainers (`trl.trainer.rollout`)."""
+"""Unit tests of the rollout shared by the online trainers: its pieces (`trl.trainer.rollout_utils`,
+`trl.trainer.reward_scoring`) and the `Rollout` object (`trl.trainer.rollout_engine`), without a Trainer."""
 
 import asyncio
 import functools
+from types import SimpleNamespace
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerState
 
+from trl.generation import TransformersBackend
 from trl.testing import get_tiny_model_path
+from trl.trainer.checkpoint_state import load_state, save_state
 from trl.trainer.reward_scoring import RewardScorer, _run_async
-from trl.trainer.rollout_engine import trim_padding
+from trl.trainer.rollout_engine import Rollout, trim_padding
 from trl.trainer.rollout_utils import (
     GenerationBuffer,
     GenerationRNG,
@@ -279,3 +283,114 @@ def test_print_prompt_completions_sample(capsys):
     print_prompt_completions_sample(["Why?", "How?"], ["Because.", "Like so."], {"r": [1.0, 0.5]}, None, 1, 1)
     output = capsys.readouterr().out
     assert ("Because." in output) != ("Like so." in output)
+
+
+# ------------------------------------------------------------------------------------- the Rollout object
+def rollout_args(**overrides):
+    """The config fields a Rollout reads, without a TrainingArguments (the Rollout needs no Trainer)."""
+    values = dict(
+        num_generations=4, num_generations_eval=2, steps_per_generation=2, num_iterations=1,
+        gradient_accumulation_steps=2, chat_template_kwargs=None, max_prompt_length=None, generation_kwargs=None,
+        cache_implementation=None, use_vllm=False, temperature=1.0, top_p=1.0, top_k=0, min_p=None,
+        repetition_penalty=1.0, max_completion_length=6, mask_truncated_completions=False, seed=0,
+    )  # fmt: skip
+    values.update(overrides)
+    return SimpleNamespace(**values)
+
+
+def completion_length(completion_ids, **kwargs):
+    return [float(len(ids)) for ids in completion_ids]
+
+
+PROMPT_ROWS = [{"prompt": "The sky is"}] * 4 + [{"prompt": "Two plus two"}] * 4
+
+
+def make_rollout(model, tokenizer, **overrides):
+    ref_logps = lambda batch: torch.full(batch["completion_ids"].shape, -1.0)  # noqa: E731
+    old_logps = lambda batch: torch.full(batch["completion_ids"].shape, -2.0)  # noqa: E731
+    return Rollout(
+        rollout_args(**overrides), model, tokenizer, RewardScorer(completion_length),
+        old_logps_fn=old_logps, ref_logps_fn=ref_logps,
+    )  # fmt: skip
+
+
+def test_rollout_produces_a_scored_batch_without_a_trainer(model, tokenizer):
+    rollout = make_rollout(model, tokenizer)
+    batch = rollout.produce(PROMPT_ROWS, "train", with_old_logps=True)
+    tensors = batch.tensors
+    lengths_B = tensors["completion_lengths"]
+    assert tensors["prompt_ids"].shape[0] == tensors["completion_ids"].shape[0] == 8
+    assert tensors["completion_ids"].shape[1] == int(lengths_B.max()) <= 6
+    assert torch.equal(tensors["completion_mask"].sum(dim=1), lengths_B)
+    # Left-padded prompts: every row ends with its last prompt token; rows of a group hold the same prompt.
+    assert tensors["prompt_mask"][:, -1].all() and torch.equal(tensors["prompt_ids"][0], tensors["prompt_ids"][3])
+    # The reward function saw exactly the completions of the batch.
+    torch.testing.assert_close(batch.rewards_B_F, lengths_B.float().view(8, 1))
+    assert batch.num_generations == 4 and batch.prompts[:4] == ["The sky is"] * 4 and len(batch.completions) == 8
+    # Truncated: the whole budget used without an EOS token.
+    eos_ids = set(rollout.backend.eos_token_ids)
+    for ids, length, truncated in zip(tensors["completion_ids"].tolist(), lengths_B.tolist(), batch.truncated):
+        assert truncated == (length == 6 and ids[length - 1] not in eos_ids)
+    # Log-probs come from the callables, per completion token.
+    assert torch.equal(tensors["old_logps"], torch.full_like(tensors["old_logps"], -2.0))
+    assert tensors["ref_logps"].shape == tensors["completion_ids"].shape
+    metrics = rollout.metrics["train"]
+    assert metrics["completions/mean_length"] == [pytest.approx(lengths_B.float().mean().item())]
+    assert metrics["num_tokens"] == [float(tensors["prompt_mask"].sum() + lengths_B.sum())]
+    assert set(rollout.timer.seconds) == {"weight_sync", "generate", "score", "reference"}
+    # Without being asked, no old log-probs (on-policy training needs no extra forward pass).
+    assert "old_logps" not in rollout.produce(PROMPT_ROWS, "train").tensors
+
+
+def test_rollout_eval_mode_uses_num_generations_eval_and_truncated_masks(model, tokenizer):
+    rollout = make_rollout(model, tokenizer, mask_truncated_completions=True, max_completion_length=2)
+    batch = rollout.produce([{"prompt": "The sky is"}] * 2, "eval")
+    assert batch.num_generations == 2 and "num_tokens" not in rollout.metrics["eval"]
+    truncated_B = torch.tensor(batch.truncated)
+    assert truncated_B.any()
+    assert not batch.tensors["completion_mask"][truncated_B].any()
+
+
+def test_rollout_buffer_serves_micro_batches_with_the_step_token_count(model, tokenizer):
+    rollout = make_rollout(model, tokenizer)
+    assert rollout.cycle == 2 and rollout.on_policy and rollout.needs_generation()
+    tensors = rollout.produce(PROMPT_ROWS, "train").tensors
+    rollout.fill_buffer({**tensors, "advantages": torch.arange(8.0)})
+    first, second = rollout.next_micro_batch(), rollout.next_micro_batch()
+    assert rollout.step == 2 and rollout.needs_generation()
+    # The two micro-batches split the shuffled rows; each is normalised by the whole optimizer step's tokens.
+    assert sorted(torch.cat([first["advantages"], second["advantages"]]).tolist()) == list(range(8))
+    assert first["num_items_in_batch"] == second["num_items_in_batch"] == float(tensors["completion_mask"].sum())
+
+
+def test_rollout_state_round_trips_through_the_checkpoint_files_and_resumes_exactly(model, tokenizer, tmp_path):
+    torch.manual_seed(0)
+    rollout = make_rollout(model, tokenizer, steps_per_generation=4, gradient_accumulation_steps=4)
+    rollout.fill_buffer({**rollout.produce(PROMPT_ROWS, "train").tensors, "advantages": torch.arange(8.0)})
+    rollout.next_micro_batch()
+    save_state(rollout.state_dict(), str(tmp_path), "rollout")  # safetensors + JSON: refuses anything else
+    resumed = make_rollout(model, tokenizer, steps_per_generation=4, gradient_accumulation_steps=4)
+    resumed.load_state_dict(load_state(str(tmp_path), "rollout"))
+    assert resumed.step == 1 and resumed.total_train_tokens == rollout.total_train_tokens
+    for _ in range(3):
+        expected, got = rollout.next_micro_batch(), resumed.next_micro_batch()
+        assert expected.keys() == got.keys()
+        assert all(torch.equal(expected[key], got[key]) for key in expected if key != "num_items_in_batch")
+    # The generation random stream continues where it was: the next batch's completions are the same.
+    next_ids = rollout.produce(PROMPT_ROWS, "train").tensors["completion_ids"]
+    assert torch.equal(resumed.produce(PROMPT_ROWS, "train").tensors["completion_ids"], next_ids)
+
+
+def test_rollout_builds_its_backend_with_the_one_factory_and_refuses_judges(model, tokenizer):
+    rollout = make_rollout(model, tokenizer)
+    assert isinstance(rollout.backend, TransformersBackend) and rollout.backend.model is model
+    assert tokenizer.eos_token_id in rollout.backend.eos_token_ids
+    with pytest.raises(ValueError, match="Judges are not supported"):
+        Rollout(rollout_args(), model, tokenizer, RewardScorer(completion_length), judge=object())
+
+
+def test_rollout_warns_when_no_reward_function_scores_a_completion(model, tokenizer):
+    rollout = Rollout(rollout_args(), model, tokenizer, RewardScorer(lambda completions, **kw: [None] * 8))
+    with pytest.warns(UserWarning, match="All reward functions returned None for 8 of 8 completions"):
+        batch = rollout.produce(PROMPT_ROWS, "train")
+    assert torch.isnan(batch.rewards_B_F).all()

@@ -10,7 +10,7 @@ _import_structure: dict[str, list[str]] = {
     "base_trainer": ["BaseTrainer"],
     "bco_config": ["BCOConfig"],
     "bco_trainer": ["BCOTrainer"],
-    "callbacks": ["SyncRefModelCallback"],
+    "callbacks": ["LogCompletionsCallback", "SyncRefModelCallback"],
     "collators": [
         "DataCollatorForLanguageModeling",
         "DataCollatorForPreference",
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from .base_trainer import BaseTrainer
     from .bco_config import BCOConfig
     from .bco_trainer import BCOTrainer
-    from .callbacks import SyncRefModelCallback
+    from .callbacks import LogCompletionsCallback, SyncRefModelCallback
     from .collators import (
         DataCollatorForLanguageModeling,
         DataCollatorForPreference,
