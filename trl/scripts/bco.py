@@ -23,15 +23,12 @@ Underlying distribution matching needs an embedding function, which a command li
 
 from __future__ import annotations
 
-from trl.scripts.training_script import TrainingScript
-from trl.scripts.utils import parse_script_args
+from trl.scripts.parser import parse_script_args
+from trl.scripts.training_script import script_entry_points
 
 
-DESCRIPTION = "Binary Classifier Optimization (BCOTrainer) on unpaired (or paired) preference data."
 # `make_parser()`: `(ScriptArguments, BCOConfig, ModelConfig, DatasetMixtureConfig)`; `main(...)` trains a [`BCOTrainer`].
-SCRIPT = TrainingScript("bco", DESCRIPTION, "BCOConfig", "BCOTrainer")
-COMMAND, make_parser, main = SCRIPT.command, SCRIPT.make_parser, SCRIPT.main
-
+COMMAND, DESCRIPTION, make_parser, main = script_entry_points("bco")
 
 if __name__ == "__main__":
     main(*parse_script_args(make_parser()))

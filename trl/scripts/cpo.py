@@ -25,15 +25,12 @@ trl cpo --config cpo.yaml --loss_type alphapo --alpha 0.25
 
 from __future__ import annotations
 
-from trl.scripts.training_script import TrainingScript
-from trl.scripts.utils import parse_script_args
+from trl.scripts.parser import parse_script_args
+from trl.scripts.training_script import script_entry_points
 
 
-DESCRIPTION = "Contrastive Preference Optimization (CPOTrainer; also SimPO, CPO-SimPO, AlphaPO) on preference pairs."
 # `make_parser()`: `(ScriptArguments, CPOConfig, ModelConfig, DatasetMixtureConfig)`; `main(...)` trains a [`CPOTrainer`].
-SCRIPT = TrainingScript("cpo", DESCRIPTION, "CPOConfig", "CPOTrainer")
-COMMAND, make_parser, main = SCRIPT.command, SCRIPT.make_parser, SCRIPT.main
-
+COMMAND, DESCRIPTION, make_parser, main = script_entry_points("cpo")
 
 if __name__ == "__main__":
     main(*parse_script_args(make_parser()))

@@ -23,15 +23,12 @@ trl dpo --config dpo.yaml --loss_type sigmoid bco_pair sft --loss_weights 0.8 0.
 
 from __future__ import annotations
 
-from trl.scripts.training_script import TrainingScript
-from trl.scripts.utils import parse_script_args
+from trl.scripts.parser import parse_script_args
+from trl.scripts.training_script import script_entry_points
 
 
-DESCRIPTION = "Direct Preference Optimization (DPOTrainer) on a paired preference dataset."
 # `make_parser()`: `(ScriptArguments, DPOConfig, ModelConfig, DatasetMixtureConfig)`; `main(...)` trains a [`DPOTrainer`].
-SCRIPT = TrainingScript("dpo", DESCRIPTION, "DPOConfig", "DPOTrainer")
-COMMAND, make_parser, main = SCRIPT.command, SCRIPT.make_parser, SCRIPT.main
-
+COMMAND, DESCRIPTION, make_parser, main = script_entry_points("dpo")
 
 if __name__ == "__main__":
     main(*parse_script_args(make_parser()))

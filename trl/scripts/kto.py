@@ -23,15 +23,12 @@ trl kto --config kto.yaml --dataset_name trl-lib/ultrafeedback_binarized --use_p
 
 from __future__ import annotations
 
-from trl.scripts.training_script import TrainingScript
-from trl.scripts.utils import parse_script_args
+from trl.scripts.parser import parse_script_args
+from trl.scripts.training_script import script_entry_points
 
 
-DESCRIPTION = "Kahneman-Tversky Optimization (KTOTrainer) on unpaired (or paired) preference data."
 # `make_parser()`: `(ScriptArguments, KTOConfig, ModelConfig, DatasetMixtureConfig)`; `main(...)` trains a [`KTOTrainer`].
-SCRIPT = TrainingScript("kto", DESCRIPTION, "KTOConfig", "KTOTrainer")
-COMMAND, make_parser, main = SCRIPT.command, SCRIPT.make_parser, SCRIPT.main
-
+COMMAND, DESCRIPTION, make_parser, main = script_entry_points("kto")
 
 if __name__ == "__main__":
     main(*parse_script_args(make_parser()))

@@ -26,15 +26,12 @@ trl orpo --config orpo.yaml --use_peft --lora_r 16 --lora_alpha 32
 
 from __future__ import annotations
 
-from trl.scripts.training_script import TrainingScript
-from trl.scripts.utils import parse_script_args
+from trl.scripts.parser import parse_script_args
+from trl.scripts.training_script import script_entry_points
 
 
-DESCRIPTION = "Odds Ratio Preference Optimization (ORPOTrainer): SFT and preference alignment in one stage."
 # `make_parser()`: `(ScriptArguments, ORPOConfig, ModelConfig, DatasetMixtureConfig)`; `main(...)` trains a [`ORPOTrainer`].
-SCRIPT = TrainingScript("orpo", DESCRIPTION, "ORPOConfig", "ORPOTrainer")
-COMMAND, make_parser, main = SCRIPT.command, SCRIPT.make_parser, SCRIPT.main
-
+COMMAND, DESCRIPTION, make_parser, main = script_entry_points("orpo")
 
 if __name__ == "__main__":
     main(*parse_script_args(make_parser()))

@@ -27,15 +27,12 @@ trl prm --config prm.yaml --use_peft --lora_r 32 --lora_alpha 16 --learning_rate
 
 from __future__ import annotations
 
-from trl.scripts.training_script import TrainingScript
-from trl.scripts.utils import parse_script_args
+from trl.scripts.parser import parse_script_args
+from trl.scripts.training_script import script_entry_points
 
 
-DESCRIPTION = "Process reward modelling (PRMTrainer, token classification) on a stepwise-supervision dataset."
 # `make_parser()`: `(ScriptArguments, PRMConfig, ModelConfig, DatasetMixtureConfig)`; `main(...)` trains a [`PRMTrainer`].
-SCRIPT = TrainingScript("prm", DESCRIPTION, "PRMConfig", "PRMTrainer", lora_task_type="TOKEN_CLS")
-COMMAND, make_parser, main = SCRIPT.command, SCRIPT.make_parser, SCRIPT.main
-
+COMMAND, DESCRIPTION, make_parser, main = script_entry_points("prm")
 
 if __name__ == "__main__":
     main(*parse_script_args(make_parser()))

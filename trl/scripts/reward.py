@@ -26,15 +26,12 @@ trl reward --config reward.yaml --use_peft --lora_r 32 --lora_alpha 16 --learnin
 
 from __future__ import annotations
 
-from trl.scripts.training_script import TrainingScript
-from trl.scripts.utils import parse_script_args
+from trl.scripts.parser import parse_script_args
+from trl.scripts.training_script import script_entry_points
 
 
-DESCRIPTION = "Reward modelling (RewardTrainer, Bradley-Terry) on a paired preference dataset."
 # `make_parser()`: `(ScriptArguments, RewardConfig, ModelConfig, DatasetMixtureConfig)`; `main(...)` trains a [`RewardTrainer`].
-SCRIPT = TrainingScript("reward", DESCRIPTION, "RewardConfig", "RewardTrainer", lora_task_type="SEQ_CLS")
-COMMAND, make_parser, main = SCRIPT.command, SCRIPT.make_parser, SCRIPT.main
-
+COMMAND, DESCRIPTION, make_parser, main = script_entry_points("reward")
 
 if __name__ == "__main__":
     main(*parse_script_args(make_parser()))

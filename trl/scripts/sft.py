@@ -23,15 +23,12 @@ trl sft --config sft.yaml --use_peft --lora_target_modules all-linear --accelera
 
 from __future__ import annotations
 
-from trl.scripts.training_script import TrainingScript
-from trl.scripts.utils import parse_script_args
+from trl.scripts.parser import parse_script_args
+from trl.scripts.training_script import script_entry_points
 
 
-DESCRIPTION = "Supervised fine-tuning (SFTTrainer) on a language-modeling or prompt-completion dataset."
 # `make_parser()`: `(ScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig)`; `main(...)` trains a [`SFTTrainer`].
-SCRIPT = TrainingScript("sft", DESCRIPTION, "SFTConfig", "SFTTrainer")
-COMMAND, make_parser, main = SCRIPT.command, SCRIPT.make_parser, SCRIPT.main
-
+COMMAND, DESCRIPTION, make_parser, main = script_entry_points("sft")
 
 if __name__ == "__main__":
     main(*parse_script_args(make_parser()))

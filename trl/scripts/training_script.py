@@ -174,21 +174,8 @@ def make_training_parser(
     """
     Parser of a training script: `(ScriptArguments, <config_class>, ModelConfig, DatasetMixtureConfig)`.
 
-    Args:
-        command (`str`):
-            The `trl` subcommand, e.g. `"sft"`.
-        description (`str`):
-            One-line description shown in `--help`.
-        config_class (`type`):
-            The trainer's config dataclass.
-        subparsers (`argparse._SubParsersAction` or `None`, *optional*, defaults to `None`):
-            When given (created with `parser_class=TrlParser`), the command is added to them.
-        prog (`str` or `None`, *optional*, defaults to `None`):
-            Program name shown in the usage line of a standalone parser.
-        lora_task_type (`str` or `None`, *optional*, defaults to `None`):
-            Default `--lora_task_type` (e.g. `"SEQ_CLS"` for reward models); `None` keeps `CAUSAL_LM`.
-        script_args_class (`type` or `None`, *optional*, defaults to `None`):
-            A [`ScriptArguments`] subclass with the command's own arguments (e.g. GRPO's `--reward_funcs`).
+    `command`, `description`, `lora_task_type` and `script_args_class` are those of [`TrainingScript`] (whose
+    `make_parser` calls this with the config class imported); `subparsers` and `prog` those of its `make_parser`.
     """
     from ..trainer.model_config import ModelConfig
     from .utils import ScriptArguments
@@ -267,3 +254,40 @@ def _run_training(trainer_class, script_args, training_args, model_args, dataset
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
     return trainer
+
+
+# The training scripts that need nothing beyond the shared flow (`trl/scripts/<command>.py` exports their entry
+# points): their `--help` description, and their config class, trainer class and default `--lora_task_type`.
+_DESCRIPTIONS = {
+    "sft": "Supervised fine-tuning (SFTTrainer) on a language-modeling or prompt-completion dataset.",
+    "dpo": "Direct Preference Optimization (DPOTrainer) on a paired preference dataset.",
+    "kto": "Kahneman-Tversky Optimization (KTOTrainer) on unpaired (or paired) preference data.",
+    "bco": "Binary Classifier Optimization (BCOTrainer) on unpaired (or paired) preference data.",
+    "cpo": "Contrastive Preference Optimization (CPOTrainer; also SimPO, CPO-SimPO, AlphaPO) on preference pairs.",
+    "orpo": "Odds Ratio Preference Optimization (ORPOTrainer): SFT and preference alignment in one stage.",
+    "prm": "Process reward modelling (PRMTrainer, token classification) on a stepwise-supervision dataset.",
+    "reward": "Reward modelling (RewardTrainer, Bradley-Terry) on a paired preference dataset.",
+}
+_CLASSES = {
+    "sft": ("SFTConfig", "SFTTrainer", None),
+    "dpo": ("DPOConfig", "DPOTrainer", None),
+    "kto": ("KTOConfig", "KTOTrainer", None),
+    "bco": ("BCOConfig", "BCOTrainer", None),
+    "cpo": ("CPOConfig", "CPOTrainer", None),
+    "orpo": ("ORPOConfig", "ORPOTrainer", None),
+    "prm": ("PRMConfig", "PRMTrainer", "TOKEN_CLS"),
+    "reward": ("RewardConfig", "RewardTrainer", "SEQ_CLS"),
+}
+
+
+def script_entry_points(command: str) -> tuple[str, str, Callable, Callable]:
+    """
+    The `(COMMAND, DESCRIPTION, make_parser, main)` of the training script `trl/scripts/<command>.py`.
+
+    Args:
+        command (`str`):
+            A command of the shared-flow table, e.g. `"dpo"`.
+    """
+    config, trainer, lora_task_type = _CLASSES[command]
+    script = TrainingScript(command, _DESCRIPTIONS[command], config, trainer, lora_task_type=lora_task_type)
+    return script.command, script.description, script.make_parser, script.main
