@@ -28,7 +28,8 @@ import torch
 
 from ..losses import alphapo_reward, preference_loss
 from .cpo_config import CPOConfig
-from .paired_forward import PairedScores, _ReferenceFreePairedTrainer, log_paired_metrics
+from .paired_forward import PairedScores, log_paired_metrics
+from .paired_preference_trainer import _ReferenceFreePairedTrainer
 
 
 # The loss types that score completions by their length-normalised log-probs.
@@ -38,7 +39,7 @@ _LENGTH_NORMALISED = ("ipo", "simpo")
 class CPOTrainer(_ReferenceFreePairedTrainer):
     """Trainer for Contrastive Preference Optimization and its SimPO / CPO-SimPO / AlphaPO variants (`loss_type`).
 
-    The arguments are those of `trl.trainer.paired_forward._ReferenceFreePairedTrainer` (`model`, `args`,
+    The arguments are those of `trl.trainer.paired_preference_trainer._ReferenceFreePairedTrainer` (`model`, `args`,
     `data_collator`, `train_dataset`, `eval_dataset`, `processing_class`, `model_init`, `callbacks`, `optimizers`,
     `preprocess_logits_for_metrics`, `peft_config`, `compute_metrics`), with `args` a [`CPOConfig`] (`None`:
     `CPOConfig(output_dir="<model>-CPO")`).

@@ -25,14 +25,15 @@ import torch
 
 from ..losses import odds_ratio_loss
 from .orpo_config import ORPOConfig
-from .paired_forward import PairedScores, _ReferenceFreePairedTrainer, log_paired_metrics
+from .paired_forward import PairedScores, log_paired_metrics
+from .paired_preference_trainer import _ReferenceFreePairedTrainer
 
 
 class ORPOTrainer(_ReferenceFreePairedTrainer):
     """Trainer for Odds Ratio Preference Optimization: the NLL of the chosen completions plus β times the odds-ratio
     loss, without reference model.
 
-    The arguments are those of `trl.trainer.paired_forward._ReferenceFreePairedTrainer` (`model`, `args`,
+    The arguments are those of `trl.trainer.paired_preference_trainer._ReferenceFreePairedTrainer` (`model`, `args`,
     `data_collator`, `train_dataset`, `eval_dataset`, `processing_class`, `model_init`, `callbacks`, `optimizers`,
     `preprocess_logits_for_metrics`, `peft_config`, `compute_metrics`), with `args` a [`ORPOConfig`] (`None`:
     `ORPOConfig(output_dir="<model>-ORPO")`).

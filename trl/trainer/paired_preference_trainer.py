@@ -1,0 +1,274 @@
+"""The base of the paired preference trainers (DPO, CPO, ORPO), on the [`BaseTrainer`] skeleton.
+
+[`PairedPreferenceTrainer`] holds what the three share: [chosen; rejected] pairs tokenised by
+`trl.trainer.preference_data`, the [`DataCollatorForPreference`] default, the pair rows of the derived-quantities
+table and the evaluation predictions (`[N, 2]` rewards, label 0). The reference is optional: DPO mixes in
+[`~trl.trainer.reference.ReferenceModelMixin`], which adds the reference model as an auxiliary model of the
+skeleton. [`_ReferenceFreePairedTrainer`] is the reference-free scaffolding of CPO and ORPO (causal or
+encoder-decoder models; a subclass adds its `_pair_loss`). The forward pass itself is `trl.trainer.paired_forward`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from datasets import Dataset, IterableDataset
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel, TrainingArguments
+
+from .base_trainer import BaseTrainer, TrainerInputs
+from .collators import DataCollatorForPreference
+from .data_preparation import _map_kwargs
+from .model_utils import accepts_logits_to_keep, get_tokenizer, load_trained_model
+from .orpo_config import _ReferenceFreePairedConfig
+from .paired_forward import PairedScores, paired_forward, paired_prediction_step, router_aux_loss
+from .preference_data import PREFERENCE_TOKEN_COLUMNS, count_empty_completions, prepare_preference_dataset
+from .utils import pad
+
+
+class PairedPreferenceTrainer(BaseTrainer):
+    """What DPO, CPO and ORPO share on top of the skeleton (the loss is a mean over the pairs of a micro-batch).
+
+    A subclass implements `_prepare_dataset` and `compute_loss`, and may set `_ref_columns` (precomputed reference
+    columns kept by `Trainer`) and override `_collator_truncation_mode` and `_loss_description`.
+    """
+
+    loss_normalization = "examples"
+    _ref_columns: tuple[str, ...] = ()
+
+    def _collator_truncation_mode(self, args: Any) -> str:
+        """How the collator cuts rows longer than `max_length`."""
+        return args.truncation_mode
+
+    def _default_collator(self, processing_class: Any, args: Any) -> DataCollatorForPreference:
+        return DataCollatorForPreference(
+            pad_token_id=self.pad_token_id,
+            max_length=args.max_length,
+            truncation_mode=self._collator_truncation_mode(args),
+            pad_to_multiple_of=getattr(args, "pad_to_multiple_of", None),
+        )
+
+    def _set_signature_columns_if_needed(self) -> None:
+        if self._signature_columns is None:
+            self._signature_columns = [*PREFERENCE_TOKEN_COLUMNS, *self._ref_columns]
+
+    def _loss_description(self) -> str:
+        return self._name
+
+    def _reference_description(self) -> str:
+        return "none (reference-free)"
+
+    def _derived_quantities(self) -> dict[str, Any]:
+        rows = super()._derived_quantities()
+        global_pairs = rows.pop("global batch (sequences/step)")
+        rows["global batch (pairs/step)"] = global_pairs
+        rows["sequences per forward pass"] = 2 * self.args.per_device_train_batch_size
+        if self.args.max_length:
+            rows["max tokens per step"] = 2 * global_pairs * self.args.max_length
+        rows["loss"] = self._loss_description()
+        rows["beta"] = self.args.beta
+        rows["reference"] = self._reference_description()
+        return rows
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        return paired_prediction_step(self, model, inputs, prediction_loss_only)
+
+
+# ================================================================================ reference-free (CPO, ORPO)
+def _check_encoder_decoder(args: _ReferenceFreePairedConfig, config: Any, name: str) -> None:
+    actual = bool(config.is_encoder_decoder)
+    if args.is_encoder_decoder is not None and args.is_encoder_decoder != actual:
+        kind = "an encoder-decoder" if actual else "a decoder-only"
+        raise ValueError(
+            f"is_encoder_decoder={args.is_encoder_decoder} but {name} is {kind} model. Leave is_encoder_decoder=None "
+            "(it is read from the model's config)."
+        )
+
+
+def _keep_prompt_start(example: dict[str, Any], max_prompt_length: int) -> dict[str, list[int]]:
+    return {"prompt_ids": example["prompt_ids"][:max_prompt_length]}
+
+
+class _ReferenceFreePairedTrainer(PairedPreferenceTrainer):
+    """Scaffolding of the trainers that score [chosen; rejected] pairs with the policy alone (CPO, ORPO).
+
+    It loads the model (a causal LM, or an encoder-decoder), wraps it with PEFT, tokenises paired preference data
+    with `trl.trainer.preference_data`, collates with [`DataCollatorForPreference`], runs one forward pass per batch
+    ([`paired_forward`]), adds the MoE router loss and evaluates. A subclass sets `_config_class` and implements
+    `_pair_loss`, the method's loss and rewards.
+
+    Args:
+        model (`str`, `PreTrainedModel` or `PeftModel`):
+            Model id / local path (loaded with `AutoModelForCausalLM`, or `AutoModelForSeq2SeqLM` for an
+            encoder-decoder, `.from_pretrained(model, **model_init_kwargs)`), or an instantiated model.
+        args (`TrainingArguments` or `None`, *optional*, defaults to `None`):
+            The method's configuration (`CPOConfig`, `ORPOConfig`; a plain `TrainingArguments` is converted). `None`
+            uses its defaults with `output_dir="<model>-<method>"`.
+        data_collator (`Callable` or `None`, *optional*, defaults to `None`):
+            Defaults to [`DataCollatorForPreference`] (rows cut to `max_length`).
+        train_dataset (`Dataset` or `IterableDataset`):
+            Paired preference data (`prompt`, `chosen`, `rejected`; or implicit prompt `chosen`, `rejected`),
+            standard or conversational, or pre-tokenised (`prompt_ids`, `chosen_ids`, `rejected_ids`).
+        eval_dataset (`Dataset`, `IterableDataset`, `dict[str, Dataset]` or `None`, *optional*, defaults to `None`):
+            Evaluation data in the same formats; a dict evaluates each dataset under its name.
+        processing_class (`PreTrainedTokenizerBase` or `None`, *optional*, defaults to `None`):
+            Defaults to the tokenizer of `model`.
+        model_init (`None`):
+            Not supported (raises): pass `model`.
+        callbacks, optimizers, preprocess_logits_for_metrics:
+            As in [`~transformers.Trainer`].
+        peft_config (`PeftConfig` or `None`, *optional*, defaults to `None`):
+            Adapter configuration; the model is wrapped with it.
+        compute_metrics (`Callable` or `None`, *optional*, defaults to `None`):
+            Receives an `EvalPrediction` whose predictions are the `[N, 2]` rewards (chosen, rejected) and whose
+            labels are 0 (the chosen column), e.g. `trl.trainer.utils.compute_accuracy`.
+    """
+
+    _config_class: type = _ReferenceFreePairedConfig
+
+    def __init__(
+        self,
+        model: str | PreTrainedModel | None = None,
+        args: TrainingArguments | None = None,
+        data_collator: Callable | None = None,
+        train_dataset: Dataset | IterableDataset | None = None,
+        eval_dataset: Dataset | IterableDataset | dict[str, Dataset] | None = None,
+        processing_class: Any = None,
+        model_init: Callable | None = None,
+        callbacks: list | None = None,
+        optimizers: tuple = (None, None),
+        preprocess_logits_for_metrics: Callable | None = None,
+        peft_config: Any = None,
+        compute_metrics: Callable | None = None,
+    ):
+        super().__init__(
+            model, args, data_collator, train_dataset, eval_dataset, processing_class, compute_metrics, callbacks,
+            optimizers, None, preprocess_logits_for_metrics, peft_config, model_init=model_init,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------------------------------------- setup
+    def _validate(self, args: _ReferenceFreePairedConfig, inputs: TrainerInputs) -> None:
+        if inputs.model is None or inputs.model_init is not None:
+            raise ValueError(
+                f"{type(self).__name__} needs `model` (a model id, a local path or a loaded model); `model_init` is "
+                "not supported. Pass the model instead."
+            )
+        super()._validate(args, inputs)
+        if args.generate_during_eval and importlib.util.find_spec("wandb") is None:
+            raise ValueError("generate_during_eval=True logs a table to Weights & Biases: `pip install wandb`.")
+
+    def _setup_model(
+        self, model: str | PreTrainedModel, args: _ReferenceFreePairedConfig, quantization_config: Any
+    ) -> PreTrainedModel:
+        if isinstance(model, str):
+            revision = (args.model_init_kwargs or {}).get("revision")
+            config = AutoConfig.from_pretrained(model, revision=revision, trust_remote_code=args.trust_remote_code)
+            _check_encoder_decoder(args, config, model)
+            auto_class = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+            return load_trained_model(model, args, auto_class)
+        _check_encoder_decoder(args, model.config, type(model).__name__)
+        return model
+
+    def _resolve_options(self, model: Any, processing_class: Any, args: Any, inputs: TrainerInputs) -> None:
+        self.is_encoder_decoder = bool(model.config.is_encoder_decoder)
+
+    def _collator_truncation_mode(self, args: Any) -> str:
+        # Rows longer than max_length lose the end of their completion: the prompt was cut already.
+        return "keep_start"
+
+    def _after_init(self, auxiliary_models: dict[str, Any]) -> None:
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        self._logits_to_keep_supported = not self.is_encoder_decoder and accepts_logits_to_keep(unwrapped)
+
+    def _prepare_dataset(
+        self, dataset: Dataset | IterableDataset, processing_class: Any, args: Any, name: str
+    ) -> Dataset | IterableDataset:
+        keep_end = args.truncation_mode == "keep_end"
+        with args.main_process_first(desc=f"preparing the {name} dataset"):
+            dataset = prepare_preference_dataset(
+                dataset,
+                processing_class,
+                trainer_name=type(self).__name__,
+                eos_token=get_tokenizer(processing_class).eos_token,
+                max_prompt_length=args.max_prompt_length if keep_end else None,
+                max_completion_length=args.max_completion_length,
+                num_proc=args.dataset_num_proc,
+            )
+            if not keep_end and args.max_prompt_length is not None:
+                kwargs = _map_kwargs(dataset, args.dataset_num_proc, "Truncating prompts")
+                dataset = dataset.map(
+                    _keep_prompt_start, fn_kwargs={"max_prompt_length": args.max_prompt_length}, **kwargs
+                )
+        empty = count_empty_completions(dataset, args.max_length, "keep_start")
+        if empty:
+            warnings.warn(
+                f"In the {name} dataset, {empty} pair(s) keep no chosen or rejected completion token once cut to "
+                f"max_length={args.max_length} (max_prompt_length={args.max_prompt_length}): they add nothing to the "
+                "loss. Set max_prompt_length below max_length, or raise max_length.",
+                UserWarning,
+                stacklevel=3,
+            )
+        return dataset
+
+    # --------------------------------------------------------------------------------------------------- loss
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        mode = "train" if model.training else "eval"
+        options = {"logits_to_keep": self._logits_to_keep_supported, "is_encoder_decoder": self.is_encoder_decoder}
+        scores = paired_forward(model, inputs, **options)
+        loss, chosen_rewards, rejected_rewards = self._pair_loss(scores, mode)
+        loss = loss + router_aux_loss(self, scores.aux_loss, mode)
+        if return_outputs:
+            return loss, {"chosen_rewards": chosen_rewards, "rejected_rewards": rejected_rewards}
+        return loss
+
+    def _pair_loss(self, scores: PairedScores, mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The method's loss of a batch and the `[B]` chosen and rejected rewards; logs the method's metrics."""
+        raise NotImplementedError
+
+    def store_metrics(self, metrics: dict[str, float], train_eval: str = "train") -> None:
+        """Record metric values (the 0.x API of these trainers); `log()` reports their means."""
+        for key, value in metrics.items():
+            self.log_metric(key, value, train_eval)
+
+    # ------------------------------------------------------------------------------------------- evaluation
+    def evaluation_loop(self, dataloader, *args: Any, **kwargs: Any):
+        output = super().evaluation_loop(dataloader, *args, **kwargs)
+        if self.args.generate_during_eval:
+            self._log_generations(dataloader.dataset)
+        return output
+
+    @torch.no_grad()
+    def _log_generations(self, dataset: Any) -> None:
+        """Sample completions of the first evaluation prompts and log them to Weights & Biases as `game_log`."""
+        import wandb
+
+        if wandb.run is None or not self.accelerator.is_main_process or not hasattr(dataset, "__getitem__"):
+            return
+        count = min(len(dataset), self.args.per_device_eval_batch_size)
+        prompts = [torch.tensor(dataset[i]["prompt_ids"]) for i in range(count)]
+        device = self.accelerator.device
+        input_ids = pad(prompts, self.pad_token_id, padding_side="left").to(device)
+        attention_mask = pad([torch.ones_like(p) for p in prompts], 0, padding_side="left").to(device)
+        model = self.accelerator.unwrap_model(self.model)
+        generated = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=self.args.max_completion_length or 64,
+            do_sample=True,
+            pad_token_id=self.pad_token_id,
+        )
+        # A decoder-only model returns prompt + completion; an encoder-decoder only the decoded completion.
+        completions = generated if self.is_encoder_decoder else generated[:, input_ids.shape[1] :]
+        tokenizer = get_tokenizer(self.processing_class)
+        texts = tokenizer.batch_decode(completions, skip_special_tokens=True)
+        rows = [[tokenizer.decode(p, skip_special_tokens=True), text] for p, text in zip(prompts, texts)]
+        wandb.log({"game_log": wandb.Table(columns=["Prompt", "Policy"], rows=rows)})
