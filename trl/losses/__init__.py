@@ -5,6 +5,7 @@
 - `odds_ratio`: ORPO's odds-ratio term;
 - `unpaired`: KTO, APO-zero (unpaired) and BCO;
 - `reward`: the Bradley-Terry loss of reward modelling;
+- `sft`: supervised fine-tuning, per-token NLL and DFT (`SFT_TOKEN_LOSSES`, `supervised_loss`);
 - `token_classification`: the cross-entropy on labelled positions of process reward models (PRM);
 - `sequence`: per-token to sequence log-probs (sum / mean), LD-DPO and WPO helpers;
 - `advantages`: reward aggregation, GRPO group advantages, RLOO leave-one-out, PPO's GAE and whitening;
@@ -81,6 +82,7 @@ from .preference import (
 )
 from .reward import bradley_terry_loss
 from .sequence import ld_dpo_logps, sequence_logps, wpo_pair_weights, wpo_sequence_weights
+from .sft import SFT_TOKEN_LOSSES, dft_token_losses, nll_token_losses, supervised_loss
 from .token_classification import token_classification_loss
 from .unpaired import (
     UnpairedLossOutput,
@@ -103,6 +105,7 @@ __all__ = [
     "PREFERENCE_LOSSES",
     "SAMPLER_CORRECTION_MODES",
     "SCALE_REWARDS",
+    "SFT_TOKEN_LOSSES",
     "OddsRatioLossOutput",
     "PreferenceLossOutput",
     "UnpairedLossOutput",
@@ -120,6 +123,7 @@ __all__ = [
     "bradley_terry_loss",
     "capped_exp",
     "cispo_objective",
+    "dft_token_losses",
     "clip_fractions",
     "clipped_surrogate",
     "clipped_value_loss",
@@ -145,6 +149,7 @@ __all__ = [
     "masked_mean",
     "masked_whiten",
     "nan_mean_std",
+    "nll_token_losses",
     "nca_pair_loss",
     "odds_ratio_loss",
     "off_policy_mask",
@@ -158,6 +163,7 @@ __all__ = [
     "sequence_kl",
     "sequence_logps",
     "sft_loss",
+    "supervised_loss",
     "sigmoid_loss",
     "sigmoid_norm_loss",
     "simpo_loss",

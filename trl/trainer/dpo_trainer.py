@@ -41,41 +41,31 @@ from ..losses import (
     wpo_pair_weights,
     wpo_sequence_weights,
 )
-from .base_trainer import BaseTrainer
-from .collators import DataCollatorForPreference
-from .data_preparation import prepare_train_and_eval
+from .base_trainer import TrainerInputs
 from .dpo_config import DPOConfig
 from .input_checks import check_distinct_pairs, check_text_columns
 from .model_utils import (
     accepts_logits_to_keep,
-    check_activation_offloading,
-    check_model_init_kwargs_unused,
     get_tokenizer,
-    load_policy,
-    load_processing_class,
-    model_name_of,
-    prepare_peft_model,
-    resolve_pad_token_id,
-    to_config,
 )
 from .paired_forward import (
     PairedScores,
     TokenLogps,
     completion_logps,
     log_paired_metrics,
-    paired_prediction_step,
     paired_scores,
     router_aux_loss,
 )
+from .paired_preference_trainer import PairedPreferenceTrainer
 from .preference_data import PREFERENCE_TOKEN_COLUMNS, count_empty_completions, prepare_preference_dataset
-from .reference import ReferenceModelMixin, validate_reference_options
-from .utils import RunningMoments, disable_dropout_in_model
+from .reference import ReferenceModelMixin
+from .utils import RunningMoments
 
 
 _REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 
 
-class DPOTrainer(ReferenceModelMixin, BaseTrainer):
+class DPOTrainer(ReferenceModelMixin, PairedPreferenceTrainer):
     """Trainer for Direct Preference Optimization and its variants (see `loss_type`).
 
     Args:
@@ -107,6 +97,7 @@ class DPOTrainer(ReferenceModelMixin, BaseTrainer):
             Adapter configuration; the model is wrapped with it.
     """
 
+    _config_class = DPOConfig
     _tag_names = ["trl", "dpo"]
     _name = "DPO"
     _ref_columns = _REF_COLUMNS
@@ -141,67 +132,23 @@ class DPOTrainer(ReferenceModelMixin, BaseTrainer):
         quantization_config: Any = None,
         peft_config: Any = None,
     ):
-        args = to_config(args, DPOConfig, model_name_of(model), self._name)
-        self._validate_config(args, model, ref_model, peft_config, train_dataset)
-        model = self._setup_model(model, args, quantization_config)
-        processing_class = processing_class or load_processing_class(model.config._name_or_path, args)
-        model = prepare_peft_model(model, peft_config, args)
-        self._explicit_ref_model = ref_model is not None
-        ref_model = self._setup_ref_model(model, ref_model, args)
-        if args.disable_dropout:
-            for module in (model, ref_model):
-                if module is not None:
-                    disable_dropout_in_model(module)
-        self.pad_token_id = (
-            args.padding_value
-            if args.padding_value is not None
-            else resolve_pad_token_id(processing_class, args.pad_token)
-        )
-
-        train_dataset, eval_dataset = prepare_train_and_eval(
-            train_dataset,
-            eval_dataset,
-            lambda dataset, name: self._prepare_dataset(dataset, processing_class, args, name),
-        )
-        if data_collator is None:
-            data_collator = DataCollatorForPreference(
-                pad_token_id=self.pad_token_id,
-                max_length=args.max_length,
-                truncation_mode=args.truncation_mode,
-                pad_to_multiple_of=args.pad_to_multiple_of,
-            )
         super().__init__(
-            model=model,
-            args=args,
-            data_collator=data_collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            compute_metrics=compute_metrics,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
-            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-        )
-        self._setup_after_init(ref_model)
+            model, args, data_collator, train_dataset, eval_dataset, processing_class, compute_metrics, callbacks,
+            optimizers, optimizer_cls_and_kwargs, preprocess_logits_for_metrics, peft_config, quantization_config,
+            ref_model=ref_model,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------- setup
-    @staticmethod
-    def _validate_config(args: DPOConfig, model: Any, ref_model: Any, peft_config: Any, train_dataset: Any) -> None:
-        check_model_init_kwargs_unused(model, args)
-        if train_dataset is None:
-            raise ValueError("DPOTrainer needs a train_dataset of paired preference data.")
-        validate_reference_options(args, model, ref_model, peft_config)
-        check_activation_offloading(args)
+    def _validate(self, args: DPOConfig, inputs: TrainerInputs) -> None:
+        super()._validate(args, inputs)
         if args.use_liger_loss:
             from ..import_utils import is_liger_kernel_available, require
 
             require(is_liger_kernel_available(), "use_liger_loss=True", "pip install liger-kernel")
             raise ValueError("use_liger_loss=True is not supported in this version of trl; set it to False.")
 
-    @staticmethod
-    def _setup_model(model: str | PreTrainedModel, args: DPOConfig, quantization_config: Any) -> PreTrainedModel:
-        model = load_policy(model, args, quantization_config)
+    def _setup_model(self, model: str | PreTrainedModel, args: DPOConfig, quantization_config: Any) -> PreTrainedModel:
+        model = super()._setup_model(model, args, quantization_config)
         if args.use_logits_to_keep and not accepts_logits_to_keep(model):
             raise ValueError(
                 f"use_logits_to_keep=True but {type(model).__name__}.forward has no `logits_to_keep` argument. Set "
@@ -236,14 +183,12 @@ class DPOTrainer(ReferenceModelMixin, BaseTrainer):
             )
         return dataset
 
-    def _setup_after_init(self, ref_model: Any) -> None:
-        # The loss is a mean over the pairs of each micro-batch: Trainer divides it by the accumulation steps.
-        self.model_accepts_loss_kwargs = False
+    def _after_init(self, auxiliary_models: dict[str, Any]) -> None:
+        super()._after_init(auxiliary_models)  # the reference model, placed for the accelerator
         self.loss_types = list(self.args.loss_type)
         self.loss_options = self.args.loss_options()
         self.running = RunningMoments(self.accelerator) if "bco_pair" in self.loss_types else None
         self._logits_to_keep_supported = accepts_logits_to_keep(self.accelerator.unwrap_model(self.model))
-        self._setup_reference(ref_model, self.args.model_adapter_name, self.args.ref_adapter_name)
         unwrapped = self.accelerator.unwrap_model(self.model)
         attention = getattr(unwrapped.config, "_attn_implementation", None) or ""
         if self.args.padding_free and not attention.startswith("flash"):
@@ -257,21 +202,12 @@ class DPOTrainer(ReferenceModelMixin, BaseTrainer):
                 stacklevel=3,
             )
 
-    def _set_signature_columns_if_needed(self) -> None:
-        if self._signature_columns is None:
-            self._signature_columns = [*PREFERENCE_TOKEN_COLUMNS, *_REF_COLUMNS]
+    def _loss_description(self) -> str:
+        weights = self.args.loss_weights or [1.0] * len(self.loss_types)
+        return " + ".join(f"{w:g}·{name}" for w, name in zip(weights, self.loss_types))
 
     def _derived_quantities(self) -> dict[str, Any]:
         rows = super()._derived_quantities()
-        global_pairs = rows.pop("global batch (sequences/step)")
-        rows["global batch (pairs/step)"] = global_pairs
-        rows["sequences per forward pass"] = 2 * self.args.per_device_train_batch_size
-        if self.args.max_length:
-            rows["max tokens per step"] = 2 * global_pairs * self.args.max_length
-        weights = self.args.loss_weights or [1.0] * len(self.loss_types)
-        rows["loss"] = " + ".join(f"{w:g}·{name}" for w, name in zip(weights, self.loss_types))
-        rows["beta"] = self.args.beta
-        rows["reference"] = self._reference_description()
         rows["padding-free forward"] = self.args.padding_free
         return rows
 
@@ -312,8 +248,8 @@ class DPOTrainer(ReferenceModelMixin, BaseTrainer):
                 Output of [`DataCollatorForPreference`] (`input_ids`, `attention_mask`, `completion_mask`).
         """
         with self._reference_model() as reference:
-            logps_R_T, keep_R_T, _, _ = self._completion_logps(reference, batch)
-        logps_R = self._sequence_logps(logps_R_T, keep_R_T)
+            token = self._completion_logps(reference, batch)
+        logps_R = self._sequence_logps(token.logps, token.mask)
         half = logps_R.shape[0] // 2
         return logps_R[:half], logps_R[half:]
 
@@ -391,9 +327,6 @@ class DPOTrainer(ReferenceModelMixin, BaseTrainer):
     ) -> None:
         log_nll = self.args.rpo_alpha is not None or "sft" in self.loss_types
         log_paired_metrics(self, scores, (chosen_rewards, rejected_rewards), mode, log_nll=log_nll)
-
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        return paired_prediction_step(self, model, inputs, prediction_loss_only)
 
     # ---------------------------------------------------------------------------- precomputed reference log-probs
     def _add_ref_columns(self, dataset: Dataset, batch_size: int) -> Dataset:

@@ -3,10 +3,9 @@
 A batch of B pairs from [`DataCollatorForPreference`] holds 2B rows: the B chosen rows (prompt + chosen), then the B
 rejected rows (prompt + rejected). One forward pass scores all of them:
 
-- [`completion_logps`]: per-token log-probs of the completion tokens. The LM head runs only at the positions that
-  predict a completion token (a boolean `logits_to_keep` when the model's forward accepts it, otherwise the full
-  logits are computed and those positions selected). Rows may be flattened into one without padding
-  (`padding_free`). For encoder-decoder models the prompt feeds the encoder and the completion the decoder.
+- [`completion_logps`]: per-token log-probs of the completion tokens, from the one forward module
+  [`~trl.kernels.token_logps`] (LM head only at the positions that predict a completion token; padded or
+  padding-free rows; logits or chunked head; encoder-decoder).
 - [`paired_scores`]: from those, per sequence, the summed and the length-normalised log-probs and the completion
   lengths, plus the NLL of the chosen completions (the mean over every chosen completion token of the micro-batch),
   the sums behind the `logits/*` metrics and the MoE router auxiliary loss. [`paired_forward`] chains the two.
@@ -20,84 +19,16 @@ reference-free scaffolding of CPO and ORPO) and `trl.trainer.dpo_trainer`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
+from ..kernels.token_logps import TokenLogps, completion_positions, token_logps  # noqa: F401 (re-exported)
 from ..losses import sequence_logps
 from .base_trainer import BaseTrainer
-from .utils import flush_left, selective_log_softmax
 
 
 # ================================================================================================== forward pass
-class TokenLogps(NamedTuple):
-    """Per-token output of [`completion_logps`] for R rows (R = 2B: chosen rows, then rejected rows).
-
-    Args:
-        logps (`torch.Tensor` of shape `[R, T]`):
-            Log-prob of each completion token, 0 elsewhere.
-        mask (`torch.Tensor` of shape `[R, T]`, bool):
-            True at the positions of `logps` that hold a completion token.
-        logits (`torch.Tensor` of shape `[N, V]`):
-            The logits of those N positions, in row-major order of `mask`.
-        outputs (`ModelOutput`):
-            The model's output (for `aux_loss`).
-    """
-
-    logps: torch.Tensor
-    mask: torch.Tensor
-    logits: torch.Tensor
-    outputs: Any
-
-
-def completion_positions(completion_mask: torch.Tensor) -> torch.Tensor:
-    """Boolean `[R, T]` mask of the positions whose logits predict a completion token (position t predicts t + 1).
-
-    Args:
-        completion_mask (`torch.Tensor` of shape `[R, T]`):
-            1 on completion tokens, 0 on prompt and padding.
-    """
-    keep = torch.zeros_like(completion_mask, dtype=torch.bool)
-    keep[:, :-1] = completion_mask[:, 1:].bool()
-    return keep
-
-
-def forward_inputs(
-    batch: dict[str, torch.Tensor], keep: torch.Tensor, padding_free: bool = False, attn_implementation: str = ""
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Forward kwargs for the padded rows, or for the rows flattened into one without padding, and the positions
-    (in the same layout) whose logits are needed.
-
-    Args:
-        batch (`dict[str, torch.Tensor]`):
-            `input_ids` and `attention_mask` of shape `[R, T]`.
-        keep (`torch.Tensor` of shape `[R, T]`):
-            The positions whose logits are needed, see [`completion_positions`].
-        padding_free (`bool`, *optional*, defaults to `False`):
-            Flatten the real tokens of every row into one row with per-sequence `position_ids`.
-        attn_implementation (`str`, *optional*, defaults to `""`):
-            The model's attention implementation; FlashAttention also gets the cumulative sequence lengths.
-    """
-    input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
-    if not padding_free:
-        return {"input_ids": input_ids, "attention_mask": attention_mask}, keep
-    real = attention_mask.bool()
-    # Position ids restart at 0 for every row: attention then keeps the sequences apart (no attention mask).
-    position_ids = (attention_mask.long().cumsum(dim=-1) - 1)[real].unsqueeze(0)
-    inputs = {"input_ids": input_ids[real].unsqueeze(0), "position_ids": position_ids}
-    if attn_implementation.startswith("flash"):
-        lengths = attention_mask.sum(dim=-1)
-        cu = torch.nn.functional.pad(lengths.cumsum(0), (1, 0)).to(torch.int32)
-        max_len = int(lengths.max())
-        inputs.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max_len, max_length_k=max_len)
-    return inputs, keep[real].unsqueeze(0)
-
-
-def _attn_implementation(model: torch.nn.Module) -> str:
-    config = getattr(getattr(model, "module", model), "config", None)
-    return getattr(config, "_attn_implementation", "") or ""
-
-
 def completion_logps(
     model: torch.nn.Module,
     batch: dict[str, torch.Tensor],
@@ -105,63 +36,20 @@ def completion_logps(
     padding_free: bool = False,
     logits_to_keep: bool = True,
     is_encoder_decoder: bool = False,
+    chunk_size: int | None = None,
 ) -> TokenLogps:
-    """Per-token log-probs of the completion tokens of every row, in one forward pass.
-
-    Args:
-        model (`torch.nn.Module`):
-            The causal (or encoder-decoder) language model.
-        batch (`dict[str, torch.Tensor]`):
-            Output of [`DataCollatorForPreference`]: `input_ids`, `attention_mask`, `completion_mask` of shape
-            `[R, T]`, each row prompt + completion, right-padded.
-        padding_free (`bool`, *optional*, defaults to `False`):
-            Run the rows flattened into one without padding (same result; needs an attention implementation that
-            honours `position_ids` boundaries).
-        logits_to_keep (`bool`, *optional*, defaults to `True`):
-            Pass the completion positions as `logits_to_keep` so the LM head runs only there. `False` for models
-            whose forward has no such argument.
-        is_encoder_decoder (`bool`, *optional*, defaults to `False`):
-            Encode the prompt and decode the completion.
-    """
-    if is_encoder_decoder:
-        return _encoder_decoder_logps(model, batch)
-    input_ids = batch["input_ids"]
-    keep_R_T = completion_positions(batch["completion_mask"])
-    targets_N = input_ids[:, 1:][keep_R_T[:, :-1]]
-    inputs, keep_model = forward_inputs(batch, keep_R_T, padding_free, _attn_implementation(model))
-    if logits_to_keep:
-        inputs["logits_to_keep"] = keep_model
-    outputs = model(**inputs, use_cache=False)
-    logits_N_V = outputs.logits if logits_to_keep else outputs.logits[keep_model]
-    assert logits_N_V.shape[0] == targets_N.shape[0], "kept logits and completion targets are misaligned"
-    logps_N = selective_log_softmax(logits_N_V, targets_N)
-    logps_R_T = logps_N.new_zeros(keep_R_T.shape).masked_scatter(keep_R_T, logps_N)
-    return TokenLogps(logps_R_T, keep_R_T, logits_N_V, outputs)
-
-
-def _encoder_decoder_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> TokenLogps:
-    """Encoder-decoder form of [`completion_logps`]: the rows are split back into the prompt (encoder input, the
-    start of each row) and the completion (decoder targets, moved to the start of their row)."""
-    input_ids, completion = batch["input_ids"], batch["completion_mask"].bool()
-    prompt_mask = batch["attention_mask"].bool() & ~completion
-    width = max(int(prompt_mask.sum(dim=-1).max()), 1)
-    mask_R_T, labels_R_T = flush_left(completion, input_ids)
-    config = getattr(model, "module", model).config
-    start = config.decoder_start_token_id if config.decoder_start_token_id is not None else config.pad_token_id
-    # Teacher forcing: the decoder reads the start token then the completion shifted right by one.
-    decoder_input_ids = torch.cat([torch.full_like(labels_R_T[:, :1], start), labels_R_T[:, :-1]], dim=1)
-    decoder_input_ids = decoder_input_ids.masked_fill(~torch.cat([mask_R_T[:, :1], mask_R_T[:, :-1]], dim=1), start)
-    outputs = model(
-        input_ids=input_ids[:, :width],
-        attention_mask=prompt_mask[:, :width].long(),
-        decoder_input_ids=decoder_input_ids,
-        decoder_attention_mask=mask_R_T.long(),
-        use_cache=False,
+    """[`~trl.kernels.token_logps`] of the completion tokens of the rows of a [`DataCollatorForPreference`] batch
+    (`input_ids`, `attention_mask`, `completion_mask` of shape `[R, T]`; other keys of the batch are not model
+    inputs); the options are those of `token_logps`."""
+    rows = {key: batch[key] for key in ("input_ids", "attention_mask", "completion_mask")}
+    return token_logps(
+        model,
+        rows,
+        padding_free=padding_free,
+        logits_to_keep=logits_to_keep,
+        is_encoder_decoder=is_encoder_decoder,
+        chunk_size=chunk_size,
     )
-    logits_N_V = outputs.logits[mask_R_T]
-    logps_N = selective_log_softmax(logits_N_V, labels_R_T[mask_R_T])
-    logps_R_T = logps_N.new_zeros(mask_R_T.shape).masked_scatter(mask_R_T, logps_N)
-    return TokenLogps(logps_R_T, mask_R_T, logits_N_V, outputs)
 
 
 @dataclass
@@ -213,7 +101,7 @@ def paired_scores(token: TokenLogps, summed_logps: torch.Tensor | None = None) -
         summed_logps (`torch.Tensor` of shape `[2B]` or `None`, *optional*, defaults to `None`):
             Replaces the summed sequence log-probs (e.g. LD-DPO's weighted sum); `None` sums the completion tokens.
     """
-    logps_R_T, mask_R_T, logits_N_V = token.logps, token.mask, token.logits
+    logps_R_T, mask_R_T = token.logps, token.mask
     half = mask_R_T.shape[0] // 2
     sums_R = sequence_logps(logps_R_T, mask_R_T, "sum") if summed_logps is None else summed_logps
     means_R = sequence_logps(logps_R_T, mask_R_T, "mean")
@@ -221,7 +109,7 @@ def paired_scores(token: TokenLogps, summed_logps: torch.Tensor | None = None) -
     chosen_tokens = mask_R_T[:half]
     nll_loss = -logps_R_T[:half][chosen_tokens].sum() / chosen_tokens.sum().clamp(min=1)
     with torch.no_grad():
-        mean_logit_N = logits_N_V.float().mean(dim=-1)
+        mean_logit_N = token.mean_logits()
         is_chosen_N = mask_R_T.nonzero()[:, 0] < half
         logit_stats = torch.stack(
             [
@@ -240,11 +128,11 @@ def paired_scores(token: TokenLogps, summed_logps: torch.Tensor | None = None) -
         rejected_lengths=lengths_R[half:],
         nll_loss=nll_loss,
         logit_stats=logit_stats,
-        aux_loss=getattr(token.outputs, "aux_loss", None),
+        aux_loss=token.aux_loss,
     )
 
 
-def paired_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor], **options: bool) -> PairedScores:
+def paired_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor], **options: Any) -> PairedScores:
     """[`completion_logps`] then [`paired_scores`]: one forward pass over the [chosen; rejected] rows of a batch.
 
     Args:
@@ -253,7 +141,7 @@ def paired_forward(model: torch.nn.Module, batch: dict[str, torch.Tensor], **opt
         batch (`dict[str, torch.Tensor]`):
             Output of [`DataCollatorForPreference`].
         **options:
-            `padding_free`, `logits_to_keep`, `is_encoder_decoder` of [`completion_logps`].
+            `padding_free`, `logits_to_keep`, `is_encoder_decoder`, `chunk_size` of [`completion_logps`].
     """
     return paired_scores(completion_logps(model, batch, **options))
 

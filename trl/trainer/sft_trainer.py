@@ -23,6 +23,8 @@ from transformers import PreTrainedModel, TrainingArguments
 
 from ..chat_template_utils import get_training_chat_template
 from ..data_utils import get_dataset_column_names, is_conversational
+from ..kernels import TokenLogps, token_logps
+from ..losses import supervised_loss
 from .base_trainer import BaseTrainer, TrainerInputs
 from .collators import DataCollatorForLanguageModeling
 from .data_preparation import (
@@ -43,7 +45,6 @@ from .model_utils import (
     uses_flash_attention,
 )
 from .sft_config import SFTConfig
-from .utils import entropy_from_logits, selective_log_softmax
 
 
 # The collator's inputs; `Trainer` would otherwise drop the mask columns as unknown to `model.forward`.
@@ -93,6 +94,9 @@ class SFTTrainer(BaseTrainer):
     _tag_names = ["trl", "sft"]
     _name = "SFT"
     _paper = {}
+    # `token_logps`' chunked LM head (positions per chunk), or None for the logits path, which measures faster at
+    # every size benchmarks/bench_token_logps.py covers.
+    _logps_chunk_size: int | None = None
 
     def __init__(
         self,
@@ -288,51 +292,41 @@ class SFTTrainer(BaseTrainer):
             loss, outputs = super().compute_loss(model, dict(inputs), True, num_items_in_batch)
             return (loss, outputs) if return_outputs else loss
 
-        labels = inputs["labels"]
-        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "completion_mask", "assistant_masks")}
-        # Position t predicts token t + 1: keep the logits of positions whose next token is labelled. Prompt tuning's
-        # virtual tokens come first in the model's sequence (not in `labels`) and are never kept.
-        keep_B_T = torch.zeros_like(labels, dtype=torch.bool)
-        keep_B_T[:, :-1] = labels[:, 1:] != -100
-        keep_B_VT = torch.nn.functional.pad(keep_B_T, (self._num_virtual_tokens, 0), value=False)
-        full_logits = return_outputs or not self._logits_to_keep_supported
-        if not full_logits:
-            model_inputs["logits_to_keep"] = keep_B_VT
-        outputs = model(**model_inputs, use_cache=False)
-        logits_N_V = outputs.logits[keep_B_VT] if full_logits else outputs.logits
-        targets_N = labels[:, 1:][keep_B_T[:, :-1]]
-        assert logits_N_V.shape[0] == targets_N.shape[0], "kept logits and labelled targets are misaligned"
-
-        logps_N = selective_log_softmax(logits_N_V, targets_N)
-        per_token_N = -logps_N.exp().detach() * logps_N if self.args.loss_type == "dft" else -logps_N
-        normaliser = num_items_in_batch if num_items_in_batch is not None else max(targets_N.numel(), 1)
-        loss = per_token_N.sum() / normaliser
+        # The LM head runs only at the positions that predict a labelled token (every position when the caller wants
+        # the outputs); prompt tuning's virtual tokens come first in the model's sequence and are never kept.
+        token = token_logps(
+            model,
+            inputs,
+            return_entropy=True,
+            return_top1=True,
+            chunk_size=self._logps_chunk_size,
+            logits_to_keep=self._logits_to_keep_supported and not return_outputs,
+            num_virtual_tokens=self._num_virtual_tokens,
+        )
+        loss = supervised_loss(token.logps_N, self.args.loss_type, num_items_in_batch)
         if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.args.world_size > 1:
             # num_items_in_batch counts every process's tokens while DDP averages gradients over processes.
             loss = loss * self.accelerator.num_processes
-        loss = loss + self.router_aux_loss(getattr(outputs, "aux_loss", None), mode)
-        self._log_token_metrics(inputs, logits_N_V, targets_N, mode)
-        return (loss, outputs) if return_outputs else loss
+        loss = loss + self.router_aux_loss(token.aux_loss, mode)
+        self._log_token_metrics(inputs, token, mode)
+        return (loss, token.outputs) if return_outputs else loss
 
     @torch.no_grad()
-    def _log_token_metrics(
-        self, inputs: dict[str, torch.Tensor], logits_N_V: torch.Tensor, targets_N: torch.Tensor, mode: str
-    ) -> None:
+    def _log_token_metrics(self, inputs: dict[str, torch.Tensor], token: TokenLogps, mode: str) -> None:
         gather = self.accelerator.gather_for_metrics
+        device = token.mask.device
         if mode == "train":
             if "attention_mask" in inputs:
                 num_tokens = inputs["attention_mask"].sum()
             else:
-                num_tokens = torch.tensor(inputs["input_ids"].numel(), device=targets_N.device)
+                num_tokens = torch.tensor(inputs["input_ids"].numel(), device=device)
             self._total_train_tokens += int(gather(num_tokens.reshape(1)).sum().item())
             self.log_metric("num_tokens", self._total_train_tokens, mode)
-        count = torch.tensor([targets_N.numel()], device=targets_N.device, dtype=torch.float)
-        if targets_N.numel():
-            entropy_sum = entropy_from_logits(logits_N_V.float()).sum()
-            correct = (logits_N_V.argmax(dim=-1) == targets_N).sum().float()
-        else:
-            entropy_sum = correct = torch.zeros((), device=targets_N.device)
-        totals = gather(torch.stack([entropy_sum, correct, count[0]]).reshape(1, 3)).sum(dim=0)
+        # Entropy and accuracy come from the forward pass's own logits (no extra pass over the vocabulary).
+        entropy_sum = token.entropy[token.mask].float().sum()
+        correct = token.is_top1[token.mask].sum().float()
+        count = token.mask.sum().float()
+        totals = gather(torch.stack([entropy_sum, correct, count]).reshape(1, 3)).sum(dim=0)
         if totals[2] > 0:
             self.log_metric("entropy", (totals[0] / totals[2]).item(), mode)
             self.log_metric("mean_token_accuracy", (totals[1] / totals[2]).item(), mode)

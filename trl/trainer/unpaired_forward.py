@@ -23,6 +23,7 @@ import torch
 from datasets import Dataset, IterableDataset
 from transformers import PreTrainedModel
 
+from ..kernels import token_logps
 from .base_trainer import BaseTrainer
 from .collators import DataCollatorForUnpairedPreference
 from .data_preparation import prepare_train_and_eval
@@ -37,7 +38,7 @@ from .model_utils import (
     resolve_pad_token_id,
     to_config,
 )
-from .paired_forward import completion_logps, router_aux_loss
+from .paired_forward import router_aux_loss
 from .reference import ReferenceModelMixin, validate_reference_options
 from .unpaired_data import UNPAIRED_TOKEN_COLUMNS, count_empty_completions, kl_pairs_dataset, prepare_unpaired_dataset
 from .utils import disable_dropout_in_model, pad_to_length
@@ -98,14 +99,14 @@ def completion_scores(
             only); otherwise the full logits are computed and those positions selected.
     """
     rows = {key: batch[f"{prefix}{key}"] for key in ("input_ids", "attention_mask", "completion_mask")}
-    token = completion_logps(model, rows, logits_to_keep=keep_logits)
+    token = token_logps(model, rows, logits_to_keep=keep_logits)
     with torch.no_grad():
         # Sum, then mean, over each row's completion positions of the logit averaged over the vocabulary.
         rows_N = token.mask.nonzero()[:, 0]
         logit_sums_B = token.logps.new_zeros(token.mask.shape[0], dtype=torch.float32)
-        logit_sums_B.index_add_(0, rows_N, token.logits.float().mean(dim=-1))
+        logit_sums_B.index_add_(0, rows_N, token.mean_logits())
         mean_logits_B = logit_sums_B / token.mask.sum(dim=-1).clamp(min=1)
-    return UnpairedScores(token.logps.sum(dim=-1), mean_logits_B, getattr(token.outputs, "aux_loss", None))
+    return UnpairedScores(token.logps.sum(dim=-1), mean_logits_B, token.aux_loss)
 
 
 def stack_completion_and_kl_rows(batch: dict[str, torch.Tensor], pad_token_id: int) -> dict[str, torch.Tensor]:
