@@ -15,21 +15,60 @@ The pieces, composed by [`policy_loss`]:
 4. plus `β·KL` with the k3 estimator when `beta > 0`;
 5. reduced to a scalar by [`aggregate_loss`] according to `loss_type`.
 
-The k1/k2/k3 KL estimators, the sampler correction weights (truncated importance sampling) and the PPO value loss
-live here too. Advantages are computed in `trl.losses.advantages`.
+The k1/k2/k3 KL estimators (`trl.losses.kl`), the entropy / off-policy masks and sampler correction weights
+(`trl.losses.token_selection`) and the PPO value loss (`trl.losses.value`) live in their own modules and are
+re-exported here. Advantages are computed in `trl.losses.advantages`.
+
+Configurations of [`policy_loss`]:
+
+- RLOO: `importance_sampling_level="sequence_sum"`, `loss_type="grpo"` (a per-sequence loss averaged over
+  sequences), `beta=0`: RLOO subtracts `β·sequence_kl(...)` from the rewards instead.
+- PPO: pass per-token advantages `[B, T]` (GAE), `loss_type="bnpo"`, `beta=0` (KL is in the rewards).
+- On-policy (one iteration per generation): `old_logps_B_T=None` uses `logps_B_T.detach()`, so `ρ = 1` with the
+  gradient of `log π_θ`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
+
+from ._tokens import _advantages_column, _bool_mask, _check_aligned, _masked_log_ratio, _masked_token_mean
+from .kl import KL_ESTIMATORS, kl_estimate, kl_k1, kl_k2, kl_k3, sequence_kl
+from .token_selection import SAMPLER_CORRECTION_MODES, entropy_mask, off_policy_mask, sampler_correction_weights
+from .value import clipped_value_loss
+
+
+# Re-exported: they were defined here, and `trl.losses.policy` is where callers import them from.
+__all__ = [
+    "IMPORTANCE_SAMPLING_LEVELS",
+    "KL_ESTIMATORS",
+    "LOSS_AGGREGATIONS",
+    "POLICY_LOSS_TYPES",
+    "SAMPLER_CORRECTION_MODES",
+    "aggregate_loss",
+    "cispo_objective",
+    "clip_fractions",
+    "clipped_surrogate",
+    "clipped_value_loss",
+    "entropy_mask",
+    "importance_weights",
+    "kl_estimate",
+    "kl_k1",
+    "kl_k2",
+    "kl_k3",
+    "off_policy_mask",
+    "policy_loss",
+    "sampler_correction_weights",
+    "sapo_objective",
+    "sequence_kl",
+    "vespo_weights",
+]
 
 
 POLICY_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")
 IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence", "sequence_token", "sequence_sum")
-SAMPLER_CORRECTION_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
 
 # The normalisation each loss type uses (the per-token objective is chosen separately).
 LOSS_AGGREGATIONS = {
@@ -45,139 +84,6 @@ LOSS_AGGREGATIONS = {
 
 # VESPO's sequence log-ratio is clamped so that its weight stays finite (the reference's bounds).
 _VESPO_LOG_RATIO_BOUNDS = (math.log(1e-8), 20.0)
-
-
-# --------------------------------------------------------------------------------------------------- checks
-
-
-def _bool_mask(mask_B_T: torch.Tensor) -> torch.Tensor:
-    return mask_B_T if mask_B_T.dtype == torch.bool else mask_B_T != 0
-
-
-def _check_aligned(mask_B_T: torch.Tensor, **tensors: torch.Tensor | None) -> None:
-    """Every per-token tensor must have exactly the mask's shape: a silent broadcast would misalign tokens."""
-    if mask_B_T.dim() != 2:
-        raise ValueError(f"mask_B_T must have shape [B, T], got {tuple(mask_B_T.shape)}.")
-    for name, tensor in tensors.items():
-        if tensor is not None and tensor.shape != mask_B_T.shape:
-            raise ValueError(
-                f"{name} has shape {tuple(tensor.shape)} but the completion mask has shape {tuple(mask_B_T.shape)}: "
-                "compute every per-token tensor on the same completion tokens."
-            )
-
-
-def _advantages_column(advantages: torch.Tensor, mask_B_T: torch.Tensor) -> torch.Tensor:
-    """`[B]` advantages become a `[B, 1]` column; `[B, T]` (per-token, PPO) pass through."""
-    batch = mask_B_T.shape[0]
-    if advantages.dim() == 1 and advantages.shape[0] == batch:
-        return advantages.unsqueeze(1)
-    if advantages.dim() == 2 and advantages.shape[0] == batch and advantages.shape[1] in (1, mask_B_T.shape[1]):
-        return advantages
-    raise ValueError(
-        f"advantages must have shape [B] or [B, T] with B={batch}, T={mask_B_T.shape[1]}; got "
-        f"{tuple(advantages.shape)}."
-    )
-
-
-def _masked_log_ratio(a_B_T: torch.Tensor, b_B_T: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    # Padding may hold -inf log-probs: zero the difference there so neither the value nor the gradient sees NaN.
-    return torch.where(mask, a_B_T - b_B_T, torch.zeros_like(a_B_T))
-
-
-def _masked_token_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    values = values.expand_as(mask).to(torch.float32)
-    return torch.where(mask, values, torch.zeros_like(values)).sum() / mask.sum().clamp(min=1)
-
-
-# ---------------------------------------------------------------------------------------------- KL estimators
-
-
-def kl_k1(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
-    """k1 estimator of `KL(π || π_ref)` per sample: `d = log π − log π_ref` (unbiased, high variance, can be < 0).
-
-    Args:
-        logps (`torch.Tensor`):
-            Log-probs of the sampled tokens under `π` (the sampling distribution).
-        ref_logps (`torch.Tensor`):
-            Log-probs of the same tokens under `π_ref`.
-    """
-    return logps - ref_logps
-
-
-def kl_k2(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
-    """k2 estimator `d²/2` with `d = log π − log π_ref` (biased, low variance, ≥ 0).
-
-    Args:
-        logps (`torch.Tensor`):
-            Log-probs of the sampled tokens under `π`.
-        ref_logps (`torch.Tensor`):
-            Log-probs of the same tokens under `π_ref`.
-    """
-    return 0.5 * (logps - ref_logps).square()
-
-
-def kl_k3(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
-    """k3 estimator `e^{−d} + d − 1` with `d = log π − log π_ref` (unbiased under `π`, ≥ 0; Schulman 2020).
-
-    This is GRPO's KL term `e^{ref − logπ} − (ref − logπ) − 1` and PPO's `kl_estimator="k3"`. Computed with
-    `expm1` so it stays accurate for small `d`.
-
-    Args:
-        logps (`torch.Tensor`):
-            Log-probs of the sampled tokens under `π`.
-        ref_logps (`torch.Tensor`):
-            Log-probs of the same tokens under `π_ref`.
-    """
-    d = logps - ref_logps
-    return torch.expm1(-d) + d
-
-
-KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "k1": kl_k1,
-    "k2": kl_k2,
-    "k3": kl_k3,
-}
-
-
-def kl_estimate(logps: torch.Tensor, ref_logps: torch.Tensor, estimator: str = "k3") -> torch.Tensor:
-    """Per-sample KL estimate by name (`"k1"`, `"k2"` or `"k3"`, see [`KL_ESTIMATORS`]).
-
-    Args:
-        logps (`torch.Tensor`):
-            Log-probs of the sampled tokens under `π`.
-        ref_logps (`torch.Tensor`):
-            Log-probs of the same tokens under `π_ref`.
-        estimator (`str`, *optional*, defaults to `"k3"`):
-            Estimator name.
-    """
-    if estimator not in KL_ESTIMATORS:
-        raise ValueError(f"Unknown KL estimator {estimator!r}: use one of {list(KL_ESTIMATORS)}.")
-    return KL_ESTIMATORS[estimator](logps, ref_logps)
-
-
-def sequence_kl(
-    logps_B_T: torch.Tensor, ref_logps_B_T: torch.Tensor, mask_B_T: torch.Tensor, estimator: str = "k1"
-) -> torch.Tensor:
-    """Sum of a per-token KL estimate over each completion's tokens, shape `[B]`.
-
-    RLOO penalises the reward with it, `r ← r − β·sequence_kl(old_logps, ref_logps, mask)` (k1), instead of adding a
-    KL term to the loss.
-
-    Args:
-        logps_B_T (`torch.Tensor` of shape `[B, T]`):
-            Policy log-probs (RLOO: of the generating policy).
-        ref_logps_B_T (`torch.Tensor` of shape `[B, T]`):
-            Reference log-probs.
-        mask_B_T (`torch.Tensor` of shape `[B, T]`):
-            Completion mask.
-        estimator (`str`, *optional*, defaults to `"k1"`):
-            `"k1"`, `"k2"` or `"k3"`.
-    """
-    _check_aligned(mask_B_T, logps_B_T=logps_B_T, ref_logps_B_T=ref_logps_B_T)
-    mask = _bool_mask(mask_B_T)
-    d = _masked_log_ratio(logps_B_T, ref_logps_B_T, mask)
-    per_token = kl_estimate(d, torch.zeros_like(d), estimator)
-    return torch.where(mask, per_token, torch.zeros_like(per_token)).sum(dim=1)
 
 
 # ------------------------------------------------------------------------------------------ importance ratios
@@ -452,203 +358,6 @@ def aggregate_loss(
     return masked.sum() / mask.sum().clamp(min=1)
 
 
-# --------------------------------------------------------------------------------------------- token selection
-
-
-def entropy_mask(entropies_B_T: torch.Tensor, mask_B_T: torch.Tensor, quantile: float = 1.0) -> torch.Tensor:
-    """Keep only the highest-entropy tokens (`top_entropy_quantile`, arXiv 2506.01939).
-
-    The threshold is the `(1 − quantile)` quantile (linear interpolation) of the entropies of the masked tokens of
-    the batch; a token is kept when its entropy is at least the threshold. `quantile=1.0` keeps every completion
-    token, `quantile=0.2` about the top 20%, `quantile=0.0` only the maximum-entropy tokens.
-
-    Args:
-        entropies_B_T (`torch.Tensor` of shape `[B, T]`):
-            Per-token entropies of the policy's predictive distribution.
-        mask_B_T (`torch.Tensor` of shape `[B, T]`):
-            Completion mask.
-        quantile (`float`, *optional*, defaults to `1.0`):
-            Fraction of tokens to keep, in `[0, 1]`.
-
-    Returns:
-        `torch.Tensor` of shape `[B, T]`, `bool`: the kept tokens (always inside the mask).
-    """
-    if not 0.0 <= quantile <= 1.0:
-        raise ValueError(f"top_entropy_quantile must be in [0, 1], got {quantile}.")
-    _check_aligned(mask_B_T, entropies_B_T=entropies_B_T)
-    mask = _bool_mask(mask_B_T)
-    if quantile == 1.0 or not mask.any():
-        return mask.clone()
-    entropies = entropies_B_T.detach().float()
-    threshold = torch.quantile(entropies[mask], 1.0 - quantile)
-    return mask & (entropies >= threshold)
-
-
-def off_policy_mask(
-    logps_B_T: torch.Tensor,
-    sampler_logps_B_T: torch.Tensor,
-    advantages_B: torch.Tensor,
-    mask_B_T: torch.Tensor,
-    threshold: float,
-) -> torch.Tensor:
-    """Off-policy sequence mask (DeepSeek-V3.2, `off_policy_mask_threshold`), shape `[B, 1]`, detached.
-
-    A completion with a negative advantage is dropped (0) when the policy has drifted from the sampler on it:
-    `mean_t(log π_sampler − log π_θ) > threshold` over its tokens. Every other completion keeps weight 1.
-
-    Args:
-        logps_B_T (`torch.Tensor` of shape `[B, T]`):
-            Current policy log-probs.
-        sampler_logps_B_T (`torch.Tensor` of shape `[B, T]`):
-            Log-probs of the generating policy (vLLM's, or the old log-probs).
-        advantages_B (`torch.Tensor` of shape `[B]`):
-            Advantages.
-        mask_B_T (`torch.Tensor` of shape `[B, T]`):
-            Completion mask.
-        threshold (`float`):
-            δ, in nats per token.
-    """
-    _check_aligned(mask_B_T, logps_B_T=logps_B_T, sampler_logps_B_T=sampler_logps_B_T)
-    mask = _bool_mask(mask_B_T)
-    with torch.no_grad():
-        drift = _masked_log_ratio(sampler_logps_B_T, logps_B_T, mask).sum(dim=1, keepdim=True)
-        drift = drift / mask.sum(dim=1, keepdim=True).clamp(min=1)
-        drop = (advantages_B.reshape(-1, 1) < 0) & (drift > threshold)
-        return (~drop).to(logps_B_T.dtype)
-
-
-# ------------------------------------------------------------------------------ sampler (vLLM) correction
-
-
-def _check_sampler_bounds(mode: str, clip_min: float | None, clip_max: float | None) -> None:
-    if mode not in SAMPLER_CORRECTION_MODES:
-        raise ValueError(
-            f"Unknown vllm_importance_sampling_mode {mode!r}: use one of {list(SAMPLER_CORRECTION_MODES)}."
-        )
-    if clip_min is not None and clip_max is not None and not clip_min < clip_max:
-        raise ValueError(
-            f"vllm_importance_sampling_clip_min ({clip_min}) must be below vllm_importance_sampling_clip_max "
-            f"({clip_max})."
-        )
-    if mode.endswith("_truncate") and clip_min is None and clip_max is None:
-        raise ValueError(
-            f"vllm_importance_sampling_mode={mode!r} truncates the ratio: set vllm_importance_sampling_clip_max "
-            "and/or vllm_importance_sampling_clip_min."
-        )
-
-
-def sampler_correction_weights(
-    old_logps_B_T: torch.Tensor,
-    sampler_logps_B_T: torch.Tensor,
-    mask_B_T: torch.Tensor,
-    mode: str = "sequence_mask",
-    clip_min: float | None = None,
-    clip_max: float | None = 3.0,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Importance weights correcting the generation/training mismatch (truncated importance sampling, SPEC §5.5).
-
-    The sampler (vLLM) and the training model disagree slightly on the same policy; the loss is reweighted by
-    `ρ = exp(log π_old,train − log π_sampler)`:
-
-    - `token_*`: one ratio per token; `sequence_*`: `exp(mean_t(log π_old,train − log π_sampler))` per completion,
-      broadcast over its tokens (the mean, never the sum, so the weight does not explode with the length; trl 1.x
-      uses the sum);
-    - `*_truncate`: `ρ` clamped to `[clip_min, clip_max]`; `*_mask`: `ρ` set to 0 outside `[clip_min, clip_max]`
-      (a `None` bound is open).
-
-    A NaN sampler log-prob counts as a difference of 0. Both sides must come from logits divided by the same
-    temperature. The v0.x behaviour is `mode="token_truncate", clip_max=vllm_importance_sampling_cap` (2.0).
-
-    Args:
-        old_logps_B_T (`torch.Tensor` of shape `[B, T]`):
-            Log-probs of the completion under the training model, before the update.
-        sampler_logps_B_T (`torch.Tensor` of shape `[B, T]`):
-            Log-probs the sampler reported for the same tokens.
-        mask_B_T (`torch.Tensor` of shape `[B, T]`):
-            Completion mask.
-        mode (`str`, *optional*, defaults to `"sequence_mask"`):
-            One of `"token_truncate"`, `"token_mask"`, `"sequence_truncate"`, `"sequence_mask"`.
-        clip_min (`float`, *optional*, defaults to `None`):
-            Lower bound (`vllm_importance_sampling_clip_min`).
-        clip_max (`float`, *optional*, defaults to `3.0`):
-            Upper bound (`vllm_importance_sampling_clip_max`).
-
-    Returns:
-        `tuple[torch.Tensor, dict[str, torch.Tensor]]`: detached weights `[B, T]` (0 at padding) and the metrics
-        `sampling/sampling_logp_difference/{mean,max}` (absolute per-token difference) and
-        `sampling/importance_sampling_ratio/{min,mean,max}` (over tokens or sequences, after correction).
-    """
-    _check_sampler_bounds(mode, clip_min, clip_max)
-    _check_aligned(mask_B_T, old_logps_B_T=old_logps_B_T, sampler_logps_B_T=sampler_logps_B_T)
-    mask = _bool_mask(mask_B_T)
-    with torch.no_grad():
-        difference = _masked_log_ratio(old_logps_B_T, sampler_logps_B_T, mask).nan_to_num(nan=0.0)
-        if mode.startswith("token"):
-            ratio, counted = torch.exp(difference), mask
-        else:
-            lengths = mask.sum(dim=1, keepdim=True).clamp(min=1)
-            ratio, counted = torch.exp(difference.sum(dim=1, keepdim=True) / lengths), mask.any(dim=1, keepdim=True)
-        if mode.endswith("_truncate"):
-            ratio = ratio.clamp(min=clip_min, max=clip_max)
-        else:
-            outside = torch.zeros_like(ratio, dtype=torch.bool)
-            if clip_min is not None:
-                outside |= ratio < clip_min
-            if clip_max is not None:
-                outside |= ratio > clip_max
-            ratio = torch.where(outside, torch.zeros_like(ratio), ratio)
-        absolute = difference.abs()[mask]
-        kept = ratio.expand_as(counted)[counted] if counted.any() else ratio.new_zeros(1)
-        stats = {
-            "sampling/sampling_logp_difference/mean": absolute.mean() if absolute.numel() else absolute.new_zeros(()),
-            "sampling/sampling_logp_difference/max": absolute.max() if absolute.numel() else absolute.new_zeros(()),
-            "sampling/importance_sampling_ratio/min": kept.min(),
-            "sampling/importance_sampling_ratio/mean": kept.mean(),
-            "sampling/importance_sampling_ratio/max": kept.max(),
-        }
-        weights = torch.where(mask, ratio.expand_as(difference), torch.zeros_like(difference))
-    return weights, stats
-
-
-# -------------------------------------------------------------------------------------------------- PPO value
-
-
-def clipped_value_loss(
-    values_B_T: torch.Tensor,
-    old_values_B_T: torch.Tensor,
-    returns_B_T: torch.Tensor,
-    mask_B_T: torch.Tensor,
-    clip_range: float = 0.2,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """PPO value loss `½·max((V − R)², (clip(V, V_old ± c) − R)²)`, mean over masked tokens.
-
-    Args:
-        values_B_T (`torch.Tensor` of shape `[B, T]`):
-            Current value predictions (with gradient).
-        old_values_B_T (`torch.Tensor` of shape `[B, T]`):
-            Value predictions at rollout time.
-        returns_B_T (`torch.Tensor` of shape `[B, T]`):
-            GAE returns ([`gae_advantages`]).
-        mask_B_T (`torch.Tensor` of shape `[B, T]`):
-            Completion mask.
-        clip_range (`float`, *optional*, defaults to `0.2`):
-            `cliprange_value`.
-
-    Returns:
-        `tuple[torch.Tensor, torch.Tensor]`: the scalar loss and the fraction of tokens where the clipped term is
-        the larger one (`val/clipfrac_avg`).
-    """
-    _check_aligned(mask_B_T, values_B_T=values_B_T, old_values_B_T=old_values_B_T, returns_B_T=returns_B_T)
-    mask = _bool_mask(mask_B_T)
-    old_values = old_values_B_T.detach()
-    clipped_values = old_values + torch.clamp(values_B_T - old_values, -clip_range, clip_range)
-    unclipped_loss = (values_B_T - returns_B_T).square()
-    clipped_loss = (clipped_values - returns_B_T).square()
-    per_token = 0.5 * torch.max(unclipped_loss, clipped_loss)
-    loss = torch.where(mask, per_token, torch.zeros_like(per_token)).sum() / mask.sum().clamp(min=1)
-    return loss, _masked_token_mean(clipped_loss > unclipped_loss, mask)
-
-
 # ------------------------------------------------------------------------------------------------ composition
 
 
@@ -689,6 +398,22 @@ def _per_token_objective(
     return per_token, stats
 
 
+def _apply_token_weights(
+    per_token_loss: torch.Tensor,
+    off_policy_mask_B: torch.Tensor | None,
+    entropy_mask_B_T: torch.Tensor | None,
+    sampler_weights_B_T: torch.Tensor | None,
+) -> torch.Tensor:
+    # In this order: the off-policy mask, the entropy mask, the (detached) sampler importance weights.
+    if off_policy_mask_B is not None:
+        per_token_loss = per_token_loss * off_policy_mask_B.reshape(-1, 1).to(per_token_loss.dtype)
+    if entropy_mask_B_T is not None:
+        per_token_loss = per_token_loss * entropy_mask_B_T.to(per_token_loss.dtype)
+    if sampler_weights_B_T is not None:
+        per_token_loss = per_token_loss * sampler_weights_B_T.detach()
+    return per_token_loss
+
+
 def policy_loss(
     logps_B_T: torch.Tensor,
     old_logps_B_T: torch.Tensor | None,
@@ -721,11 +446,7 @@ def policy_loss(
     mask and the sampler importance weights (not for `vespo`, which folds them into its weight), plus `β·KL` with the
     k3 estimator when `beta > 0` (times `ρ` with `use_bias_correction_kl`, DeepSeek-V3.2). Then [`aggregate_loss`].
 
-    - RLOO: `importance_sampling_level="sequence_sum"`, `loss_type="grpo"` (a per-sequence loss averaged over
-      sequences), `beta=0`: RLOO subtracts `β·sequence_kl(...)` from the rewards instead.
-    - PPO: pass per-token advantages `[B, T]` (GAE), `loss_type="bnpo"`, `beta=0` (KL is in the rewards).
-    - On-policy (one iteration per generation): `old_logps_B_T=None` uses `logps_B_T.detach()`, so `ρ = 1` with the
-      gradient of `log π_θ`.
+    RLOO, PPO and on-policy training are configurations of it (see the module docstring).
 
     Args:
         logps_B_T (`torch.Tensor` of shape `[B, T]`):
@@ -791,29 +512,20 @@ def policy_loss(
     advantages = _advantages_column(advantages_B, mask_B_T)
     safe_logps = torch.where(mask, logps_B_T, torch.zeros_like(logps_B_T))
     ratio_B_T = importance_weights(logps_B_T, old_logps_B_T, mask, importance_sampling_level)
-    options = {
-        "epsilon": epsilon,
-        "epsilon_high": epsilon if epsilon_high is None else epsilon_high,
-        "delta": delta,
-        "importance_sampling_level": importance_sampling_level,
-        "sapo_temperature_pos": sapo_temperature_pos,
-        "sapo_temperature_neg": sapo_temperature_neg,
-        "vespo_k_pos": vespo_k_pos,
-        "vespo_lambda_pos": vespo_lambda_pos,
-        "vespo_k_neg": vespo_k_neg,
-        "vespo_lambda_neg": vespo_lambda_neg,
-        "sampler_weights_B_T": sampler_weights_B_T,
-    }
+    options = dict(
+        epsilon=epsilon, epsilon_high=epsilon if epsilon_high is None else epsilon_high, delta=delta,
+        importance_sampling_level=importance_sampling_level, sampler_weights_B_T=sampler_weights_B_T,
+        sapo_temperature_pos=sapo_temperature_pos, sapo_temperature_neg=sapo_temperature_neg,
+        vespo_k_pos=vespo_k_pos, vespo_lambda_pos=vespo_lambda_pos, vespo_k_neg=vespo_k_neg,
+        vespo_lambda_neg=vespo_lambda_neg,
+    )  # fmt: skip
     log_ratio_B_T = _masked_log_ratio(logps_B_T, old_logps_B_T.detach(), mask)
     per_token_loss, metrics = _per_token_objective(
         loss_type, ratio_B_T, safe_logps, log_ratio_B_T, advantages, mask, options
     )
-    if off_policy_mask_B is not None:
-        per_token_loss = per_token_loss * off_policy_mask_B.reshape(-1, 1).to(per_token_loss.dtype)
-    if entropy_mask_B_T is not None:
-        per_token_loss = per_token_loss * entropy_mask_B_T.to(per_token_loss.dtype)
-    if sampler_weights_B_T is not None and loss_type != "vespo":
-        per_token_loss = per_token_loss * sampler_weights_B_T.detach()
+    # VESPO folds the sampler weights into its own weight.
+    sampler_weights = sampler_weights_B_T if loss_type != "vespo" else None
+    per_token_loss = _apply_token_weights(per_token_loss, off_policy_mask_B, entropy_mask_B_T, sampler_weights)
     if beta != 0.0:
         per_token_kl = kl_k3(safe_logps, torch.where(mask, ref_logps_B_T, torch.zeros_like(ref_logps_B_T)))
         if use_bias_correction_kl:
