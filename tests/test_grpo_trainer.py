@@ -11,6 +11,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerState
 
 from trl.testing import get_dataset_path, get_tiny_model_path, load_test_dataset
+from trl.trainer import completions_callback
+from trl.trainer.callbacks import LogCompletionsCallback
 from trl.trainer.grpo_config import GRPOConfig
 from trl.trainer.grpo_trainer import GRPOTrainer
 
@@ -146,6 +148,14 @@ def test_beta_loads_a_frozen_reference_and_logs_kl(tmp_path):
     assert kl[0] == pytest.approx(0.0, abs=1e-6), "the policy equals the reference at the first step"
     assert kl[1] > 0
     assert all(torch.equal(before[n], p) for n, p in trainer.ref_model.named_parameters())
+
+
+def test_reference_stays_in_eval_mode_with_dropout_off_while_the_policy_trains(tmp_path):
+    trainer = make_trainer(tmp_path, beta=0.1, max_steps=1)
+    trainer.train()
+    assert trainer.model.training is not trainer.ref_model.training
+    assert not any(module.training for module in trainer.ref_model.modules())
+    assert all(module.p == 0.0 for module in trainer.ref_model.modules() if isinstance(module, torch.nn.Dropout))
 
 
 def test_sync_ref_model_mixes_the_policy_into_the_reference(tmp_path):
@@ -337,6 +347,25 @@ def test_log_completions_prints_a_table(tmp_path, capsys, monkeypatch):
     trainer.train()
     output = capsys.readouterr().out
     assert "Step 1" in output and "even_tokens" in output and "advantage" in output
+
+
+def test_log_completions_callback_writes_the_recorded_rollout(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TRL_QUIET", raising=False)
+    written = []
+    monkeypatch.setattr(completions_callback, "write_completions_table", lambda table, *a: written.append(table))
+    # log_completions=False, but the user adds the public callback: the trainer records for it.
+    trainer = make_trainer(tmp_path, max_steps=2)
+    trainer.add_callback(LogCompletionsCallback(trainer))
+    trainer.train()
+    assert [type(cb) for cb in trainer.callback_handler.callbacks].count(LogCompletionsCallback) == 1
+    assert [table["step"][0] for table in written] == [0, 1]
+    table = written[-1]
+    assert list(table)[:5] == ["step", "prompt", "completion", "even_tokens", "advantage"]
+    assert len(table["prompt"]) == 4 and len(set(table["prompt"])) == 1
+    assert all(0.0 <= reward <= 1.0 for reward in table["even_tokens"])
+    assert sum(table["even_tokens"]) / 4 == pytest.approx(logged(trainer, "reward")[-1])
+    assert sum(table["advantage"]) == pytest.approx(0.0, abs=1e-5)  # group-normalised
+    assert trainer.recorded_completions == {}  # cleared once logged
 
 
 def test_reward_model_given_by_path(tmp_path):

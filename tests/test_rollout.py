@@ -394,3 +394,31 @@ def test_rollout_warns_when_no_reward_function_scores_a_completion(model, tokeni
     with pytest.warns(UserWarning, match="All reward functions returned None for 8 of 8 completions"):
         batch = rollout.produce(PROMPT_ROWS, "train")
     assert torch.isnan(batch.rewards_B_F).all()
+
+
+# ------------------------------------------------------------------------------ LogCompletionsCallback
+def test_log_completions_callback_generates_for_eval_prompts_without_a_rollout(model, tokenizer, capsys, monkeypatch):
+    from datasets import Dataset
+    from transformers import GenerationConfig
+
+    from trl.trainer.callbacks import LogCompletionsCallback
+
+    monkeypatch.delenv("TRL_QUIET", raising=False)
+    eval_dataset = Dataset.from_dict({"prompt": ["The sky is", "Two plus two", "Unused"]})
+    trainer = SimpleNamespace(
+        eval_dataset=eval_dataset, processing_class=tokenizer, model_wrapped=model, accelerator=None
+    )
+    config = GenerationConfig(max_new_tokens=3, do_sample=False)
+    callback = LogCompletionsCallback(trainer, generation_config=config, num_prompts=2, freq=2)
+    args = SimpleNamespace(eval_steps=None, logging_steps=1, report_to=[], num_completions_to_print=None)
+    state = SimpleNamespace(global_step=1, is_world_process_zero=True)
+    callback.on_step_end(args, state, None)
+    assert capsys.readouterr().out == ""  # not a multiple of freq
+    state.global_step = 2
+    table = callback._generate(2)
+    assert table["prompt"] == ["The sky is", "Two plus two"] and len(table["completion"]) == 2
+    callback.on_step_end(args, state, None)
+    output = capsys.readouterr().out
+    assert "Step 2" in output and "Two plus two" in output and "Unused" not in output
+    with pytest.raises(ValueError, match="eval_dataset"):
+        LogCompletionsCallback(SimpleNamespace(eval_dataset=None))

@@ -68,6 +68,7 @@ class GRPOTrainer(OnlineTrainer):
             Agent training hooks of the reference API; not supported by this version (a `ValueError` when set).
     """
 
+    _config_class = GRPOConfig
     _tag_names = ["trl", "grpo"]
     _name = "GRPO"
     _paper = {

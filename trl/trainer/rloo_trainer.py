@@ -71,6 +71,7 @@ class RLOOTrainer(OnlineTrainer):
             `ref_policy` and `data_collator` are no longer used. Each warns.
     """
 
+    _config_class = RLOOConfig
     _tag_names = ["trl", "rloo"]
     _name = "RLOO"
     _paper = {

@@ -33,28 +33,19 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 
 from ..data_utils import get_dataset_column_names
 from ..models.utils import create_reference_model, prepare_ref_model
-from .base_trainer import BaseTrainer
+from .base_trainer import BaseTrainer, TrainerInputs
 from .callbacks import SyncRefModelCallback
 from .completions_callback import LogCompletionsCallback, record_completions
-from .data_preparation import map_datasets, to_map_style
-from .model_utils import (
-    accepts_logits_to_keep,
-    check_model_init_kwargs_unused,
-    get_tokenizer,
-    is_moe_model,
-    is_peft_model,
-    load_processing_class,
-    load_trained_model,
-    prepare_peft_model,
-)
+from .data_preparation import to_map_style
+from .model_utils import accepts_logits_to_keep, is_peft_model, prepare_auxiliary_model
 from .reward_scoring import RewardFunc, RewardScorer
 from .rollout_engine import SEQUENCE_KEYS, Rollout, RolloutBatch
 from .rollout_utils import RolloutSampler, completion_logps, policy_inputs
-from .utils import disable_dropout_in_model, identity, use_adapter
+from .utils import identity, use_adapter
 
 
 __all__ = ["OnlineTrainer", "RewardFunc", "Rollout", "RolloutBatch"]
@@ -75,6 +66,12 @@ class OnlineTrainer(BaseTrainer):
     `sampler_logps` `[B, C]` and what `_extra_rollout_tensors` adds.
     """
 
+    # Token-mean losses are divided by the optimizer step's token count (see `_scale_loss`): Trainer must neither
+    # pass `num_items_in_batch` to the model nor divide by the accumulation steps again.
+    loss_normalization = "step"
+    # A trainer built only to evaluate needs no training data (get_train_dataloader says so when training starts).
+    _requires_train_dataset = False
+
     def __init__(
         self,
         model: str | PreTrainedModel,
@@ -89,61 +86,37 @@ class OnlineTrainer(BaseTrainer):
         quantization_config: Any = None,
         peft_config: Any = None,
     ):
-        self._validate_inputs(args, model, train_dataset, eval_dataset)
-        # Evaluation repeats every prompt num_generations_eval times through a sampler, which indexes the data: a
-        # streaming evaluation set (finite) is read into memory once.
-        eval_dataset = map_datasets(eval_dataset, to_map_style, "eval")
-        model = self._setup_model(model, args, quantization_config)
-        processing_class = processing_class or load_processing_class(model.config._name_or_path, args)
-        tokenizer = get_tokenizer(processing_class)
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        model = prepare_peft_model(model, peft_config, args)
-        ref_model = self._setup_ref(model, args)
-        self.reward_scorer = RewardScorer(
-            reward_funcs, reward_processing_classes, args.reward_weights, args.model_init_kwargs
-        )
+        self._reward_funcs, self._reward_processing_classes = reward_funcs, reward_processing_classes
         super().__init__(
             model=model,
             args=args,
-            data_collator=identity,
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=processing_class,
             callbacks=callbacks,
             optimizers=optimizers,
+            peft_config=peft_config,
+            quantization_config=quantization_config,
         )
-        self._setup_after_init(ref_model)
 
-    # -------------------------------------------------------------------------------------------- setup
-    @staticmethod
-    def _validate_inputs(args: Any, model: Any, train_dataset: Any, eval_dataset: Any) -> None:
-        check_model_init_kwargs_unused(model, args)
-        if train_dataset is not None and not hasattr(train_dataset, "__len__"):
+    # ------------------------------------------------------------------------------------- skeleton steps
+    def _validate(self, args: Any, inputs: TrainerInputs) -> None:
+        super()._validate(args, inputs)
+        if inputs.train_dataset is not None and not hasattr(inputs.train_dataset, "__len__"):
             raise ValueError(
                 "Online trainers need a train_dataset with a length (each prompt is repeated num_generations times by "
                 "the sampler); streaming datasets are not supported. Load the dataset without streaming."
             )
-        for name, dataset in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
-            datasets = dataset.values() if isinstance(dataset, dict) else [dataset]
-            for part in datasets:
-                if part is None:
-                    continue
-                columns = get_dataset_column_names(part)
-                if "prompt" not in columns:
-                    raise ValueError(
-                        f"The {name} needs a 'prompt' column (prompt-only data, standard or conversational); it has "
-                        f"{columns}."
-                    )
-                if {"image", "images"} & set(columns):
-                    raise ValueError("Image prompts (vision-language models) are not supported by this version.")
-        if eval_dataset is not None and (args.per_device_eval_batch_size * args.world_size) % (
-            args.num_generations_eval
-        ):
+        for name in ("train_dataset", "eval_dataset"):
+            dataset = getattr(inputs, name)
+            for part in dataset.values() if isinstance(dataset, dict) else [dataset]:
+                if part is not None:
+                    _check_prompt_columns(name, get_dataset_column_names(part))
+        global_eval_batch = args.per_device_eval_batch_size * args.world_size
+        if inputs.eval_dataset is not None and global_eval_batch % args.num_generations_eval:
             raise ValueError(
-                f"The global eval batch (per_device_eval_batch_size × processes = "
-                f"{args.per_device_eval_batch_size * args.world_size}) must be a multiple of num_generations_eval "
-                f"({args.num_generations_eval})."
+                f"The global eval batch (per_device_eval_batch_size × processes = {global_eval_batch}) must be a "
+                f"multiple of num_generations_eval ({args.num_generations_eval})."
             )
         if getattr(args, "log_completions_hub_repo", None):
             raise ValueError(
@@ -151,27 +124,23 @@ class OnlineTrainer(BaseTrainer):
                 "and to W&B / Trackio. Unset log_completions_hub_repo."
             )
 
-    @staticmethod
-    def _setup_model(model: str | PreTrainedModel, args: Any, quantization_config: Any) -> PreTrainedModel:
-        if isinstance(model, str):
-            overrides = {"quantization_config": quantization_config} if quantization_config is not None else {}
-            model = load_trained_model(model, args, AutoModelForCausalLM, **overrides)
-        elif quantization_config is not None:
-            raise ValueError("quantization_config only applies when `model` is a string; the model is already loaded.")
-        if args.router_aux_loss_coef not in (None, 0.0) and not is_moe_model(model):
-            raise ValueError(
-                f"router_aux_loss_coef={args.router_aux_loss_coef} is set but {type(model).__name__} is not a "
-                "mixture-of-experts model (its config has no router). Leave router_aux_loss_coef=None."
-            )
-        if args.disable_dropout:
-            disable_dropout_in_model(model)
+    def _setup_model(self, model: str | PreTrainedModel, args: Any, quantization_config: Any) -> PreTrainedModel:
+        model = super()._setup_model(model, args, quantization_config)
         if getattr(args, "cast_lm_head_to_fp32", False):
             _cast_lm_head_to_fp32(model)
         return model
 
-    def _setup_ref(self, model: Any, args: Any) -> Any:
-        """A frozen copy of the policy when the method uses a reference (`beta != 0`); none under PEFT (the reference
-        is the base model with adapters disabled) or without KL."""
+    def _setup_auxiliary_models(self, model: Any, args: Any, inputs: TrainerInputs) -> dict[str, Any]:
+        """The reference (see `_setup_ref`) and the reward functions and models."""
+        reward_scorer = RewardScorer(
+            self._reward_funcs, self._reward_processing_classes, args.reward_weights, args.model_init_kwargs
+        )
+        return {"ref_model": self._setup_ref(model, args), "reward_scorer": reward_scorer}
+
+    @staticmethod
+    def _setup_ref(model: Any, args: Any) -> Any:
+        """A frozen copy of the policy (eval mode, dropout off) when the method uses a reference (`beta != 0`); none
+        under PEFT (the reference is the base model with adapters disabled) or without KL."""
         if args.beta == 0.0:
             return None
         if is_peft_model(model):
@@ -181,23 +150,25 @@ class OnlineTrainer(BaseTrainer):
                     "with adapters disabled. Set sync_ref_model=False or train without peft_config."
                 )
             return None
-        ref_model = create_reference_model(model)
-        if args.disable_dropout:
-            disable_dropout_in_model(ref_model)
-        return ref_model
+        return prepare_auxiliary_model(create_reference_model(model), args)
 
-    def _setup_after_init(self, ref_model: Any) -> None:
-        # Token-mean losses are normalised by the optimizer step's token count (see `_scale_loss`), so Trainer must
-        # not divide by the accumulation steps again.
-        self.model_accepts_loss_kwargs = False
-        self.loss_is_scaled_for_ga = True
+    def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, name: str) -> Any:
+        # Evaluation repeats every prompt num_generations_eval times through a sampler, which indexes the data: a
+        # streaming evaluation set (finite) is read into memory once. Prompts are tokenized by the rollout.
+        return to_map_style(dataset, name) if name.startswith("eval") else dataset
+
+    def _default_collator(self, processing_class: Any, args: Any) -> Any:
+        return identity  # the rollout reads the raw rows
+
+    def _after_init(self, auxiliary_models: dict[str, Any]) -> None:
+        ref_model = auxiliary_models["ref_model"]
         self.ref_model = prepare_ref_model(ref_model, self.accelerator) if ref_model is not None else None
         if self.args.sync_ref_model:
             self.add_callback(SyncRefModelCallback(ref_model=self.ref_model, accelerator=self.accelerator))
+        self.reward_scorer = auxiliary_models["reward_scorer"]
         self.reward_scorer.prepare(self.accelerator)
         self._logits_to_keep_supported = accepts_logits_to_keep(self.accelerator.unwrap_model(self.model))
         self.rollout = self._setup_rollout()
-        self.pad_token_id = self.rollout.pad_token_id
         self.recorded_completions: dict[str, list] = {}
         if self.args.log_completions and not self._logs_completions:
             self.add_callback(LogCompletionsCallback(self))
@@ -210,6 +181,7 @@ class OnlineTrainer(BaseTrainer):
             self.processing_class,
             self.reward_scorer,
             self.accelerator,
+            pad_token_id=self.pad_token_id,
             old_logps_fn=lambda batch: self._batched_logps(self.model, batch),
             ref_logps_fn=self._ref_logps if self.args.beta != 0.0 else None,
             sampler_logps=self._wants_sampler_logps(),
@@ -501,6 +473,15 @@ class OnlineTrainer(BaseTrainer):
         if self.ref_model is None:
             return "base model (adapters disabled)"
         return "frozen copy of the initial policy" + (" (synced)" if self.args.sync_ref_model else "")
+
+
+def _check_prompt_columns(name: str, columns: list[str]) -> None:
+    if "prompt" not in columns:
+        raise ValueError(
+            f"The {name} needs a 'prompt' column (prompt-only data, standard or conversational); it has {columns}."
+        )
+    if {"image", "images"} & set(columns):
+        raise ValueError("Image prompts (vision-language models) are not supported by this version.")
 
 
 def _cast_lm_head_to_fp32(model: PreTrainedModel) -> None:

@@ -121,6 +121,8 @@ class Rollout:
             The reward functions and models (already placed on devices by the trainer).
         accelerator (`accelerate.Accelerator` or `None`, *optional*, defaults to `None`):
             Gathers rewards and counts over processes; `None` runs as a single process on `model`'s device.
+        pad_token_id (`int` or `None`, *optional*, defaults to `None`):
+            Pads the batch; `None` uses the tokenizer's pad token, else its EOS token (padding is masked).
         generation_backend ([`~trl.generation.GenerationBackend`] or `None`, *optional*, defaults to `None`):
             A ready backend; `None` builds the one `args` asks for with `build_generation_backend`.
         old_logps_fn (`Callable[[dict[str, torch.Tensor]], torch.Tensor]` or `None`, *optional*, defaults to `None`):
@@ -144,6 +146,7 @@ class Rollout:
         reward_scorer: RewardScorer,
         accelerator: Any = None,
         *,
+        pad_token_id: int | None = None,
         generation_backend: GenerationBackend | None = None,
         old_logps_fn: LogpsFn | None = None,
         ref_logps_fn: LogpsFn | None = None,
@@ -157,7 +160,9 @@ class Rollout:
         self.accelerator = accelerator or SingleProcess(next(model.parameters()).device)
         self.processing_class = processing_class
         self.tokenizer = get_tokenizer(processing_class)
-        self.pad_token_id = self.tokenizer.pad_token_id
+        if pad_token_id is None:
+            pad_token_id = self.tokenizer.pad_token_id
+        self.pad_token_id = pad_token_id if pad_token_id is not None else self.tokenizer.eos_token_id
         self.reward_scorer = reward_scorer
         self.backend = generation_backend or build_generation_backend(
             args, model, accelerator, self.pad_token_id, self._eos_token_ids(model)
