@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .preference import _logratio
+from .preference_pairs import _logratio
 
 
 @dataclass

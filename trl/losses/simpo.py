@@ -1,0 +1,61 @@
+"""Reference-free preference losses on length-normalised log-probs: SimPO (with CPO-SimPO's extra NLL term applied
+by the trainer) and AlphaPO's reward shaping. Reached through `trl.losses.preference`'s `loss_type` table."""
+
+from __future__ import annotations
+
+import torch
+
+from .preference_pairs import PreferenceLossOutput, _check_smoothing, _pair, _smoothed_logistic, capped_exp
+
+
+def alphapo_reward(logps: torch.Tensor, alpha: float) -> torch.Tensor:
+    """AlphaPO reward shape `s = (1 − p^{−α})/α` with `p = e^{logps}` (arXiv 2501.03884); `s = logps` at `α = 0`.
+
+    With length-normalised log-probs, `p` is the per-token geometric-mean probability, as in the paper.
+
+    Args:
+        logps (`torch.Tensor`):
+            Sequence log-probs (usually per-token means).
+        alpha (`float`):
+            Shape parameter α; `0` leaves the log-probs unchanged (SimPO).
+    """
+    if alpha == 0:
+        return logps
+    return (1 - capped_exp(-alpha * logps)) / alpha
+
+
+def simpo_loss(
+    chosen_logps: torch.Tensor,
+    rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor | None = None,
+    ref_rejected_logps: torch.Tensor | None = None,
+    *,
+    beta: float,
+    simpo_gamma: float = 0.5,
+    label_smoothing: float = 0.0,
+    alpha: float = 0.0,
+) -> PreferenceLossOutput:
+    """SimPO: `−logσ(β(s_c − s_r) − γ)` with `s` the **length-normalised** log-prob (arXiv 2405.14734, Eq. 6).
+
+    With `ε > 0`, the label-smoothed form `−(1−ε)·logσ(z) − ε·logσ(−z)` of `z = β(s_c − s_r) − γ` (CPO's `simpo`).
+    With `alpha ≠ 0`, `s` is first shaped by [`alphapo_reward`] (AlphaPO). SimPO is reference-free: passing reference
+    log-probs is an error. Rewards are `β·s` (detached). CPO-SimPO adds CPO's NLL term in the trainer
+    (arXiv 2401.08417). At `s_c = s_r` the loss is `softplus(γ)`.
+
+    Args:
+        simpo_gamma (`float`, *optional*, defaults to `0.5`):
+            Target reward margin γ.
+        label_smoothing (`float`, *optional*, defaults to `0.0`):
+            ε ∈ [0, 0.5].
+        alpha (`float`, *optional*, defaults to `0.0`):
+            AlphaPO shape parameter.
+
+    The other arguments are those of [`sigmoid_loss`]; `ref_*_logps` must be `None`.
+    """
+    if ref_chosen_logps is not None or ref_rejected_logps is not None:
+        raise ValueError(
+            "SimPO is reference-free: call simpo_loss with ref_chosen_logps=None, ref_rejected_logps=None."
+        )
+    _check_smoothing(label_smoothing, "simpo", upper=0.5, inclusive=True)
+    pair = _pair(alphapo_reward(chosen_logps, alpha), alphapo_reward(rejected_logps, alpha), None, None, beta)
+    return pair.output(beta, _smoothed_logistic(beta * pair.delta - simpo_gamma, label_smoothing))
