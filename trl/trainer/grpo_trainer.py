@@ -195,22 +195,21 @@ class GRPOTrainer(OnlineTrainer):
             off_policy_mask_B=self._off_policy_mask(logps_B_C, inputs, advantages_B, mode),
             sampler_weights_B_T=inputs.get("sampler_weights") if mode == "train" else None,
             use_bias_correction_kl=args.use_bias_correction_kl,
-            sapo_temperature_pos=args.sapo_temperature_pos,
-            sapo_temperature_neg=args.sapo_temperature_neg,
-            vespo_k_pos=args.vespo_k_pos,
-            vespo_lambda_pos=args.vespo_lambda_pos,
-            vespo_k_neg=args.vespo_k_neg,
-            vespo_lambda_neg=args.vespo_lambda_neg,
+            **self._variant_kwargs(),
         )
-        global_normaliser = LOSS_AGGREGATIONS[args.loss_type] == "dapo"
         if bonus:
-            entropy_term = aggregate_loss(
+            loss = loss - self._entropy_coef * aggregate_loss(
                 entropies_B_C, mask_B_C, args.loss_type, args.max_completion_length, inputs["num_items_in_batch"]
             )
-            loss = loss - self._entropy_coef * entropy_term
+        global_normaliser = LOSS_AGGREGATIONS[args.loss_type] == "dapo"
         loss = self._scale_loss(loss, global_normaliser, mode) + self._aux_loss(outputs, mode)
         self._log_loss_metrics(metrics, entropies_B_C, mask_B_C, mode)
         return loss
+
+    def _variant_kwargs(self) -> dict[str, float]:
+        """The SAPO and VESPO coefficients of `policy_loss` (used only by those loss types)."""
+        names = ("sapo_temperature_pos", "sapo_temperature_neg", "vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg")
+        return {name: getattr(self.args, name) for name in (*names, "vespo_lambda_neg")}
 
     def _off_policy_mask(self, logps_B_C, inputs, advantages_B, mode: str) -> torch.Tensor | None:
         threshold = self.args.off_policy_mask_threshold
