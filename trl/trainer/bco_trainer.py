@@ -38,7 +38,8 @@ from ..losses import bco_loss, bco_udm_weights
 from .bco_config import BCOConfig
 from .data_preparation import prepare_train_and_eval
 from .model_utils import get_tokenizer
-from .unpaired_forward import UnpairedLogps, UnpairedPreferenceTrainer
+from .unpaired_forward import UnpairedLogps
+from .unpaired_preference_trainer import UnpairedPreferenceTrainer
 from .utils import RunningMoments
 
 

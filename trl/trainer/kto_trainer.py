@@ -30,10 +30,11 @@ from datasets import Dataset, IterableDataset
 from transformers import PreTrainedModel, TrainingArguments
 
 from ..losses import apo_zero_unpaired_loss, kto_kl_estimate, kto_loss
+from .base_trainer import TrainerInputs
 from .kto_config import KTOConfig
-from .model_utils import check_activation_offloading
 from .unpaired_data import label_counts
-from .unpaired_forward import UnpairedLogps, UnpairedPreferenceTrainer
+from .unpaired_forward import UnpairedLogps
+from .unpaired_preference_trainer import UnpairedPreferenceTrainer
 
 
 class KTOTrainer(UnpairedPreferenceTrainer):
@@ -118,14 +119,13 @@ class KTOTrainer(UnpairedPreferenceTrainer):
     def _uses_kl(args: KTOConfig) -> bool:
         return args.loss_type == "kto"
 
-    def _validate_inputs(self, args: KTOConfig, model: Any, ref_model: Any, peft_config: Any, *rest: Any) -> None:
-        super()._validate_inputs(args, model, ref_model, peft_config, *rest)
+    def _validate(self, args: KTOConfig, inputs: TrainerInputs) -> None:
+        super()._validate(args, inputs)
         if args.use_liger_loss:
             from ..import_utils import is_liger_kernel_available, require
 
             require(is_liger_kernel_available(), "use_liger_loss=True", "pip install liger-kernel")
             raise ValueError("use_liger_loss=True is not supported in this version of trl; set it to False.")
-        check_activation_offloading(args)
 
     def _prepare_dataset(
         self, dataset: Dataset | IterableDataset, processing_class: Any, args: KTOConfig, name: str

@@ -21,18 +21,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 from datasets import Dataset
 from torch.utils.data import DataLoader
-from transformers import AutoModelForCausalLM
 
 from ..models.utils import create_reference_model, prepare_ref_model
 from .callbacks import SyncRefModelCallback
 from .data_preparation import map_datasets
-from .model_utils import get_tokenizer, is_peft_model, load_model
+from .model_utils import get_tokenizer, is_peft_model, prepare_auxiliary_model
 from .utils import pad, use_adapter
 
 
@@ -92,25 +90,39 @@ class ReferenceModelMixin:
     _ref_columns: tuple[str, ...] = ()
 
     # ---------------------------------------------------------------------------------------------- setup
+    # The mixin's part of the `BaseTrainer` skeleton: checks before loading, the reference as an auxiliary model,
+    # and its placement once the accelerator exists.
+    def _validate(self, args: Any, inputs: Any) -> None:
+        super()._validate(args, inputs)
+        validate_reference_options(args, inputs.model, inputs.ref_model, inputs.peft_config)
+
+    def _setup_auxiliary_models(self, model: Any, args: Any, inputs: Any) -> dict[str, Any]:
+        self._explicit_ref_model = inputs.ref_model is not None
+        return {
+            **super()._setup_auxiliary_models(model, args, inputs),
+            "ref_model": self._setup_ref_model(model, inputs.ref_model, args),
+        }
+
+    def _after_init(self, auxiliary_models: dict[str, Any]) -> None:
+        super()._after_init(auxiliary_models)
+        self._setup_reference(auxiliary_models.get("ref_model"), *self._adapter_names())
+
+    def _adapter_names(self) -> tuple[str | None, str | None]:
+        """The PEFT adapter to train and the one used as reference (`None`: adapters disabled)."""
+        return getattr(self.args, "model_adapter_name", None), getattr(self.args, "ref_adapter_name", None)
+
     @staticmethod
     def _setup_ref_model(model: Any, ref_model: Any, args: Any) -> Any:
-        """The separate reference model, or `None` when the policy itself provides the reference log-probs
-        (reference-free, PEFT with adapters disabled, or the untrained policy during precomputation)."""
+        """The separate reference model (frozen, eval mode, dropout off), or `None` when the policy itself provides
+        the reference log-probs (reference-free, PEFT with adapters disabled, or the untrained policy during
+        precomputation)."""
         if getattr(args, "reference_free", False):
             return None
-        if isinstance(ref_model, str):
-            ref_args = SimpleNamespace(
-                model_init_kwargs=getattr(args, "ref_model_init_kwargs", None) or args.model_init_kwargs,
-                trust_remote_code=getattr(args, "trust_remote_code", False),
-            )
-            ref_model = load_model(ref_model, ref_args, AutoModelForCausalLM)
         if ref_model is not None:
-            for param in ref_model.parameters():
-                param.requires_grad_(False)
-            return ref_model.eval()
+            return prepare_auxiliary_model(ref_model, args, getattr(args, "ref_model_init_kwargs", None) or None)
         if is_peft_model(model) or args.precompute_ref_log_probs:
             return None
-        return create_reference_model(model)
+        return prepare_auxiliary_model(create_reference_model(model), args)
 
     def _setup_reference(
         self, ref_model: Any, model_adapter_name: str | None = None, ref_adapter_name: str | None = None
