@@ -3,6 +3,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from trl.chat_template_utils import (
     CHAT_TEMPLATES_DIR,
+    FAMILIES,
     add_response_schema,
     chat_template_problems,
     check_chat_template,
@@ -75,18 +76,19 @@ class TestGenerationMarkers:
 
     def test_shipped_templates_have_markers(self):
         templates = sorted(path.name for path in CHAT_TEMPLATES_DIR.glob("*.jinja"))
-        assert templates == ["chatml.jinja", "llama3.jinja"]
+        assert templates == sorted(f"{family.name}_training.jinja" for family in FAMILIES)
         for path in CHAT_TEMPLATES_DIR.glob("*.jinja"):
             assert has_generation_markers(path.read_text())
 
 
 class TestTrainingChatTemplate:
-    @pytest.mark.parametrize("name", ["chatml", "llama3"])
-    def test_finds_matching_template(self, name):
+    @pytest.mark.parametrize("name, family", [("chatml", "chatml"), ("llama3", "tiny_llama3")])
+    def test_finds_matching_template(self, name, family):
         tokenizer = load(name)
         template = get_training_chat_template(tokenizer)
-        assert template == (CHAT_TEMPLATES_DIR / f"{name}.jinja").read_text()
-        assert get_training_chat_template(tokenizer=tokenizer) == template
+        assert template == (CHAT_TEMPLATES_DIR / f"{family}_training.jinja").read_text()
+        with pytest.warns(FutureWarning, match="processing_class"):
+            assert get_training_chat_template(tokenizer=tokenizer) == template
         # Same rendering as the original on a tool-calling conversation, with and without a generation prompt.
         for messages, kwargs in [
             ([USER, TOOL_CALL, TOOL_RESULT, ANSWER], {"tools": [TOOL]}),
@@ -134,15 +136,24 @@ class TestTrainingChatTemplate:
         expected = '<tool_call>\n{"name": "add", "arguments": {"a": 1}}\n</tool_call><|im_end|>Hello<|im_end|>'
         assert tokenizer.decode(masked) == expected
 
-    def test_none_when_markers_present_or_unknown(self):
+    def test_none_when_markers_present(self):
         assert get_training_chat_template(load("chatml_generation")) is None
+
+    def test_unknown_or_missing_template_raises_with_the_fix(self):
         tokenizer = load("chatml")
-        tokenizer.chat_template = TURN_COUNTING
-        assert get_training_chat_template(tokenizer) is None
+        tokenizer.chat_template = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+        with pytest.raises(ValueError, match="(?s)not recognised.*chat_template_path.*generation"):
+            get_training_chat_template(tokenizer)
+        tokenizer.chat_template = TURN_COUNTING  # ChatML tokens, but renders differently from every ChatML family
+        with pytest.raises(ValueError, match="(?s)special tokens of trl ChatML.*chatml_training_chat_template"):
+            get_training_chat_template(tokenizer)
         tokenizer.chat_template = None
-        assert get_training_chat_template(tokenizer) is None
+        with pytest.raises(ValueError, match="no chat template.*chat_template_path"):
+            get_training_chat_template(tokenizer)
         with pytest.raises(ValueError, match="processing_class"):
             get_training_chat_template()
+        with pytest.raises(TypeError, match="only `processing_class`"):
+            get_training_chat_template(tokenizer, tokenizer=tokenizer)
 
 
 class TestTemplateChecks:
