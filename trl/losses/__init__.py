@@ -5,6 +5,7 @@
 - `odds_ratio`: ORPO's odds-ratio term;
 - `unpaired`: KTO, APO-zero (unpaired) and BCO;
 - `reward`: the Bradley-Terry loss of reward modelling;
+- `distillation`: student-teacher divergences (generalised JSD of GKD, forward / reverse KL, top-k supports);
 - `sft`: supervised fine-tuning, per-token NLL and DFT (`SFT_TOKEN_LOSSES`, `supervised_loss`);
 - `token_classification`: the cross-entropy on labelled positions of process reward models (PRM);
 - `sequence`: per-token to sequence log-probs (sum / mean), LD-DPO and WPO helpers;
@@ -26,6 +27,17 @@ from .advantages import (
     masked_whiten,
     nan_mean_std,
     rloo_advantages,
+)
+from .distillation import (
+    JSD_REDUCTIONS,
+    distillation_loss,
+    divergence_support,
+    generalized_jsd_loss,
+    restrict_to_support,
+    sampled_reverse_kl,
+    token_forward_kl,
+    token_generalized_jsd,
+    token_reverse_kl,
 )
 from .odds_ratio import OddsRatioLossOutput, log1mexp, odds_ratio_loss
 from .policy import (
@@ -98,6 +110,7 @@ __all__ = [
     "F_DIVERGENCE_LOSS_TYPES",
     "F_DIVERGENCE_TYPES",
     "IMPORTANCE_SAMPLING_LEVELS",
+    "JSD_REDUCTIONS",
     "KL_ESTIMATORS",
     "LOSS_AGGREGATIONS",
     "MULTI_OBJECTIVE_AGGREGATIONS",
@@ -130,10 +143,13 @@ __all__ = [
     "combine_losses",
     "compute_advantages",
     "discopop_loss",
+    "distillation_loss",
+    "divergence_support",
     "entropy_mask",
     "exo_pair_loss",
     "f_divergence_scores",
     "gae_advantages",
+    "generalized_jsd_loss",
     "group_advantages",
     "hinge_loss",
     "importance_weights",
@@ -157,7 +173,9 @@ __all__ = [
     "preference_loss",
     "preference_loss_options",
     "rloo_advantages",
+    "restrict_to_support",
     "robust_loss",
+    "sampled_reverse_kl",
     "sampler_correction_weights",
     "sapo_objective",
     "sequence_kl",
@@ -169,6 +187,9 @@ __all__ = [
     "simpo_loss",
     "sppo_hard_loss",
     "token_classification_loss",
+    "token_forward_kl",
+    "token_generalized_jsd",
+    "token_reverse_kl",
     "vespo_weights",
     "wpo_pair_weights",
     "wpo_sequence_weights",
