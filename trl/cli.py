@@ -1,12 +1,16 @@
 """
 The `trl` command: `trl <command> [--config file.yaml] [arguments]`.
 
-Training commands run `trl/scripts/<command>.py` through `accelerate launch`, always, so one process, several
-processes, DeepSpeed and FSDP take the same path: the script runs in a child process started by accelerate (a
-plain `python` process when nothing asks for distribution). Arguments that are not options of the script
-(`--num_processes 2`, `--mixed_precision bf16`, `--config_file ...`, from the command line or the YAML config)
-go to `accelerate launch`; `--accelerate_config <name|path>` picks a packaged profile (`trl/accelerate_configs/`)
-or an accelerate config file. Other commands (`env`) run in this process.
+A training command (`trl sft`, `trl grpo`, ...) parses its arguments once and, by default, runs the script's `main`
+in this process: one interpreter, no launcher. It goes through `accelerate launch` (a child process per rank) only
+when something asks for it: an `accelerate launch` option on the command line or in the YAML config
+(`--num_processes 2`, `--mixed_precision bf16`, `--config_file ...`, `--cpu`), `--accelerate_config <name|path>` (a
+profile shipped in `trl/accelerate_configs/` or a config file), or an accelerate default config file written by
+`accelerate config`. Other commands (`env`, `vllm-serve`) always run in this process.
+
+`trl <command> --help` prints the arguments grouped (the script's, the method's own config fields, the model's,
+the most used training arguments) and `--help-all` every inherited training argument too; both are cached on disk
+after the first call, so they do not import torch again (`trl/scripts/help.py`).
 
 Adding a command is one entry in `COMMANDS`: a training script module exposes
 `make_parser(subparsers=None, prog=None)` and `main(script_args, training_args, model_args, dataset_args)`; an
@@ -23,15 +27,20 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .scripts.cli_checks import report_user_errors
-from .scripts.utils import (
+from .scripts.launch import (
     LAUNCHED_BY_TRL_ENV,
-    TrlParser,
     accelerate_launch_actions,
+    default_accelerate_config_file,
     is_launch_option,
     resolve_accelerate_config,
 )
+
+
+if TYPE_CHECKING:
+    from .scripts.parser import TrlParser
 
 
 @dataclass(frozen=True)
@@ -47,7 +56,8 @@ class Command:
         help (`str`):
             One-line description shown by `trl --help`.
         training (`bool`, *optional*, defaults to `True`):
-            Launch the module as a script through `accelerate launch` (else run its `main` in this process).
+            A training script: run in this process, or through `accelerate launch` when launch options ask for it
+            (else a command whose `main` always runs in this process).
         aliases (`tuple[str, ...]`, *optional*, defaults to `()`):
             Other accepted names.
     """
@@ -102,8 +112,9 @@ def usage() -> str:
     return (
         "usage: trl <command> [--config config.yaml] [arguments]\n\ncommands:\n"
         + "\n".join(lines)
-        + "\n\nRun `trl <command> --help` for the arguments of a command. Training commands also accept any "
-        "`accelerate launch` option (e.g. --num_processes 2) and --accelerate_config <name|path>."
+        + "\n\nRun `trl <command> --help` for the arguments of a command (`--help-all` for every one). Training "
+        "commands run in this process; any `accelerate launch` option (e.g. --num_processes 2) or "
+        "--accelerate_config <name|path> runs them through `accelerate launch` instead."
     )
 
 
@@ -128,14 +139,61 @@ def main(argv: list[str] | None = None) -> None:
     if command is None:
         print(usage(), file=sys.stderr)
         raise SystemExit(f"trl: unknown command {argv[0]!r}; choose one of {[c.name for c in COMMANDS]}.")
+    if command.training and print_cached_help(command.name, command.module, argv[1:]):
+        raise SystemExit(0)
     module = importlib.import_module(command.module)
     parser = module.make_parser(prog=f"trl {command.name}")
     # A mistake in the arguments or the config is one line and exit status 2; TRL_DEBUG=1 shows the traceback.
     with report_user_errors(f"trl {command.name}"):
         if command.training:
-            launch_training_script(module.__file__, parser, argv[1:])
+            run_training_command(module, parser, argv[1:])
         else:
             module.main(*parser.parse_args_and_config(argv[1:]))
+
+
+def print_cached_help(name: str, module_name: str, args: list[str]) -> bool:
+    """
+    Print the grouped help of a training command when `args` ask for it (`-h`, `--help`, `--help-all`).
+
+    Returns:
+        `bool`: Whether help was printed.
+    """
+    wants_all = "--help-all" in args
+    if not wants_all and not any(arg in ("-h", "--help") for arg in args):
+        return False
+    from .scripts.help import command_help
+
+    print(command_help(name, module_name, everything=wants_all))
+    return True
+
+
+def run_training_command(module, parser: TrlParser, args: list[str]) -> None:
+    """
+    Run a training script: in this process, or through `accelerate launch` when a launch option asks for it.
+
+    Args:
+        module (`module`):
+            The script module, with `main(script_args, training_args, model_args, dataset_args)`.
+        parser ([`TrlParser`]):
+            The script's parser.
+        args (`list[str]`):
+            The command-line arguments (after the command name).
+    """
+    *outputs, config_remaining, _ = parser.parse_args_and_config(args, separate_remaining_strings=True)
+    _, cli_launch_args = split_script_and_launch_args(parser, args)
+    if config_remaining or cli_launch_args or launch_reason() is not None:
+        launch_training_script(module.__file__, parser, args)
+        return
+    # One process, nothing to distribute: run the script's main here, with the arguments parsed once.
+    module.main(*outputs)
+
+
+def launch_reason() -> str | None:
+    """Why a training command without launch options still goes through `accelerate launch`, or `None`."""
+    default_config = default_accelerate_config_file()
+    if default_config is not None:
+        return f"the accelerate default config {default_config}"
+    return None
 
 
 def launch_training_script(script_path: str, parser: TrlParser, args: list[str]) -> None:

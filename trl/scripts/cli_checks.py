@@ -17,8 +17,6 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from transformers.hf_argparser import string_to_bool
-
 
 DEBUG_ENV = "TRL_DEBUG"
 USER_ERRORS = (ValueError, FileNotFoundError)
@@ -36,6 +34,8 @@ def _field_annotations(dataclass_types: list[type]) -> dict[str, str]:
 
 def _expected(action: argparse.Action) -> tuple[str, tuple[type, ...]] | None:
     """The name and Python types a YAML value of `action` may have, or `None` when its type is not checked."""
+    from transformers.hf_argparser import string_to_bool  # here: `trl --help` does not import transformers
+
     if action.type is int:
         return "an integer", (int,)
     if action.type is float:

@@ -220,11 +220,77 @@ def load_dataset_from_args(script_args: ScriptArguments, dataset_args: DatasetMi
         return get_dataset(dataset_args)
     if script_args.dataset_name is None:
         raise ValueError("No dataset given: set `--dataset_name`, or a `datasets:` mixture in the YAML config.")
+    return load_named_dataset(script_args.dataset_name, script_args.dataset_config, script_args.dataset_streaming)
+
+
+# File extensions `--dataset_name` accepts for a local file, and the `datasets` builder that reads each.
+DATA_FILE_BUILDERS = {
+    ".json": "json",
+    ".jsonl": "json",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".parquet": "parquet",
+    ".arrow": "arrow",
+    ".txt": "text",
+}
+
+
+def load_named_dataset(name: str, config: str | None = None, streaming: bool = False):
+    """
+    Load what `--dataset_name` names: a local data file, a local folder, or a Hub id.
+
+    - a file (`.json`, `.jsonl`, `.csv`, `.tsv` (tab separated), `.parquet`, `.arrow`, `.txt`) becomes the `train`
+      split;
+    - a folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk` is read with `datasets.load_from_disk`
+      (a single `Dataset` becomes the `train` split);
+    - any other folder, and a Hub id, go to `datasets.load_dataset(name, name=config)` (a folder of data files, or a
+      dataset repository with configurations).
+
+    Args:
+        name (`str`):
+            The path or Hub id.
+        config (`str` or `None`, *optional*, defaults to `None`):
+            The dataset configuration (`--dataset_config`), for folders with configurations and Hub ids.
+        streaming (`bool`, *optional*, defaults to `False`):
+            Stream instead of loading (not for saved datasets).
+
+    Returns:
+        [`~datasets.DatasetDict`] or [`~datasets.IterableDatasetDict`]: The splits.
+    """
+    import os
+
     import datasets
 
-    return datasets.load_dataset(
-        script_args.dataset_name, name=script_args.dataset_config, streaming=script_args.dataset_streaming
-    )
+    path = os.path.expanduser(name)
+    if os.path.isfile(path):
+        extension = os.path.splitext(path)[1].lower()
+        if extension not in DATA_FILE_BUILDERS:
+            raise ValueError(
+                f"--dataset_name {name!r} is a file with an unknown extension {extension!r}; use one of "
+                f"{sorted(DATA_FILE_BUILDERS)}, a folder, or a Hub id."
+            )
+        kwargs = {"delimiter": "\t"} if extension == ".tsv" else {}
+        builder = DATA_FILE_BUILDERS[extension]
+        return datasets.load_dataset(builder, data_files={"train": path}, streaming=streaming, **kwargs)
+    if os.path.isdir(path) and _is_saved_dataset(path):
+        if streaming:
+            raise ValueError(f"{name!r} is a dataset saved with `save_to_disk`, which cannot be streamed.")
+        loaded = datasets.load_from_disk(path)
+        return loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({"train": loaded})
+    if not os.path.isdir(path) and (name.startswith((".", "/", "~")) or os.sep in name and name.count("/") > 1):
+        raise FileNotFoundError(
+            f"--dataset_name {name!r} looks like a local path but no such file or folder exists (the current "
+            f"directory is {os.getcwd()}). A Hub id has the form `org/name`."
+        )
+    return datasets.load_dataset(path if os.path.isdir(path) else name, name=config, streaming=streaming)
+
+
+def _is_saved_dataset(path: str) -> bool:
+    import os
+
+    if os.path.isfile(os.path.join(path, "dataset_dict.json")):
+        return True
+    return os.path.isfile(os.path.join(path, "state.json")) and os.path.isfile(os.path.join(path, "dataset_info.json"))
 
 
 def get_split(dataset, split: str, flag: str):

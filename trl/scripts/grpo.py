@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,14 +102,43 @@ def resolve_reward_func(name: str) -> Any:
         return name
     module_name, _, attribute = name.rpartition(".")
     if module_name:
-        try:
-            return getattr(importlib.import_module(module_name), attribute)
-        except (ImportError, AttributeError) as error:
-            raise ValueError(f"Cannot import the reward function {name!r}: {error}.") from error
+        return import_reward_function(module_name, attribute)
     raise ValueError(
         f"Unknown reward function {name!r}: use one of {sorted(registry)}, a dotted import path "
         "(`my_package.rewards.my_reward`), or a reward model id / directory."
     )
+
+
+def import_reward_function(module_name: str, attribute: str) -> Any:
+    """
+    `module_name.attribute`, importing the module as `python -m` would: the current directory comes first.
+
+    The `trl` console script's own folder, not the current directory, is the first entry of `sys.path`, so
+    `--reward_funcs my_rewards.length_reward` with `my_rewards.py` in the current directory needs it added.
+
+    Raises:
+        ValueError: When the module cannot be found (naming where it looked) or has no such attribute.
+    """
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name is None or not (module_name == error.name or module_name.startswith(error.name + ".")):
+            raise  # the reward module itself imports a missing package: keep Python's message
+        searched = [path or cwd for path in sys.path if path and os.path.isdir(path)]
+        raise ValueError(
+            f"Cannot import the reward function {module_name}.{attribute}: no module named {error.name!r} in the "
+            f"current directory ({cwd}) nor on the Python path {searched}. Run trl from the folder holding "
+            f"{error.name.replace('.', '/')}.py, or add its folder to PYTHONPATH."
+        ) from error
+    if not hasattr(module, attribute):
+        raise ValueError(
+            f"Cannot import the reward function {module_name}.{attribute}: module {module_name!r} "
+            f"({getattr(module, '__file__', '?')}) has no attribute {attribute!r}."
+        )
+    return getattr(module, attribute)
 
 
 def resolve_reward_funcs(reward_funcs: list[str] | None, reward_model_name_or_path: str | None) -> list[Any]:

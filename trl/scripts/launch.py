@@ -37,6 +37,20 @@ def is_launch_option(option: str) -> bool:
     return option in accelerate_launch_actions()
 
 
+def default_accelerate_config_file() -> str | None:
+    """
+    The accelerate default config file (written by `accelerate config`), when there is one.
+
+    `accelerate launch` applies it to every launch, so `trl <command>` launches through accelerate when it exists.
+    The location is accelerate's: `$HF_HOME/accelerate/default_config.yaml`, `HF_HOME` defaulting to
+    `$XDG_CACHE_HOME/huggingface` (`~/.cache/huggingface`). Computed here because importing accelerate's config
+    module imports torch.
+    """
+    cache_home = os.environ.get("HF_HOME", os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface"))
+    path = os.path.join(os.path.expanduser(cache_home), "accelerate", "default_config.yaml")
+    return path if os.path.isfile(path) else None
+
+
 def available_accelerate_configs() -> list[str]:
     """Names of the accelerate profiles shipped in `trl/accelerate_configs/`."""
     return sorted(path.stem for path in ACCELERATE_CONFIGS_DIR.glob("*.yaml"))
