@@ -123,6 +123,7 @@ def text_probes() -> list[tuple[str, list[dict], dict[str, Any]]]:
     return [
         ("system prompt and multi-turn", [PROBE_SYSTEM, PROBE_USER, PROBE_ANSWER, PROBE_USER_2, PROBE_ANSWER_2], {}),
         ("single turn", [PROBE_USER, PROBE_ANSWER], {}),
+        ("empty system prompt", [{"role": "system", "content": ""}, PROBE_USER, PROBE_ANSWER], {}),
         ("generation prompt", [PROBE_USER], {"add_generation_prompt": True}),
         ("system prompt and generation prompt", [PROBE_SYSTEM, PROBE_USER], {"add_generation_prompt": True}),
     ]

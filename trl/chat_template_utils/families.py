@@ -165,7 +165,8 @@ def _first_difference(tokenizer: Any, template: str, candidate: str, probes: lis
 
 
 def _compare(tokenizer: Any, template: str, family: ChatTemplateFamily) -> _Comparison:
-    text = text_probes() + (vision_probes() if family.vision else [])
+    # Image probes for every candidate: a text family must not pass for a vision template by rendering text alike.
+    text = text_probes() + vision_probes()
     compared, text_difference = _first_difference(tokenizer, template, family.chat_template, text)
     if text_difference is not None:
         return _Comparison(compared, text_difference)
