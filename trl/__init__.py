@@ -38,6 +38,17 @@ _import_structure: dict[str, list[str]] = {
         "truncate_dataset",
         "unpair_preference_dataset",
     ],
+    "judges": [
+        "AllTrueJudge",
+        "BaseBinaryJudge",
+        "BaseJudge",
+        "BasePairwiseJudge",
+        "BaseRankJudge",
+        "HfPairwiseJudge",
+        "OpenAIPairwiseJudge",
+        "PairRMJudge",
+        "RewardModelJudge",
+    ],
     "scripts": ["DatasetMixtureConfig", "ScriptArguments", "TrlParser", "get_dataset", "init_zero_verbose"],
     "trainer": [
         "BCOConfig",
@@ -93,6 +104,17 @@ if TYPE_CHECKING:
         prepare_multimodal_messages,
         truncate_dataset,
         unpair_preference_dataset,
+    )
+    from .judges import (
+        AllTrueJudge,
+        BaseBinaryJudge,
+        BaseJudge,
+        BasePairwiseJudge,
+        BaseRankJudge,
+        HfPairwiseJudge,
+        OpenAIPairwiseJudge,
+        PairRMJudge,
+        RewardModelJudge,
     )
     from .models import create_reference_model
     from .scripts import DatasetMixtureConfig, ScriptArguments, TrlParser, get_dataset, init_zero_verbose
