@@ -1,5 +1,12 @@
-"""Model helpers: frozen reference copies and wrapping of models that are only run forward."""
+"""Model helpers: value-head models, frozen reference copies and wrapping of models that are only run forward."""
 
+from .modeling_base import PreTrainedModelWrapper
+from .modeling_value_head import (
+    SUPPORTED_ARCHITECTURES,
+    AutoModelForCausalLMWithValueHead,
+    AutoModelForSeq2SeqLMWithValueHead,
+    ValueHead,
+)
 from .utils import (
     create_reference_model,
     disable_gradient_checkpointing,
@@ -10,6 +17,11 @@ from .utils import (
 
 
 __all__ = [
+    "SUPPORTED_ARCHITECTURES",
+    "AutoModelForCausalLMWithValueHead",
+    "AutoModelForSeq2SeqLMWithValueHead",
+    "PreTrainedModelWrapper",
+    "ValueHead",
     "create_reference_model",
     "disable_gradient_checkpointing",
     "prepare_deepspeed",
