@@ -10,6 +10,7 @@
 - `token_classification`: the cross-entropy on labelled positions of process reward models (PRM);
 - `sequence`: per-token to sequence log-probs (sum / mean), LD-DPO and WPO helpers;
 - `advantages`: reward aggregation, GRPO group advantages, RLOO leave-one-out, PPO's GAE and whitening;
+- `online_preference`: Nash-MD and XPO (Online DPO uses `preference`), the Bradley-Terry preference probability;
 - `policy`: policy-gradient losses (clipped surrogate, CISPO, SAPO, VESPO; token/sequence importance ratios;
   grpo/bnpo/dr_grpo/dapo/luspo aggregation; k1/k2/k3 KL; sampler importance-sampling correction).
 
@@ -40,6 +41,7 @@ from .distillation import (
     token_reverse_kl,
 )
 from .odds_ratio import OddsRatioLossOutput, log1mexp, odds_ratio_loss
+from .online_preference import ONLINE_PREFERENCE_LOSS_TYPES, nash_md_loss, preference_probability, xpo_loss
 from .policy import (
     IMPORTANCE_SAMPLING_LEVELS,
     KL_ESTIMATORS,
@@ -114,6 +116,7 @@ __all__ = [
     "KL_ESTIMATORS",
     "LOSS_AGGREGATIONS",
     "MULTI_OBJECTIVE_AGGREGATIONS",
+    "ONLINE_PREFERENCE_LOSS_TYPES",
     "POLICY_LOSS_TYPES",
     "PREFERENCE_LOSSES",
     "SAMPLER_CORRECTION_MODES",
@@ -166,12 +169,14 @@ __all__ = [
     "masked_whiten",
     "nan_mean_std",
     "nll_token_losses",
+    "nash_md_loss",
     "nca_pair_loss",
     "odds_ratio_loss",
     "off_policy_mask",
     "policy_loss",
     "preference_loss",
     "preference_loss_options",
+    "preference_probability",
     "rloo_advantages",
     "restrict_to_support",
     "robust_loss",
@@ -193,4 +198,5 @@ __all__ = [
     "vespo_weights",
     "wpo_pair_weights",
     "wpo_sequence_weights",
+    "xpo_loss",
 ]
