@@ -462,3 +462,79 @@ def test_glm_masks_the_role_token_that_ends_the_turn():
     first, second = (tokenizer.decode(output["input_ids"][a:b]) for a, b in runs_of(output["assistant_masks"]))
     assert first == "\n<think></think>\nHello<|user|>"
     assert second == "\n<think></think>\nFine, thanks."
+
+
+@pytest.mark.parametrize(
+    "name, generated, expected",
+    [
+        (
+            "qwen3",
+            '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>',
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+                ],
+            },
+        ),
+        (
+            "llama3_1",
+            '{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>',
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+                ],
+            },
+        ),
+        ("gemma3", "It is sunny.<end_of_turn>\n<start_of_turn>user", {"role": "assistant", "content": "It is sunny."}),
+        ("phi3_5", "It is sunny.<|end|>\n<|user|>", {"role": "assistant", "content": "It is sunny."}),
+        ("smolvlm", " A cat.<end_of_utterance>\nUser:", {"role": "assistant", "content": "A cat."}),
+    ],
+)
+def test_add_response_schema_parses_the_family_format(name, generated, expected):
+    from trl.chat_template_utils import add_response_schema, parse_response
+
+    tokenizer = add_response_schema(family_tokenizer(name))
+    ids = tokenizer(generated, add_special_tokens=False)["input_ids"]
+    assert parse_response(tokenizer, ids) == expected
+
+
+@pytest.mark.parametrize("name", ["gptoss", "deepseekv3", "glm4moe", "cohere2", "lfm2"])
+def test_add_response_schema_names_the_family_it_cannot_parse(name):
+    from trl.chat_template_utils import add_response_schema
+
+    with pytest.raises(ValueError, match=f"(?s){get_family(name).title.split(' (')[0]}.*response_schema"):
+        add_response_schema(family_tokenizer(name))
+
+
+@pytest.mark.parametrize("name", ["qwen3", "gptoss", "deepseekv3", "gemma3"])
+def test_clone_chat_template_onto_a_tiny_model(tmp_path, name):
+    """clone_chat_template copies the family's template, special tokens and EOS from a tokenizer directory onto a
+    tiny model (from trl.testing) and its tokenizer, growing the embeddings to a multiple of 64."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trl import clone_chat_template
+    from trl.testing import get_tiny_model_path
+
+    source = family_tokenizer(name)
+    source.save_pretrained(tmp_path)
+    path = get_tiny_model_path("llama")
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    before = len(tokenizer)
+    model, tokenizer, added = clone_chat_template(model, tokenizer, str(tmp_path))
+    assert tokenizer.chat_template == source.chat_template
+    new_tokens = [
+        token
+        for token in SPECS[name].special + (SPECS[name].eos,)
+        if token not in AutoTokenizer.from_pretrained(path).get_vocab()
+    ]
+    assert tokenizer.convert_ids_to_tokens(added) == list(dict.fromkeys(new_tokens))
+    assert added == list(range(before, before + len(added)))
+    assert tokenizer.eos_token == SPECS[name].eos
+    assert model.config.eos_token_id == tokenizer.eos_token_id == model.generation_config.eos_token_id
+    assert model.get_input_embeddings().weight.shape[0] == -(-len(tokenizer) // 64) * 64
+    # The cloned tokenizer renders the family's format and its training template gives an assistant mask.
+    assert get_training_chat_template(tokenizer) == get_family(name).training_chat_template

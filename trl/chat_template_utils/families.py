@@ -81,27 +81,35 @@ FAMILIES: tuple[ChatTemplateFamily, ...] = (
     ChatTemplateFamily(
         "qwen3_vl", "Qwen3-VL", ("<|im_start|>", "<|vision_start|>"), vision=True, response_schema="chatml"
     ),
-    ChatTemplateFamily("llama3", "Llama 3", ("<|start_header_id|>",)),
+    ChatTemplateFamily("llama3", "Llama 3", ("<|start_header_id|>",), response_schema="llama3_plain"),
     ChatTemplateFamily(
         "llama3_1", "Llama 3.1", ("<|start_header_id|>", "Cutting Knowledge"), response_schema="llama3"
     ),
     ChatTemplateFamily(
         "llama3_2", "Llama 3.2", ("<|start_header_id|>", "Cutting Knowledge"), response_schema="llama3"
     ),
-    ChatTemplateFamily("gemma", "Gemma", ("<start_of_turn>",)),
-    ChatTemplateFamily("gemma3", "Gemma 3", ("<start_of_turn>",), vision=True),
-    ChatTemplateFamily("phi3", "Phi-3", ("<|assistant|>", "<|end|>")),
-    ChatTemplateFamily("phi3_5", "Phi-3.5", ("<|assistant|>", "<|end|>")),
+    ChatTemplateFamily("gemma", "Gemma", ("<start_of_turn>",), response_schema="gemma"),
+    ChatTemplateFamily("gemma3", "Gemma 3", ("<start_of_turn>",), vision=True, response_schema="gemma"),
+    ChatTemplateFamily("phi3", "Phi-3", ("<|assistant|>", "<|end|>"), response_schema="phi3"),
+    ChatTemplateFamily("phi3_5", "Phi-3.5", ("<|assistant|>", "<|end|>"), response_schema="phi3"),
     ChatTemplateFamily("gptoss", "GPT-OSS (harmony)", ("<|start|>", "<|channel|>", "<|message|>")),
     ChatTemplateFamily("deepseek_r1_distill", "DeepSeek-R1-Distill", ("<｜Assistant｜>", "<think>")),
     ChatTemplateFamily("deepseekv3", "DeepSeek-V3", ("<｜Assistant｜>",)),
     ChatTemplateFamily("glm4moe", "GLM-4-MoE", ("[gMASK]", "<|assistant|>")),
-    ChatTemplateFamily("cohere", "Cohere (Command R)", ("<|START_OF_TURN_TOKEN|>", "<|CHATBOT_TOKEN|>")),
+    ChatTemplateFamily(
+        "cohere", "Cohere (Command R)", ("<|START_OF_TURN_TOKEN|>", "<|CHATBOT_TOKEN|>"), response_schema="cohere"
+    ),
     ChatTemplateFamily("cohere2", "Cohere 2 (Command R7B / A)", ("<|START_OF_TURN_TOKEN|>", "<|START_RESPONSE|>")),
     ChatTemplateFamily("lfm2", "LFM2", ("<|im_start|>", "<|tool_list_start|>")),
-    ChatTemplateFamily("idefics3", "Idefics3", ("<end_of_utterance>", "<|begin_of_text|>"), vision=True),
-    ChatTemplateFamily("smolvlm", "SmolVLM", ("<end_of_utterance>", "<|im_start|>"), vision=True),
-    ChatTemplateFamily("llava_next", "LLaVA-NeXT (Mistral)", ("[INST]", "<image>"), vision=True),
+    ChatTemplateFamily(
+        "idefics3", "Idefics3", ("<end_of_utterance>", "<|begin_of_text|>"), vision=True, response_schema="idefics3"
+    ),
+    ChatTemplateFamily(
+        "smolvlm", "SmolVLM", ("<end_of_utterance>", "<|im_start|>"), vision=True, response_schema="idefics3"
+    ),
+    ChatTemplateFamily(
+        "llava_next", "LLaVA-NeXT (Mistral)", ("[INST]", "<image>"), vision=True, response_schema="llava_next"
+    ),
 )
 
 _TRAINING_TEMPLATES = {

@@ -33,26 +33,56 @@ LLAMA3_RESPONSE_SCHEMA = {
 }
 
 
+def _content_schema(assistant_start: str, *end_of_turn: str) -> dict:
+    # Families whose assistant turns carry no tool calls trl can parse: the answer is cut at the end of its turn.
+    return {"assistant_start": assistant_start, "end_of_turn": list(end_of_turn), "tool_calls": None}
+
+
+# Schema of each family key (`ChatTemplateFamily.response_schema`).
+RESPONSE_SCHEMAS: dict[str, dict] = {
+    "chatml": CHATML_RESPONSE_SCHEMA,
+    "llama3": LLAMA3_RESPONSE_SCHEMA,
+    "llama3_plain": _content_schema("<|start_header_id|>assistant<|end_header_id|>\n\n", "<|eot_id|>"),
+    "gemma": _content_schema("<start_of_turn>model\n", "<end_of_turn>"),
+    "phi3": _content_schema("<|assistant|>\n", "<|end|>"),
+    "cohere": _content_schema("<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>", "<|END_OF_TURN_TOKEN|>"),
+    "idefics3": _content_schema("Assistant:", "<end_of_utterance>"),
+    "llava_next": _content_schema("[/INST]", "</s>"),
+}
+
+
 def _infer_response_schema(processing_class: Any) -> dict:
+    from .families import detect_chat_template_family  # families imports the checks; import here avoids a cycle
+
+    family = detect_chat_template_family(processing_class)
+    if family is not None and family.response_schema is not None:
+        return dict(RESPONSE_SCHEMAS[family.response_schema])
     template = template_of(processing_class) or ""
-    if "<|im_start|>" in template:
-        schema = CHATML_RESPONSE_SCHEMA
-    elif "<|start_header_id|>" in template:
-        schema = LLAMA3_RESPONSE_SCHEMA
-    else:
-        raise ValueError(
-            "Unrecognised chat template: no response schema is known for it. Assign `processing_class."
-            "response_schema` a dict like trl.chat_template_utils.CHATML_RESPONSE_SCHEMA that describes it."
-        )
-    return dict(schema)
+    # A template no family renders like: fall back on its special tokens for the two generic formats.
+    if family is None and "<|im_start|>" in template:
+        return dict(CHATML_RESPONSE_SCHEMA)
+    if family is None and "<|start_header_id|>" in template:
+        return dict(LLAMA3_RESPONSE_SCHEMA)
+    what = f"the {family.title} template" if family is not None else "this chat template"
+    raise ValueError(
+        f"No response schema is known for {what}: trl does not parse its assistant messages yet. Assign "
+        "`processing_class.response_schema` a dict like trl.chat_template_utils.CHATML_RESPONSE_SCHEMA that "
+        "describes it."
+    )
 
 
 def add_response_schema(processing_class: ProcessingClassT) -> ProcessingClassT:
-    """Attach the response schema [`parse_response`] uses, for the recognised templates (ChatML, Llama 3).
+    """Attach the response schema [`parse_response`] uses, chosen from the template's family.
+
+    Tool calls are parsed for the ChatML families (trl ChatML, Qwen2.5, Qwen3, Qwen3 Instruct-2507, Qwen3-VL:
+    `<tool_call>` JSON blocks) and the Llama 3.1 / 3.2 families (bare JSON); Llama 3, Gemma, Gemma 3, Phi-3, Phi-3.5,
+    Cohere, Idefics3, SmolVLM and LLaVA-NeXT get a content-only schema (the answer is cut at the end of its turn).
+    GPT-OSS, DeepSeek, GLM-4-MoE, Cohere 2 and LFM2 have no schema yet. An unrecognised template with ChatML or
+    Llama 3 header tokens gets the matching generic schema.
 
     The schema is stored as `processing_class.response_schema` (and on its tokenizer): a dict with
-    `assistant_start`, `end_of_turn`, `tool_calls` (`"tagged"` or `"json"`), `tool_call_open` / `tool_call_close`
-    (for tagged calls) and `arguments_key`. Set that attribute yourself for another template.
+    `assistant_start`, `end_of_turn`, `tool_calls` (`"tagged"`, `"json"` or `None`), `tool_call_open` /
+    `tool_call_close` (for tagged calls) and `arguments_key`. Set that attribute yourself for another template.
 
     Args:
         processing_class (`PreTrainedTokenizerBase` or `ProcessorMixin`):
