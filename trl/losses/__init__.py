@@ -10,6 +10,7 @@
 - `token_classification`: the cross-entropy on labelled positions of process reward models (PRM);
 - `sequence`: per-token to sequence log-probs (sum / mean), LD-DPO and WPO helpers;
 - `advantages`: reward aggregation, GRPO group advantages, RLOO leave-one-out, PPO's GAE and whitening;
+- `ppo`: PPO's per-token rewards (score on the last token minus `kl_coef`·k1/k3 KL);
 - `online_preference`: Nash-MD and XPO (Online DPO uses `preference`), the Bradley-Terry preference probability;
 - `policy`: policy-gradient losses (clipped surrogate, CISPO, SAPO, VESPO; token/sequence importance ratios;
   grpo/bnpo/dr_grpo/dapo/luspo aggregation; k1/k2/k3 KL; sampler importance-sampling correction).
@@ -66,6 +67,7 @@ from .policy import (
     sequence_kl,
     vespo_weights,
 )
+from .ppo import PPO_KL_ESTIMATORS, kl_penalized_rewards
 from .preference import (
     F_DIVERGENCE_LOSS_TYPES,
     F_DIVERGENCE_TYPES,
@@ -118,6 +120,7 @@ __all__ = [
     "MULTI_OBJECTIVE_AGGREGATIONS",
     "ONLINE_PREFERENCE_LOSS_TYPES",
     "POLICY_LOSS_TYPES",
+    "PPO_KL_ESTIMATORS",
     "PREFERENCE_LOSSES",
     "SAMPLER_CORRECTION_MODES",
     "SCALE_REWARDS",
@@ -161,6 +164,7 @@ __all__ = [
     "kl_k1",
     "kl_k2",
     "kl_k3",
+    "kl_penalized_rewards",
     "kto_kl_estimate",
     "kto_loss",
     "ld_dpo_logps",
