@@ -19,8 +19,12 @@ _import_structure: dict[str, list[str]] = {
     ],
     "cpo_config": ["CPOConfig"],
     "cpo_trainer": ["CPOTrainer"],
+    "distillation_config": ["DistillationConfig"],
+    "distillation_trainer": ["DistillationTrainer"],
     "dpo_config": ["DPOConfig", "FDivergenceConstants", "FDivergenceType"],
     "dpo_trainer": ["DPOTrainer"],
+    "gkd_config": ["GKDConfig"],
+    "gkd_trainer": ["GKDTrainer"],
     "grpo_config": ["GRPOConfig"],
     "grpo_trainer": ["GRPOTrainer"],
     "kto_config": ["KTOConfig"],
@@ -53,8 +57,12 @@ if TYPE_CHECKING:
     )
     from .cpo_config import CPOConfig
     from .cpo_trainer import CPOTrainer
+    from .distillation_config import DistillationConfig
+    from .distillation_trainer import DistillationTrainer
     from .dpo_config import DPOConfig, FDivergenceConstants, FDivergenceType
     from .dpo_trainer import DPOTrainer
+    from .gkd_config import GKDConfig
+    from .gkd_trainer import GKDTrainer
     from .grpo_config import GRPOConfig
     from .grpo_trainer import GRPOTrainer
     from .kto_config import KTOConfig
