@@ -178,7 +178,7 @@ class DistillationMixin:
             return "student"
         return "teacher" if getattr(self.args, "seq_kd", False) else "dataset"
 
-    def _with_completions(self, inputs: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    def _with_completions(self, inputs: dict[str, torch.Tensor], source: str, mode: str) -> dict[str, torch.Tensor]:
         """`inputs` with their completions replaced by completions sampled from `source` (unchanged for "dataset")."""
         if source == "dataset":
             if not inputs["completion_mask"].any():
@@ -198,18 +198,18 @@ class DistillationMixin:
         completion_ids, completion_mask = pad_rows(
             result.completion_ids, self.pad_token_id, "right", torch.long, device
         )
-        self.log_metric("completions/mean_length", completion_mask.sum(dim=1).float().mean())
+        self.log_metric("completions/mean_length", completion_mask.sum(dim=1).float().mean(), mode)
         return {**inputs, "completion_ids": completion_ids, "completion_mask": completion_mask}
 
     def training_step(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], num_items_in_batch: Any = None):
-        inputs = self._with_completions(self._prepare_inputs(inputs), self._completion_source())
+        inputs = self._with_completions(self._prepare_inputs(inputs), self._completion_source(), "train")
         return super().training_step(model, inputs, num_items_in_batch)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         # Evaluation scores the dataset completions; prompt-only data is scored on student samples.
         inputs = self._prepare_inputs(inputs)
         if not inputs["completion_mask"].any():
-            inputs = self._with_completions(inputs, "student")
+            inputs = self._with_completions(inputs, "student", "eval")
         with torch.no_grad(), self.compute_loss_context_manager():
             loss = self.compute_loss(model, inputs)
         return loss.detach(), None, None
