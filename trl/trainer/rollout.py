@@ -71,6 +71,8 @@ class OnlineTrainer(BaseTrainer):
     loss_normalization = "step"
     # A trainer built only to evaluate needs no training data (get_train_dataloader says so when training starts).
     _requires_train_dataset = False
+    # Rows kept together when the generation batch is shuffled into micro-batches (2: the pairs of pairwise losses).
+    _buffer_group_size = 1
 
     def __init__(
         self,
@@ -183,7 +185,7 @@ class OnlineTrainer(BaseTrainer):
             self.accelerator,
             pad_token_id=self.pad_token_id,
             old_logps_fn=lambda batch: self._batched_logps(self.model, batch),
-            ref_logps_fn=self._ref_logps if self.args.beta != 0.0 else None,
+            ref_logps_fn=self._ref_logps if self._uses_reference() else None,
             sampler_logps=self._wants_sampler_logps(),
             log_metric=self.log_metric,
         )
@@ -269,7 +271,7 @@ class OnlineTrainer(BaseTrainer):
             tokens = self.accelerator.gather(batch["completion_mask"].sum().float().reshape(1)).sum()
             return {**batch, "num_items_in_batch": tokens.item()}
         if self.rollout.needs_generation():
-            self.rollout.fill_buffer(self._rollout_batch(rows, "train"))
+            self.rollout.fill_buffer(self._rollout_batch(rows, "train"), self._buffer_group_size)
         return self.rollout.next_micro_batch()
 
     def _rollout_batch(self, rows: list[dict[str, Any]], mode: str) -> dict[str, torch.Tensor]:
@@ -303,6 +305,10 @@ class OnlineTrainer(BaseTrainer):
     def _extra_rollout_tensors(self, rollout: RolloutBatch, mode: str) -> dict[str, torch.Tensor]:
         """Per-row tensors a method adds to the local batch (e.g. importance-sampling weights); none by default."""
         return {}
+
+    def _uses_reference(self) -> bool:
+        """Whether the rollout computes reference log-probs (`ref_logps`); by default when `beta != 0`."""
+        return self.args.beta != 0.0
 
     def _needs_old_logps(self, mode: str) -> bool:
         """Whether the rollout computes the generating policy's log-probs (`old_logps`)."""
