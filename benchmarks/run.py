@@ -22,6 +22,7 @@ from benchmarks import (  # noqa: E402
     bench_prm,
     bench_reward,
     bench_sft,
+    bench_token_logps,
 )
 from benchmarks.common import run_case_in_subprocess  # noqa: E402
 
@@ -34,6 +35,7 @@ SUITES = {
     "grpo": ("benchmarks.bench_grpo", bench_grpo.CASES),
     "kto_bco": ("benchmarks.bench_kto_bco", bench_kto_bco.CASES),
     "cpo_orpo": ("benchmarks.bench_cpo_orpo", bench_cpo_orpo.CASES),
+    "token_logps": ("benchmarks.bench_token_logps", bench_token_logps.CASES),
 }
 
 
