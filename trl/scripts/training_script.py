@@ -285,6 +285,8 @@ _DESCRIPTIONS = {
     "orpo": "Odds Ratio Preference Optimization (ORPOTrainer): SFT and preference alignment in one stage.",
     "prm": "Process reward modelling (PRMTrainer, token classification) on a stepwise-supervision dataset.",
     "reward": "Reward modelling (RewardTrainer, Bradley-Terry) on a paired preference dataset.",
+    "gkd": "Generalized Knowledge Distillation (GKDTrainer) from --teacher_model_name_or_path.",
+    "distillation": "On-policy distillation (DistillationTrainer) from --teacher_model_name_or_path.",
 }
 _CLASSES = {
     "sft": ("SFTConfig", "SFTTrainer", None),
@@ -295,6 +297,8 @@ _CLASSES = {
     "orpo": ("ORPOConfig", "ORPOTrainer", None),
     "prm": ("PRMConfig", "PRMTrainer", "TOKEN_CLS"),
     "reward": ("RewardConfig", "RewardTrainer", "SEQ_CLS"),
+    "gkd": ("GKDConfig", "GKDTrainer", None),
+    "distillation": ("DistillationConfig", "DistillationTrainer", None),
 }
 
 
