@@ -71,6 +71,8 @@ _import_structure: dict[str, list[str]] = {
         "ModelConfig",
         "ORPOConfig",
         "ORPOTrainer",
+        "PPOConfig",
+        "PPOTrainer",
         "PRMConfig",
         "PRMTrainer",
         "RewardConfig",
@@ -84,7 +86,12 @@ _import_structure: dict[str, list[str]] = {
         "get_peft_config",
         "get_quantization_config",
     ],
-    "models": ["create_reference_model"],
+    "models": [
+        "AutoModelForCausalLMWithValueHead",
+        "AutoModelForSeq2SeqLMWithValueHead",
+        "PreTrainedModelWrapper",
+        "create_reference_model",
+    ],
 }
 
 if TYPE_CHECKING:
@@ -120,7 +127,12 @@ if TYPE_CHECKING:
         PairRMJudge,
         RewardModelJudge,
     )
-    from .models import create_reference_model
+    from .models import (
+        AutoModelForCausalLMWithValueHead,
+        AutoModelForSeq2SeqLMWithValueHead,
+        PreTrainedModelWrapper,
+        create_reference_model,
+    )
     from .scripts import DatasetMixtureConfig, ScriptArguments, TrlParser, get_dataset, init_zero_verbose
     from .trainer import (
         BCOConfig,
@@ -143,6 +155,8 @@ if TYPE_CHECKING:
         ModelConfig,
         ORPOConfig,
         ORPOTrainer,
+        PPOConfig,
+        PPOTrainer,
         PRMConfig,
         PRMTrainer,
         RewardConfig,

@@ -2,7 +2,7 @@
 
 Importing this package warns once with [`TRLExperimentalWarning`]; set `TRL_EXPERIMENTAL_SILENCE=1` to silence it.
 It also keeps the import paths of the reference library's experimental trainers that trl ships as stable ones
-(`trl.experimental.cpo`, `trl.experimental.orpo`).
+(`trl.experimental.cpo`, `trl.experimental.orpo`, `trl.experimental.ppo`).
 """
 
 import os

@@ -37,6 +37,8 @@ _import_structure: dict[str, list[str]] = {
     "prm_trainer": ["PRMTrainer"],
     "reward_config": ["RewardConfig"],
     "reward_trainer": ["RewardTrainer"],
+    "ppo_config": ["PPOConfig"],
+    "ppo_trainer": ["PPOTrainer"],
     "rloo_config": ["RLOOConfig"],
     "rloo_trainer": ["RLOOTrainer"],
     "sft_config": ["SFTConfig"],
@@ -71,6 +73,8 @@ if TYPE_CHECKING:
     from .orpo_config import ORPOConfig
     from .orpo_trainer import ORPOTrainer
     from .peft_utils import get_kbit_device_map, get_peft_config, get_quantization_config
+    from .ppo_config import PPOConfig
+    from .ppo_trainer import PPOTrainer
     from .prm_config import PRMConfig
     from .prm_trainer import PRMTrainer
     from .reward_config import RewardConfig
