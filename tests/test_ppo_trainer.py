@@ -219,3 +219,26 @@ def test_ppo_raises_a_rule_based_score(tmp_path):
     first, last = sum(scores[:3]) / 3, sum(scores[-3:]) / 3
     print(f"PPO learning test: objective/scores {first:.3f} (first 3 rollouts) -> {last:.3f} (last 3)")
     assert last > first + 0.2, scores
+
+
+# --------------------------------------------------------------------------------------------------------- CLI
+def test_trl_ppo_cli_trains_from_a_yaml_config(tmp_path):
+    import subprocess
+    import sys
+
+    from trl.testing import get_dataset_path
+
+    config = tmp_path / "ppo.yaml"
+    config.write_text(
+        f"model_name_or_path: {get_tiny_model_path('qwen2')}\nreward_model_path: {get_tiny_model_path(SEQ_CLS)}\n"
+        f"dataset_name: {get_dataset_path()}\ndataset_config: standard_prompt_only\noutput_dir: {tmp_path / 'out'}\n"
+        "max_steps: 1\nper_device_train_batch_size: 2\nnum_ppo_epochs: 1\nresponse_length: 3\nreport_to: none\n"
+        "num_sample_generations: 0\ngradient_checkpointing: false\nsave_strategy: 'no'\n"
+    )
+    env = {**os.environ, "TRL_QUIET": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "trl.cli", "ppo", "--config", str(config), "--kl_estimator", "k3"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "out" / "model.safetensors").exists() and not (tmp_path / "out" / "value_model").exists()

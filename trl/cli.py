@@ -79,6 +79,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("orpo", "trl.scripts.orpo", "Odds Ratio Preference Optimization (ORPOTrainer)."),
     Command("grpo", "trl.scripts.grpo", "Group Relative Policy Optimization (GRPOTrainer) with reward functions."),
     Command("rloo", "trl.scripts.rloo", "REINFORCE Leave-One-Out (RLOOTrainer) with reward functions."),
+    Command("ppo", "trl.scripts.ppo", "Proximal Policy Optimization (PPOTrainer) with a reward and a value model."),
     Command("prm", "trl.scripts.prm", "Process reward modelling (PRMTrainer) on stepwise supervision."),
     Command("gkd", "trl.scripts.gkd", "Generalized Knowledge Distillation (GKDTrainer) from a teacher model."),
     Command("distillation", "trl.scripts.distillation", "On-policy distillation (DistillationTrainer) from a teacher."),
