@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import (  # noqa: E402
     bench_cpo_orpo,
+    bench_distillation,
     bench_dpo,
     bench_grpo,
     bench_kto_bco,
@@ -36,6 +37,7 @@ SUITES = {
     "kto_bco": ("benchmarks.bench_kto_bco", bench_kto_bco.CASES),
     "cpo_orpo": ("benchmarks.bench_cpo_orpo", bench_cpo_orpo.CASES),
     "token_logps": ("benchmarks.bench_token_logps", bench_token_logps.CASES),
+    "distillation": ("benchmarks.bench_distillation", bench_distillation.CASES),
 }
 
 

@@ -125,7 +125,35 @@ def build_bco(output_dir: str):
     return build_unpaired("bco", output_dir)
 
 
+def build_distillation_pair(method: str, output_dir: str):
+    from trl import DistillationConfig, DistillationTrainer, GKDConfig, GKDTrainer
+    from trl.testing import get_tiny_model_path, load_test_dataset
+
+    # lmbda=0.5: both on-policy (generated per process) and dataset micro-batches; the coin agrees across ranks.
+    common = dict(
+        output_dir=output_dir, report_to="none", max_steps=3, per_device_train_batch_size=2, save_strategy="no",
+        learning_rate=1e-2, max_length=64, seed=0, lmbda=0.5,
+    )  # fmt: skip
+    if method == "gkd":
+        args, trainer_class = GKDConfig(**common, max_new_tokens=6), GKDTrainer
+    else:
+        args, trainer_class = DistillationConfig(**common, max_completion_length=6), DistillationTrainer
+    student, teacher = get_tiny_model_path("qwen2"), get_tiny_model_path("qwen2", size="small")
+    dataset = load_test_dataset("conversational_prompt_completion")
+    return trainer_class(student, teacher, args=args, train_dataset=dataset)
+
+
+def build_gkd(output_dir: str):
+    return build_distillation_pair("gkd", output_dir)
+
+
+def build_distillation(output_dir: str):
+    return build_distillation_pair("distillation", output_dir)
+
+
 BUILDERS = {
+    "gkd": build_gkd,
+    "distillation": build_distillation,
     "sft": build_sft,
     "prm": build_prm,
     "grpo": build_grpo,
