@@ -22,9 +22,8 @@ Deliberate differences from the reference: the policy and value model train thro
 shared online-trainer loop: checkpoints with exact resume, evaluation, callbacks, several processes), so the
 rollout batch is shuffled once and replayed in the same micro-batch order every PPO epoch; as in the reference, the
 gradient accumulates over `gradient_accumulation_steps` micro-batches whatever `num_mini_batches` is. The reward
-model scores the decoded text with its own tokenizer (the shared scorer), and also accepts a reward function. The
-score is placed on the last completion token (the EOS token is part of the completion) and GAE bootstraps from 0
-after it. Whitening uses each process's batch, as in the reference.
+model scores the decoded text with its own tokenizer (the shared scorer; a reward function works too). The score is
+on the last completion token (EOS included) and GAE bootstraps from 0 after it; whitening is per process.
 """
 
 from __future__ import annotations
@@ -105,9 +104,7 @@ class PolicyAndValueWrapper(torch.nn.Module):
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         return self.policy.generate(*args, **kwargs)
 
-    @property
-    def generation_config(self) -> Any:
-        return getattr(self.policy, "generation_config", None)
+    generation_config = property(lambda self: getattr(self.policy, "generation_config", None))
 
 
 class PPOTrainer(OnlineTrainer):
@@ -388,13 +385,9 @@ class PPOTrainer(OnlineTrainer):
 
     def _derived_quantities(self) -> dict[str, Any]:
         args = self.args
-        rows = super()._derived_quantities()
-        for key in [k for k in rows if "num_generations" in k or "generation batch" in k or "passes" in k]:
-            rows.pop(key)
-        rows["rollout batch (batch_size prompts)"] = args.batch_size
-        rows["minibatches (num_mini_batches)"] = f"{args.num_mini_batches} of {args.mini_batch_size} prompts"
-        rows["PPO epochs per rollout batch"] = args.num_ppo_epochs
-        rows["optimizer steps per rollout batch"] = args.num_ppo_epochs
+        rows = {k: v for k, v in super()._derived_quantities().items() if "generation" not in k and "passes" not in k}
+        rows["rollout batch / minibatch (prompts)"] = f"{args.batch_size} / {args.mini_batch_size}"
+        rows["PPO epochs = optimizer steps per rollout batch"] = args.num_ppo_epochs
         rows["rollout batches (num_total_batches)"] = args.num_total_batches
         rows["KL"] = f"{args.kl_estimator} × {args.kl_coef}"
         return rows
