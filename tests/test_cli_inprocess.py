@@ -151,3 +151,30 @@ def test_reward_funcs_import_from_the_current_directory(tmp_path, monkeypatch):
         resolve_reward_func("my_cli_rewards.nope")
     with pytest.raises(ValueError, match=r"no module named 'no_such_rewards' in the current directory"):
         resolve_reward_func("no_such_rewards.fn")
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+def test_trl_sft_trains_in_process_without_warnings(tmp_path, monkeypatch, no_accelerate_default):
+    import warnings
+
+    from trl.testing import get_tiny_model_path
+
+    def no_launch(*args):
+        raise AssertionError("a run without launch options must not go through accelerate launch")
+
+    monkeypatch.setattr(cli, "launch_training_script", no_launch)
+    config = {
+        "model_name_or_path": get_tiny_model_path(),
+        "dataset_name": TRAIN_JSONL,  # a local file
+        "output_dir": str(tmp_path / "out"),
+        "max_steps": 2,
+        "per_device_train_batch_size": 2,
+        "report_to": "none",
+        "save_strategy": "no",
+    }
+    (tmp_path / "sft.yaml").write_text(yaml.safe_dump(config))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli.main(["sft", "--config", str(tmp_path / "sft.yaml")])
+    assert (tmp_path / "out" / "config.json").exists()
+    assert not [str(w.message) for w in caught if "pin_memory" in str(w.message)]
