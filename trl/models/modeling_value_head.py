@@ -111,12 +111,17 @@ class _ValueHeadMixin:
         finally:
             del self.pretrained_model.v_head
 
-    @staticmethod
-    def _outputs(lm_logits: torch.Tensor, loss: Any, value: torch.Tensor, past: Any, return_past: bool) -> tuple:
+    def _value_head_forward(self, hidden_key, input_ids, past_key_values, attention_mask, return_past, kwargs):
+        """`(lm_logits, loss, value[, past_key_values])` with the head on the last `hidden_key` hidden states."""
+        kwargs["output_hidden_states"] = True
+        if past_key_values is not None:
+            kwargs["past_key_values"] = past_key_values
+        outputs = self.pretrained_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        value_B_L = self.v_head(getattr(outputs, hidden_key)[-1]).squeeze(-1)
         # Half-precision logits are returned in float32, as the value is.
-        if lm_logits.dtype != torch.float32:
-            lm_logits = lm_logits.float()
-        return (lm_logits, loss, value, past) if return_past else (lm_logits, loss, value)
+        lm_logits = outputs.logits if outputs.logits.dtype == torch.float32 else outputs.logits.float()
+        past = getattr(outputs, "past_key_values", None)
+        return (lm_logits, outputs.loss, value_B_L, past) if return_past else (lm_logits, outputs.loss, value_B_L)
 
 
 class AutoModelForCausalLMWithValueHead(_ValueHeadMixin, PreTrainedModelWrapper):
@@ -165,13 +170,8 @@ class AutoModelForCausalLMWithValueHead(_ValueHeadMixin, PreTrainedModelWrapper)
             **kwargs:
                 Forwarded to the LM (e.g. `labels`, `position_ids`).
         """
-        kwargs["output_hidden_states"] = True
-        if past_key_values is not None:
-            kwargs["past_key_values"] = past_key_values
-        outputs = self.pretrained_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        value_B_L = self.v_head(outputs.hidden_states[-1]).squeeze(-1)
-        past = getattr(outputs, "past_key_values", None)
-        return self._outputs(outputs.logits, outputs.loss, value_B_L, past, return_past_key_values)
+        return self._value_head_forward("hidden_states", input_ids, past_key_values, attention_mask,
+                                        return_past_key_values, kwargs)  # fmt: skip
 
 
 class AutoModelForSeq2SeqLMWithValueHead(_ValueHeadMixin, PreTrainedModelWrapper):
@@ -205,13 +205,8 @@ class AutoModelForSeq2SeqLMWithValueHead(_ValueHeadMixin, PreTrainedModelWrapper
         **kwargs: Any,
     ) -> tuple:
         """Returns `(lm_logits, loss, value [B, L_decoder])` (see [`AutoModelForCausalLMWithValueHead.forward`])."""
-        kwargs["output_hidden_states"] = True
-        if past_key_values is not None:
-            kwargs["past_key_values"] = past_key_values
-        outputs = self.pretrained_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        value_B_L = self.v_head(outputs.decoder_hidden_states[-1]).squeeze(-1)
-        past = getattr(outputs, "past_key_values", None)
-        return self._outputs(outputs.logits, outputs.loss, value_B_L, past, return_past_key_values)
+        return self._value_head_forward("decoder_hidden_states", input_ids, past_key_values, attention_mask,
+                                        return_past_key_values, kwargs)  # fmt: skip
 
 
 # Architectures whose value-head models trl ships (the reference's `SUPPORTED_ARCHITECTURES`).
