@@ -151,7 +151,30 @@ def build_distillation(output_dir: str):
     return build_distillation_pair("distillation", output_dir)
 
 
+def build_ppo(output_dir: str):
+    from trl.testing import get_tiny_model_path, load_test_dataset
+    from trl.trainer.ppo_config import PPOConfig
+    from trl.trainer.ppo_trainer import PPOTrainer
+
+    # 2 prompts per process, one rollout batch of 4 over the two processes; scores come from a tiny reward model.
+    args = PPOConfig(
+        output_dir=output_dir, report_to="none", max_steps=2, per_device_train_batch_size=2, num_ppo_epochs=1,
+        response_length=6, save_strategy="no", learning_rate=1e-2, seed=0, gradient_checkpointing=False,
+        num_sample_generations=0,
+    )  # fmt: skip
+    return PPOTrainer(
+        args=args,
+        processing_class=None,
+        model=get_tiny_model_path("qwen2"),
+        ref_model=None,
+        reward_model=get_tiny_model_path("qwen2-seq-cls"),
+        train_dataset=load_test_dataset("standard_prompt_only"),
+        value_model=get_tiny_model_path("qwen2-seq-cls"),
+    )
+
+
 BUILDERS = {
+    "ppo": build_ppo,
     "gkd": build_gkd,
     "distillation": build_distillation,
     "sft": build_sft,
