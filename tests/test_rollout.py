@@ -381,12 +381,17 @@ def test_rollout_state_round_trips_through_the_checkpoint_files_and_resumes_exac
     assert torch.equal(resumed.produce(PROMPT_ROWS, "train").tensors["completion_ids"], next_ids)
 
 
-def test_rollout_builds_its_backend_with_the_one_factory_and_refuses_judges(model, tokenizer):
+def test_rollout_builds_its_backend_with_the_one_factory_and_takes_a_judge(model, tokenizer):
+    from trl.judges import RewardModelJudge
+    from trl.trainer.judge_scoring import JudgeScorer
+
     rollout = make_rollout(model, tokenizer)
     assert isinstance(rollout.backend, TransformersBackend) and rollout.backend.model is model
     assert tokenizer.eos_token_id in rollout.backend.eos_token_ids
-    with pytest.raises(ValueError, match="Judges are not supported"):
-        Rollout(rollout_args(), model, tokenizer, RewardScorer(completion_length), judge=object())
+    judge = RewardModelJudge(lambda completions, **kw: [float(len(c)) for c in completions])
+    with pytest.raises(ValueError, match="either a judge or a reward_scorer"):
+        Rollout(rollout_args(), model, tokenizer, RewardScorer(completion_length), judge=judge)
+    assert isinstance(Rollout(rollout_args(), model, tokenizer, None, judge=judge).reward_scorer, JudgeScorer)
 
 
 def test_rollout_warns_when_no_reward_function_scores_a_completion(model, tokenizer):

@@ -10,7 +10,7 @@ _import_structure: dict[str, list[str]] = {
     "base_trainer": ["BaseTrainer"],
     "bco_config": ["BCOConfig"],
     "bco_trainer": ["BCOTrainer"],
-    "callbacks": ["LogCompletionsCallback", "SyncRefModelCallback"],
+    "callbacks": ["LogCompletionsCallback", "SyncRefModelCallback", "WinRateCallback"],
     "collators": [
         "DataCollatorForLanguageModeling",
         "DataCollatorForPreference",
@@ -29,7 +29,22 @@ _import_structure: dict[str, list[str]] = {
     "grpo_trainer": ["GRPOTrainer"],
     "kto_config": ["KTOConfig"],
     "kto_trainer": ["KTOTrainer"],
+    "judges": [
+        "AllTrueJudge",
+        "BaseBinaryJudge",
+        "BaseJudge",
+        "BasePairwiseJudge",
+        "BaseRankJudge",
+        "HfPairwiseJudge",
+        "OpenAIPairwiseJudge",
+        "PairRMJudge",
+        "RewardModelJudge",
+    ],
     "model_config": ["ModelConfig"],
+    "nash_md_config": ["NashMDConfig"],
+    "nash_md_trainer": ["NashMDTrainer"],
+    "online_dpo_config": ["OnlineDPOConfig"],
+    "online_dpo_trainer": ["OnlineDPOTrainer"],
     "orpo_config": ["ORPOConfig"],
     "orpo_trainer": ["ORPOTrainer"],
     "peft_utils": ["get_kbit_device_map", "get_peft_config", "get_quantization_config"],
@@ -43,6 +58,8 @@ _import_structure: dict[str, list[str]] = {
     "rloo_trainer": ["RLOOTrainer"],
     "sft_config": ["SFTConfig"],
     "sft_trainer": ["SFTTrainer"],
+    "xpo_config": ["XPOConfig"],
+    "xpo_trainer": ["XPOTrainer"],
 }
 
 if TYPE_CHECKING:
@@ -50,7 +67,7 @@ if TYPE_CHECKING:
     from .base_trainer import BaseTrainer
     from .bco_config import BCOConfig
     from .bco_trainer import BCOTrainer
-    from .callbacks import LogCompletionsCallback, SyncRefModelCallback
+    from .callbacks import LogCompletionsCallback, SyncRefModelCallback, WinRateCallback
     from .collators import (
         DataCollatorForLanguageModeling,
         DataCollatorForPreference,
@@ -67,9 +84,24 @@ if TYPE_CHECKING:
     from .gkd_trainer import GKDTrainer
     from .grpo_config import GRPOConfig
     from .grpo_trainer import GRPOTrainer
+    from .judges import (
+        AllTrueJudge,
+        BaseBinaryJudge,
+        BaseJudge,
+        BasePairwiseJudge,
+        BaseRankJudge,
+        HfPairwiseJudge,
+        OpenAIPairwiseJudge,
+        PairRMJudge,
+        RewardModelJudge,
+    )
     from .kto_config import KTOConfig
     from .kto_trainer import KTOTrainer
     from .model_config import ModelConfig
+    from .nash_md_config import NashMDConfig
+    from .nash_md_trainer import NashMDTrainer
+    from .online_dpo_config import OnlineDPOConfig
+    from .online_dpo_trainer import OnlineDPOTrainer
     from .orpo_config import ORPOConfig
     from .orpo_trainer import ORPOTrainer
     from .peft_utils import get_kbit_device_map, get_peft_config, get_quantization_config
@@ -83,6 +115,8 @@ if TYPE_CHECKING:
     from .rloo_trainer import RLOOTrainer
     from .sft_config import SFTConfig
     from .sft_trainer import SFTTrainer
+    from .xpo_config import XPOConfig
+    from .xpo_trainer import XPOTrainer
 else:
     import sys
 

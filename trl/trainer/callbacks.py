@@ -9,9 +9,10 @@ import torch
 from transformers import TrainerCallback
 
 from .completions_callback import LogCompletionsCallback
+from .win_rate_callback import WinRateCallback
 
 
-__all__ = ["LogCompletionsCallback", "SyncRefModelCallback"]
+__all__ = ["LogCompletionsCallback", "SyncRefModelCallback", "WinRateCallback"]
 
 
 class SyncRefModelCallback(TrainerCallback):

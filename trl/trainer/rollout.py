@@ -71,6 +71,8 @@ class OnlineTrainer(BaseTrainer):
     loss_normalization = "step"
     # A trainer built only to evaluate needs no training data (get_train_dataloader says so when training starts).
     _requires_train_dataset = False
+    # Rows kept together when the generation batch is shuffled into micro-batches (2: the pairs of pairwise losses).
+    _buffer_group_size = 1
 
     def __init__(
         self,
@@ -269,7 +271,7 @@ class OnlineTrainer(BaseTrainer):
             tokens = self.accelerator.gather(batch["completion_mask"].sum().float().reshape(1)).sum()
             return {**batch, "num_items_in_batch": tokens.item()}
         if self.rollout.needs_generation():
-            self.rollout.fill_buffer(self._rollout_batch(rows, "train"))
+            self.rollout.fill_buffer(self._rollout_batch(rows, "train"), self._buffer_group_size)
         return self.rollout.next_micro_batch()
 
     def _rollout_batch(self, rows: list[dict[str, Any]], mode: str) -> dict[str, torch.Tensor]:

@@ -20,6 +20,7 @@ buffered micro-batches, generation random state, token count) as tensors and JSO
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections import defaultdict
 from collections.abc import Callable
@@ -134,8 +135,13 @@ class Rollout:
             Ask the backend for the sampler's own log-probs (`sampler_logps`) when it provides them.
         log_metric (`Callable` or `None`, *optional*, defaults to `None`):
             `log_metric(name, value, mode)`; `None` stores the values in `metrics[mode][name]`.
-        judge (`None`, *optional*, defaults to `None`):
-            The slot for pairwise judges (Online DPO, Nash-MD, XPO); not supported yet, a `ValueError` when set.
+        judge ([`~trl.judges.BasePairwiseJudge`] or `None`, *optional*, defaults to `None`):
+            Score with a pairwise judge instead of `reward_scorer` (pass `reward_scorer=None`): each pair of
+            consecutive rows (`num_generations=2`) is judged, the preferred completion scoring 1 and the other 0
+            ([`~trl.trainer.judge_scoring.JudgeScorer`]).
+        pair_backend ([`~trl.generation.GenerationBackend`] or `None`, *optional*, defaults to `None`):
+            Sample the second completion of each pair from this backend (Nash-MD: the geometric mixture; XPO: the
+            reference) and the first from the policy's; needs `num_generations=2`.
     """
 
     def __init__(
@@ -143,7 +149,7 @@ class Rollout:
         args: Any,
         model: torch.nn.Module,
         processing_class: Any,
-        reward_scorer: RewardScorer,
+        reward_scorer: RewardScorer | None,
         accelerator: Any = None,
         *,
         pad_token_id: int | None = None,
@@ -153,9 +159,16 @@ class Rollout:
         sampler_logps: bool = False,
         log_metric: MetricFn | None = None,
         judge: Any = None,
+        pair_backend: GenerationBackend | None = None,
     ):
         if judge is not None:
-            raise ValueError("Judges are not supported by this version's rollout: score with reward functions.")
+            if reward_scorer is not None:
+                raise ValueError("Pass either a judge or a reward_scorer to the Rollout, not both.")
+            from .judge_scoring import JudgeScorer
+
+            reward_scorer = JudgeScorer(judge)
+        if pair_backend is not None and args.num_generations != 2:
+            raise ValueError(f"A pair_backend needs num_generations=2 (pairs), got {args.num_generations}.")
         self.args = args
         self.accelerator = accelerator or SingleProcess(next(model.parameters()).device)
         self.processing_class = processing_class
@@ -167,6 +180,7 @@ class Rollout:
         self.backend = generation_backend or build_generation_backend(
             args, model, accelerator, self.pad_token_id, self._eos_token_ids(model)
         )
+        self.pair_backend = pair_backend
         self.old_logps_fn, self.ref_logps_fn = old_logps_fn, ref_logps_fn
         self.sampler_logps = sampler_logps
         self.metrics: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
@@ -282,9 +296,26 @@ class Rollout:
             generation_kwargs=generation_kwargs,
             return_logprobs=self.sampler_logps and self.backend.provides_logprobs,
         )
+        if self.pair_backend is not None:
+            return self._generate_pairs(prompt_ids, num_generations, sampling)
         with self.rng():
             result = self.backend.generate(unique, sampling)
         return result.completion_ids, result.truncated, result.logprobs
+
+    def _generate_pairs(
+        self, prompt_ids: list[list[int]], num_generations: int, sampling: SamplingParams
+    ) -> tuple[list[list[int]], list[bool], None]:
+        """Each pair's first completion from the policy's backend, its second from `pair_backend`."""
+        if num_generations != 2 or any(prompt_ids[i] != prompt_ids[i + 1] for i in range(0, len(prompt_ids), 2)):
+            raise ValueError("A pair_backend samples pairs: every prompt must come twice in a row (num_generations=2).")
+        unique = prompt_ids[::2]
+        sampling = dataclasses.replace(sampling, n=1, return_logprobs=False)
+        with self.rng():
+            first = self.backend.generate(unique, sampling)
+            second = self.pair_backend.generate(unique, sampling)
+        completion_ids = [ids for pair in zip(first.completion_ids, second.completion_ids) for ids in pair]
+        truncated = [flag for pair in zip(first.truncated, second.truncated) for flag in pair]
+        return completion_ids, truncated, None
 
     def _tensors(
         self,
@@ -387,12 +418,21 @@ class Rollout:
         a checkpoint without rollout state)."""
         return self.step % self.cycle == 0 or not self.buffer
 
-    def fill_buffer(self, tensors: dict[str, torch.Tensor]) -> None:
+    def fill_buffer(self, tensors: dict[str, torch.Tensor], group_size: int = 1) -> None:
         """Shuffle the local generation batch (groups are spread over the micro-batches), cut it into
-        `steps_per_generation` micro-batches trimmed of shared padding, and count each one's tokens globally."""
+        `steps_per_generation` micro-batches trimmed of shared padding, and count each one's tokens globally.
+
+        With `group_size > 1` the shuffle moves blocks of `group_size` consecutive rows (e.g. the two completions of
+        a pair, which a pairwise loss needs in the same micro-batch)."""
         spg = self.args.steps_per_generation
         rows_B = next(iter(tensors.values())).shape[0]
-        permutation = torch.randperm(rows_B).to(self.accelerator.device)
+        if rows_B % (group_size * spg):
+            raise ValueError(
+                f"The local generation batch ({rows_B} rows) does not split into {spg} micro-batches of whole groups of "
+                f"{group_size}: make per_device_train_batch_size a multiple of {group_size}."
+            )
+        blocks = torch.randperm(rows_B // group_size) * group_size
+        permutation = (blocks[:, None] + torch.arange(group_size)).reshape(-1).to(self.accelerator.device)
         tensors = {key: value[permutation] for key, value in tensors.items()}
         size = rows_B // spg
         slices = [
@@ -432,8 +472,10 @@ class Rollout:
         self.total_train_tokens = state["total_train_tokens"]
 
     def close(self) -> None:
-        """Release the generation backend."""
+        """Release the generation backends."""
         self.backend.close()
+        if self.pair_backend is not None:
+            self.pair_backend.close()
 
 
 def trim_padding(part: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
