@@ -336,3 +336,25 @@ def test_mean_score_rises_on_a_rule_reward(tmp_path):
     scores = logged(trainer, "objective/scores")
     first, last = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
     assert last > first + 0.08, scores
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+@pytest.mark.parametrize("command", ["online_dpo", "nash_md", "xpo"])
+def test_cli_script_with_a_yaml_config_and_a_judge_by_name(tmp_path, command):
+    import importlib
+
+    from trl.cli import find_command
+    from trl.scripts.utils import parse_script_args
+    from trl.testing import get_dataset_path
+
+    assert find_command(command) is not None and find_command(command.replace("_", "-")) is not None
+    script = importlib.import_module(f"trl.scripts.{command}")
+    (tmp_path / "config.yaml").write_text(
+        f"model_name_or_path: {get_tiny_model_path('qwen2')}\ndataset_name: {get_dataset_path()}\n"
+        "dataset_config: conversational_prompt_only\njudge: reward_model\n"
+        f"reward_model_path: {get_tiny_model_path('qwen2-seq-cls')}\nper_device_train_batch_size: 2\n"
+        "max_new_tokens: 4\nmax_steps: 1\nreport_to: none\nsave_strategy: 'no'\n"
+    )
+    argv = ["--config", str(tmp_path / "config.yaml"), "--output_dir", str(tmp_path / "out")]
+    script.main(*parse_script_args(script.make_parser(), argv))
+    assert (tmp_path / "out" / "model.safetensors").exists()

@@ -96,7 +96,10 @@ class OnlinePreferenceTrainer(OnlineTrainer):
                 f"{name} tokenizes the prompts itself (the rollout renders and pads them): remove data_collator."
             )
         if self._reward_funcs is None and self._judge is None:
-            self._reward_funcs = args.reward_model_path
+            if args.judge is not None:
+                self._judge = _judge_by_name(args)
+            else:
+                self._reward_funcs = args.reward_model_path
         if (self._reward_funcs is None) == (self._judge is None):
             raise ValueError(
                 f"{name} needs exactly one way to compare completions: pass either `judge` (a pairwise judge) or "
@@ -231,6 +234,17 @@ class OnlinePreferenceTrainer(OnlineTrainer):
         rows["scoring"] = "judge " + self.reward_scorer.names[0] if self._judge is not None else "reward functions"
         rows["loss type"] = self.args.loss_type
         return rows
+
+
+def _judge_by_name(args: Any) -> Any:
+    """The judge `args.judge` names (`reward_model` scores with `args.reward_model_path`)."""
+    from ..judges import get_judge
+
+    if args.judge != "reward_model":
+        return get_judge(args.judge)
+    if args.reward_model_path is None:
+        raise ValueError("judge='reward_model' scores with a reward model: set reward_model_path too.")
+    return get_judge("reward_model", reward_model=args.reward_model_path)
 
 
 def _alias(value: Any, alias: Any, old: str, new: str) -> Any:

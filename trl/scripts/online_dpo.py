@@ -1,0 +1,48 @@
+# /// script
+# dependencies = [
+#     "trl",
+#     "peft",
+# ]
+# ///
+"""
+OnlineDPO from the command line: `trl online_dpo ...` (also `trl online-dpo`) or `python trl/scripts/online_dpo.py ...`.
+
+```bash
+trl online_dpo \
+    --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct \
+    --dataset_name trl-lib/ultrafeedback-prompt \
+    --reward_model_path trl-lib/Qwen2-0.5B-Reward \
+    --output_dir Qwen2.5-0.5B-OnlineDPO
+```
+
+Compare completions with exactly one of `--reward_funcs` / `--reward_model_name_or_path` (as for `trl grpo`),
+`--reward_model_path`, or `--judge` (`pair_rm`, `openai`, `hf`, or `reward_model` with `--reward_model_path`).
+"""
+
+from __future__ import annotations
+
+from trl.scripts.grpo import GRPOScriptArguments, resolve_reward_funcs
+from trl.scripts.training_script import TrainingScript
+from trl.scripts.utils import parse_script_args
+
+
+COMMAND = "online_dpo"
+DESCRIPTION = "Online DPO (OnlineDPOTrainer): pairs sampled from the policy, judged or scored."
+
+
+def trainer_kwargs(script_args: GRPOScriptArguments) -> dict:
+    """`reward_funcs` when the command line names any; otherwise the config's `judge` / `reward_model_path`."""
+    if not script_args.reward_funcs and not script_args.reward_model_name_or_path:
+        return {}
+    return {"reward_funcs": resolve_reward_funcs(script_args.reward_funcs, script_args.reward_model_name_or_path)}
+
+
+SCRIPT = TrainingScript(
+    COMMAND, DESCRIPTION, "OnlineDPOConfig", "OnlineDPOTrainer", script_args_class=GRPOScriptArguments,
+    trainer_kwargs=trainer_kwargs,
+)  # fmt: skip
+make_parser, main = SCRIPT.make_parser, SCRIPT.main
+
+
+if __name__ == "__main__":
+    main(*parse_script_args(make_parser()))
