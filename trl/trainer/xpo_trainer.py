@@ -21,6 +21,7 @@ import torch
 
 from ..losses import sequence_logps, xpo_loss
 from .online_dpo_trainer import OnlineDPOTrainer
+from .online_preference_trainer import OnlinePreferenceTrainer
 from .xpo_config import XPOConfig
 
 
@@ -61,10 +62,8 @@ class XPOTrainer(OnlineDPOTrainer):
             mode,
         )
 
-    def _log_eos(self, truncated_P_2: torch.Tensor, mode: str) -> None:
-        contains_P_2 = (~truncated_P_2).float()
-        self.log_metric("val/model_contain_eos_token", contains_P_2[:, 0].mean(), mode)
-        self.log_metric("val/ref_contain_eos_token", contains_P_2[:, 1].mean(), mode)
+    # `val/model_contain_eos_token` and `val/ref_contain_eos_token` (Online DPO logs one `val/contain_eos_token`).
+    _log_eos = OnlinePreferenceTrainer._log_eos
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs:
