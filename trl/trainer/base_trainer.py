@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, set_seed
 
 from .checkpointing import CheckpointingMixin
 from .data_preparation import prepare_train_and_eval
@@ -117,8 +117,8 @@ class BaseTrainer(CheckpointingMixin, Trainer):
         optimizers: tuple = (None, None),
         optimizer_cls_and_kwargs: tuple | None = None,
         preprocess_logits_for_metrics: Callable | None = None,
-        peft_config: Any = None,
         quantization_config: Any = None,
+        peft_config: Any = None,
         *,
         ref_model: Any = None,
         model_init: Callable | None = None,
@@ -135,6 +135,10 @@ class BaseTrainer(CheckpointingMixin, Trainer):
                                quantization_config, model_init)  # fmt: skip
         args = self._resolve_args(args, model)
         self._validate(args, inputs)
+        if isinstance(model, str):
+            # Heads missing from the checkpoint (a reward or PRM score head) are initialised from the config's seed,
+            # so two runs of one config start alike; `Trainer.__init__` seeds again the same way afterwards.
+            set_seed(args.seed)
         if model is not None:
             model = self._setup_model(model, args, quantization_config)
         model_init = self._setup_model_init(model_init, args)
@@ -278,6 +282,49 @@ class BaseTrainer(CheckpointingMixin, Trainer):
             coef = getattr(self.accelerator.unwrap_model(self.model).config, "router_aux_loss_coef", 0.0)
         self.log_metric("aux_loss", self.accelerator.gather(aux_loss.detach().reshape(1)).mean(), mode)
         return coef * aux_loss
+
+    def normalized_loss(self, loss: torch.Tensor, num_items_in_batch: torch.Tensor | int | None) -> torch.Tensor:
+        """`loss` as the declared `loss_normalization` hands it to `Trainer`'s backward pass.
+
+        With `"tokens"`, `loss` is a sum divided by `num_items_in_batch`, the labelled tokens of every process; DDP
+        then averages the gradients over the processes, so the loss is multiplied by their number (as
+        `Trainer.compute_loss` does for models that take loss kwargs). Other normalisations return `loss` unchanged.
+
+        Args:
+            loss (`torch.Tensor`):
+                The micro-batch's loss from `compute_loss`.
+            num_items_in_batch (`torch.Tensor`, `int` or `None`):
+                `compute_loss`'s argument (`None` in evaluation).
+        """
+        across_devices = getattr(self.args, "average_tokens_across_devices", False) and self.args.world_size > 1
+        if self.loss_normalization == "tokens" and num_items_in_batch is not None and across_devices:
+            return loss * self.accelerator.num_processes
+        return loss
+
+    # `prediction_step` computes the loss once with `return_outputs=True` and reads the predictions from its outputs
+    # (`_eval_predictions`); False keeps `Trainer.prediction_step` (logits of the model outputs).
+    _predictions_from_loss: bool = False
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        if not self._predictions_from_loss:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+        if prediction_loss_only:
+            return loss.detach(), None, None
+        return (loss.detach(), *self._eval_predictions(outputs, inputs))
+
+    def _eval_predictions(
+        self, outputs: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(predictions, labels)` for `compute_metrics`, from `compute_loss`'s outputs.
+
+        The default is that of the pairwise trainers (DPO, CPO, ORPO, Reward): the `[B, 2]` (chosen, rejected)
+        rewards, with label 0 naming the chosen column (e.g. for `trl.trainer.utils.compute_accuracy`).
+        """
+        rewards_B_2 = torch.stack([outputs["chosen_rewards"], outputs["rejected_rewards"]], dim=1)
+        return rewards_B_2, torch.zeros(rewards_B_2.shape[0], dtype=torch.long, device=rewards_B_2.device)
 
     def compute_loss_context_manager(self):
         context = super().compute_loss_context_manager()

@@ -150,8 +150,9 @@ class BCOTrainer(UnpairedPreferenceTrainer):
             )
         super().__init__(
             model, ref_model, args, data_collator, train_dataset, eval_dataset, processing_class, compute_metrics,
-            callbacks, optimizers, preprocess_logits_for_metrics, quantization_config, peft_config, model_init,
-            model_adapter_name, ref_adapter_name,
+            callbacks, optimizers, quantization_config, peft_config, model_init=model_init,
+            preprocess_logits_for_metrics=preprocess_logits_for_metrics, model_adapter_name=model_adapter_name,
+            ref_adapter_name=ref_adapter_name,
         )  # fmt: skip
         self.running = RunningMoments(self.accelerator)
         self.embedding_func, self.embedding_tokenizer = embedding_func, embedding_tokenizer

@@ -26,12 +26,11 @@ flattened without padding with `padding_free`), and the LM head is applied only 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from datasets import Dataset, IterableDataset
-from transformers import PreTrainedModel, TrainingArguments
+from transformers import PreTrainedModel
 
 from ..losses import (
     combine_losses,
@@ -114,29 +113,6 @@ class DPOTrainer(ReferenceModelMixin, PairedPreferenceTrainer):
             "}"
         ),
     }
-
-    def __init__(
-        self,
-        model: str | PreTrainedModel,
-        ref_model: str | PreTrainedModel | None = None,
-        args: DPOConfig | TrainingArguments | None = None,
-        data_collator: Callable | None = None,
-        train_dataset: Dataset | IterableDataset | None = None,
-        eval_dataset: Dataset | IterableDataset | dict[str, Dataset] | None = None,
-        processing_class: Any = None,
-        compute_metrics: Callable | None = None,
-        callbacks: list | None = None,
-        optimizers: tuple = (None, None),
-        optimizer_cls_and_kwargs: tuple | None = None,
-        preprocess_logits_for_metrics: Callable | None = None,
-        quantization_config: Any = None,
-        peft_config: Any = None,
-    ):
-        super().__init__(
-            model, args, data_collator, train_dataset, eval_dataset, processing_class, compute_metrics, callbacks,
-            optimizers, optimizer_cls_and_kwargs, preprocess_logits_for_metrics, peft_config, quantization_config,
-            ref_model=ref_model,
-        )  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------- setup
     def _validate(self, args: DPOConfig, inputs: TrainerInputs) -> None:

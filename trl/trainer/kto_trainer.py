@@ -22,12 +22,10 @@ undesirable w_u·σ(βr).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from datasets import Dataset, IterableDataset
-from transformers import PreTrainedModel, TrainingArguments
 
 from ..losses import apo_zero_unpaired_loss, kto_kl_estimate, kto_loss
 from .base_trainer import TrainerInputs
@@ -88,32 +86,6 @@ class KTOTrainer(UnpairedPreferenceTrainer):
             "}"
         ),
     }
-
-    def __init__(
-        self,
-        model: str | PreTrainedModel,
-        ref_model: str | PreTrainedModel | None = None,
-        args: KTOConfig | TrainingArguments | None = None,
-        data_collator: Callable | None = None,
-        train_dataset: Dataset | IterableDataset | None = None,
-        eval_dataset: Dataset | IterableDataset | dict[str, Dataset] | None = None,
-        processing_class: Any = None,
-        compute_metrics: Callable | None = None,
-        callbacks: list | None = None,
-        optimizers: tuple = (None, None),
-        quantization_config: Any = None,
-        peft_config: Any = None,
-        *,
-        model_init: Callable | None = None,
-        preprocess_logits_for_metrics: Callable | None = None,
-        model_adapter_name: str | None = None,
-        ref_adapter_name: str | None = None,
-    ):
-        super().__init__(
-            model, ref_model, args, data_collator, train_dataset, eval_dataset, processing_class, compute_metrics,
-            callbacks, optimizers, preprocess_logits_for_metrics, quantization_config, peft_config, model_init,
-            model_adapter_name, ref_adapter_name,
-        )  # fmt: skip
 
     @staticmethod
     def _uses_kl(args: KTOConfig) -> bool:

@@ -234,30 +234,3 @@ def router_aux_loss(
         coef = getattr(trainer.accelerator.unwrap_model(trainer.model).config, "router_aux_loss_coef", 0.0)
     trainer.log_metric("aux_loss", _gathered_mean(trainer, aux_loss), mode)
     return coef * aux_loss
-
-
-def paired_prediction_step(
-    trainer: BaseTrainer, model: torch.nn.Module, inputs: dict[str, torch.Tensor], prediction_loss_only: bool
-) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """`Trainer.prediction_step` of the paired trainers: the loss, and for `compute_metrics` the `[B, 2]`
-    (chosen, rejected) rewards as predictions with label 0 (the chosen column), e.g. for
-    `trl.trainer.utils.compute_accuracy`.
-
-    Args:
-        trainer ([`BaseTrainer`]):
-            Its `compute_loss(model, inputs, return_outputs=True)` returns `(loss, {"chosen_rewards",
-            "rejected_rewards"})`.
-        model (`torch.nn.Module`):
-            The model being evaluated.
-        inputs (`dict[str, torch.Tensor]`):
-            A collated batch.
-        prediction_loss_only (`bool`):
-            Return the loss alone.
-    """
-    inputs = trainer._prepare_inputs(inputs)
-    with torch.no_grad(), trainer.compute_loss_context_manager():
-        loss, outputs = trainer.compute_loss(model, inputs, return_outputs=True)
-    if prediction_loss_only:
-        return loss.detach(), None, None
-    rewards_B_2 = torch.stack([outputs["chosen_rewards"], outputs["rejected_rewards"]], dim=1)
-    return loss.detach(), rewards_B_2, torch.zeros(rewards_B_2.shape[0], dtype=torch.long, device=loss.device)

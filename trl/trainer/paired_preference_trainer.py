@@ -24,7 +24,7 @@ from .collators import DataCollatorForPreference
 from .data_preparation import _map_kwargs
 from .model_utils import accepts_logits_to_keep, get_tokenizer, load_trained_model
 from .orpo_config import _ReferenceFreePairedConfig
-from .paired_forward import PairedScores, paired_forward, paired_prediction_step, router_aux_loss
+from .paired_forward import PairedScores, paired_forward, router_aux_loss
 from .preference_data import PREFERENCE_TOKEN_COLUMNS, count_empty_completions, prepare_preference_dataset
 from .utils import pad
 
@@ -37,6 +37,7 @@ class PairedPreferenceTrainer(BaseTrainer):
     """
 
     loss_normalization = "examples"
+    _predictions_from_loss = True  # the [N, 2] rewards, label 0 (BaseTrainer._eval_predictions)
     _ref_columns: tuple[str, ...] = ()
 
     def _collator_truncation_mode(self, args: Any) -> str:
@@ -72,9 +73,6 @@ class PairedPreferenceTrainer(BaseTrainer):
         rows["beta"] = self.args.beta
         rows["reference"] = self._reference_description()
         return rows
-
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        return paired_prediction_step(self, model, inputs, prediction_loss_only)
 
 
 # ================================================================================ reference-free (CPO, ORPO)
@@ -146,7 +144,7 @@ class _ReferenceFreePairedTrainer(PairedPreferenceTrainer):
     ):
         super().__init__(
             model, args, data_collator, train_dataset, eval_dataset, processing_class, compute_metrics, callbacks,
-            optimizers, None, preprocess_logits_for_metrics, peft_config, model_init=model_init,
+            optimizers, None, preprocess_logits_for_metrics, peft_config=peft_config, model_init=model_init,
         )  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------- setup

@@ -148,7 +148,7 @@ class PRMTrainer(BaseTrainer):
         super().__init__(
             model, args, data_collator, train_dataset, eval_dataset, processing_class,
             compute_metrics if compute_metrics is not None else compute_accuracy, callbacks, optimizers, None,
-            preprocess_logits_for_metrics, peft_config, model_init=model_init,
+            preprocess_logits_for_metrics, peft_config=peft_config, model_init=model_init,
         )  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------ setup
@@ -310,9 +310,7 @@ class PRMTrainer(BaseTrainer):
         logits_B_T_C = outputs.logits
         assert logits_B_T_C.shape[:2] == labels_B_T.shape, "token logits and labels are misaligned"
         loss, metrics = token_classification_loss(logits_B_T_C, labels_B_T, num_items_in_batch)
-        if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.args.world_size > 1:
-            # num_items_in_batch counts every process's labels while DDP averages gradients over processes.
-            loss = loss * self.accelerator.num_processes
+        loss = self.normalized_loss(loss, num_items_in_batch)
         # In evaluation, `compute_metrics` (token accuracy over the whole set by default) reports the accuracy.
         if mode == "train" or self.compute_metrics is None:
             self._log_accuracy(metrics, mode)

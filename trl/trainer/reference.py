@@ -89,10 +89,42 @@ class ReferenceModelMixin:
 
     _ref_columns: tuple[str, ...] = ()
 
+    def __init__(
+        self,
+        model: Any,
+        ref_model: Any = None,
+        args: Any = None,
+        data_collator: Callable | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        processing_class: Any = None,
+        compute_metrics: Callable | None = None,
+        callbacks: list | None = None,
+        optimizers: tuple = (None, None),
+        quantization_config: Any = None,
+        peft_config: Any = None,
+        *,
+        optimizer_cls_and_kwargs: tuple | None = None,
+        preprocess_logits_for_metrics: Callable | None = None,
+        model_init: Callable | None = None,
+        model_adapter_name: str | None = None,
+        ref_adapter_name: str | None = None,
+    ):
+        # The signature of the reference's DPO and KTO trainers (`model, ref_model, args, ...`), then the 0.x and
+        # `Trainer` extras as keywords. The adapter names override the config's (KTO's 0.x arguments).
+        self._adapters = (model_adapter_name, ref_adapter_name)
+        super().__init__(
+            model, args, data_collator, train_dataset, eval_dataset, processing_class, compute_metrics, callbacks,
+            optimizers, optimizer_cls_and_kwargs, preprocess_logits_for_metrics, quantization_config, peft_config,
+            ref_model=ref_model, model_init=model_init,
+        )  # fmt: skip
+
     # ---------------------------------------------------------------------------------------------- setup
     # The mixin's part of the `BaseTrainer` skeleton: checks before loading, the reference as an auxiliary model,
     # and its placement once the accelerator exists.
     def _validate(self, args: Any, inputs: Any) -> None:
+        if inputs.model_init is not None:
+            raise ValueError(f"{type(self).__name__} does not support model_init; pass the model (or its id).")
         super()._validate(args, inputs)
         validate_reference_options(args, inputs.model, inputs.ref_model, inputs.peft_config)
 
@@ -108,8 +140,11 @@ class ReferenceModelMixin:
         self._setup_reference(auxiliary_models.get("ref_model"), *self._adapter_names())
 
     def _adapter_names(self) -> tuple[str | None, str | None]:
-        """The PEFT adapter to train and the one used as reference (`None`: adapters disabled)."""
-        return getattr(self.args, "model_adapter_name", None), getattr(self.args, "ref_adapter_name", None)
+        """The PEFT adapter to train and the one used as reference (`None`: adapters disabled): the trainer's
+        arguments, else the config's."""
+        passed = getattr(self, "_adapters", (None, None))
+        configured = getattr(self.args, "model_adapter_name", None), getattr(self.args, "ref_adapter_name", None)
+        return tuple(mine if mine is not None else theirs for mine, theirs in zip(passed, configured))
 
     @staticmethod
     def _setup_ref_model(model: Any, ref_model: Any, args: Any) -> Any:

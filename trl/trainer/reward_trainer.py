@@ -13,12 +13,11 @@ c = `center_rewards_coefficient` (Eisenstein et al., 2023; the term is off when 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from datasets import Dataset, IterableDataset
-from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel, TrainingArguments
+from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 
 from ..losses import bradley_terry_loss
 from .base_trainer import BaseTrainer
@@ -73,27 +72,7 @@ class RewardTrainer(BaseTrainer):
     _name = "Reward"
     _template_file = "rm_model_card.md"
     _paper = {}
-
-    def __init__(
-        self,
-        model: str | PreTrainedModel,
-        args: RewardConfig | TrainingArguments | None = None,
-        data_collator: Callable | None = None,
-        train_dataset: Dataset | IterableDataset | None = None,
-        eval_dataset: Dataset | IterableDataset | dict[str, Dataset] | None = None,
-        processing_class: Any = None,
-        compute_metrics: Callable | None = None,
-        callbacks: list | None = None,
-        optimizers: tuple = (None, None),
-        optimizer_cls_and_kwargs: tuple | None = None,
-        preprocess_logits_for_metrics: Callable | None = None,
-        quantization_config: Any = None,
-        peft_config: Any = None,
-    ):
-        super().__init__(
-            model, args, data_collator, train_dataset, eval_dataset, processing_class, compute_metrics, callbacks,
-            optimizers, optimizer_cls_and_kwargs, preprocess_logits_for_metrics, peft_config, quantization_config,
-        )  # fmt: skip
+    _predictions_from_loss = True  # the [N, 2] rewards, label 0 (BaseTrainer._eval_predictions)
 
     # ------------------------------------------------------------------------------------------------- setup
     def _setup_model(
@@ -199,15 +178,3 @@ class RewardTrainer(BaseTrainer):
             num_tokens = inputs["attention_mask"].sum().reshape(1)
             self._total_train_tokens += int(self.accelerator.gather(num_tokens).sum().item())
             self.log_metric("num_tokens", self._total_train_tokens, mode)
-
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad(), self.compute_loss_context_manager():
-            loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
-        loss = loss.detach()
-        if prediction_loss_only:
-            return loss, None, None
-        # Predictions are the (chosen, rejected) rewards; the label 0 names the chosen column.
-        logits = torch.stack([outputs["chosen_rewards"], outputs["rejected_rewards"]], dim=1)
-        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-        return loss, logits, labels

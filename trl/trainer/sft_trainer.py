@@ -119,7 +119,7 @@ class SFTTrainer(BaseTrainer):
         self._formatting_func = formatting_func
         super().__init__(
             model, args, data_collator, train_dataset, eval_dataset, processing_class, compute_metrics, callbacks,
-            optimizers, optimizer_cls_and_kwargs, preprocess_logits_for_metrics, peft_config, quantization_config,
+            optimizers, optimizer_cls_and_kwargs, preprocess_logits_for_metrics, quantization_config, peft_config,
             compute_loss_func=compute_loss_func,
         )  # fmt: skip
 
@@ -303,10 +303,8 @@ class SFTTrainer(BaseTrainer):
             logits_to_keep=self._logits_to_keep_supported and not return_outputs,
             num_virtual_tokens=self._num_virtual_tokens,
         )
-        loss = supervised_loss(token.logps_N, self.args.loss_type, num_items_in_batch)
-        if num_items_in_batch is not None and self.args.average_tokens_across_devices and self.args.world_size > 1:
-            # num_items_in_batch counts every process's tokens while DDP averages gradients over processes.
-            loss = loss * self.accelerator.num_processes
+        loss = self.normalized_loss(supervised_loss(token.logps_N, self.args.loss_type, num_items_in_batch),
+                                    num_items_in_batch)  # fmt: skip
         loss = loss + self.router_aux_loss(token.aux_loss, mode)
         self._log_token_metrics(inputs, token, mode)
         return (loss, token.outputs) if return_outputs else loss

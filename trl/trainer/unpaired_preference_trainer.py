@@ -10,12 +10,10 @@ completion rows with `trl.trainer.unpaired_forward.completion_scores`, and logs 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from datasets import Dataset, IterableDataset
-from transformers import PreTrainedModel
 
 from .base_trainer import BaseTrainer, TrainerInputs
 from .collators import DataCollatorForUnpairedPreference
@@ -40,33 +38,8 @@ class UnpairedPreferenceTrainer(ReferenceModelMixin, BaseTrainer):
     """Base of [`KTOTrainer`] and [`BCOTrainer`] (the loss is a mean over the examples of a micro-batch)."""
 
     loss_normalization = "examples"
+    _predictions_from_loss = True
     _extra_columns: tuple[str, ...] = ()
-
-    def __init__(
-        self,
-        model: str | PreTrainedModel,
-        ref_model: str | PreTrainedModel | None,
-        args: Any,
-        data_collator: Callable | None,
-        train_dataset: Dataset | IterableDataset | None,
-        eval_dataset: Dataset | IterableDataset | dict[str, Dataset] | None,
-        processing_class: Any,
-        compute_metrics: Callable | None,
-        callbacks: list | None,
-        optimizers: tuple,
-        preprocess_logits_for_metrics: Callable | None,
-        quantization_config: Any,
-        peft_config: Any,
-        model_init: Callable | None,
-        model_adapter_name: str | None,
-        ref_adapter_name: str | None,
-    ):
-        self._adapters = (model_adapter_name, ref_adapter_name)
-        super().__init__(
-            model, args, data_collator, train_dataset, eval_dataset, processing_class, compute_metrics, callbacks,
-            optimizers, None, preprocess_logits_for_metrics, peft_config, quantization_config, ref_model=ref_model,
-            model_init=model_init,
-        )  # fmt: skip
 
     # ------------------------------------------------------------------------------------------------- setup
     @staticmethod
@@ -74,8 +47,6 @@ class UnpairedPreferenceTrainer(ReferenceModelMixin, BaseTrainer):
         return False
 
     def _validate(self, args: Any, inputs: TrainerInputs) -> None:
-        if inputs.model_init is not None:
-            raise ValueError(f"{type(self).__name__} does not support model_init; pass the model (or its id).")
         if inputs.train_dataset is None:
             raise ValueError(f"{type(self).__name__} needs a train_dataset of unpaired (or paired) preference data.")
         if args.is_encoder_decoder:
@@ -84,9 +55,6 @@ class UnpairedPreferenceTrainer(ReferenceModelMixin, BaseTrainer):
                 "supported. Leave is_encoder_decoder unset (or False)."
             )
         super()._validate(args, inputs)
-
-    def _adapter_names(self) -> tuple[str | None, str | None]:
-        return self._adapters
 
     def _resolve_options(self, model: Any, processing_class: Any, args: Any, inputs: TrainerInputs) -> None:
         self._needs_kl = self._uses_kl(args)
@@ -247,12 +215,8 @@ class UnpairedPreferenceTrainer(ReferenceModelMixin, BaseTrainer):
             store[name] = [value]
         super().log(logs, start_time)
 
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad(), self.compute_loss_context_manager():
-            loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
-        loss = loss.detach()
-        if prediction_loss_only:
-            return loss, None, None
+    def _eval_predictions(
+        self, outputs: dict[str, torch.Tensor], inputs: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         # Predictions are the implicit rewards β·(log π − log π_ref); labels the desirability (1 desirable).
-        return loss, outputs["rewards"], inputs["labels"].long()
+        return outputs["rewards"], inputs["labels"].long()
