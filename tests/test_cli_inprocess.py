@@ -89,6 +89,15 @@ def test_grouped_help_order_and_help_all():
     assert len(short.splitlines()) < 300
 
 
+@pytest.mark.parametrize("command", [c for c in cli.COMMANDS if c.training], ids=lambda c: c.name)
+def test_every_training_command_has_grouped_help(command, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRL_CLI_CACHE", str(tmp_path))
+    text = command_help(command.name, command.module)
+    for title in ("script arguments", "the method's own options", "model options", "training arguments inherited"):
+        assert title in text
+    assert f"usage: trl {command.name} " in text and "--output_dir" in text
+
+
 def test_help_is_cached_and_then_imports_no_torch(tmp_path, monkeypatch):
     monkeypatch.setenv("TRL_CLI_CACHE", str(tmp_path))
     first = command_help("dpo", "trl.scripts.dpo")  # builds the cache entry

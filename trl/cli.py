@@ -85,7 +85,9 @@ COMMANDS: tuple[Command, ...] = (
     Command("ppo", "trl.scripts.ppo", "Proximal Policy Optimization (PPOTrainer) with a reward and a value model."),
     Command("prm", "trl.scripts.prm", "Process reward modelling (PRMTrainer) on stepwise supervision."),
     Command("gkd", "trl.scripts.gkd", "Generalized Knowledge Distillation (GKDTrainer) from a teacher model."),
-    Command("distillation", "trl.scripts.distillation", "On-policy distillation (DistillationTrainer) from a teacher."),
+    Command(
+        "distillation", "trl.scripts.distillation", "On-policy distillation (DistillationTrainer) from a teacher."
+    ),
     Command("env", "trl.scripts.env", "Print the environment information to paste into a bug report.", False),
     Command(
         "vllm-serve", "trl.scripts.vllm_serve", "Serve a model for online training (vLLM or transformers).", False
