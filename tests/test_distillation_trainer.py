@@ -154,6 +154,44 @@ def test_bad_inputs_are_clear_errors(tmp_path):
         make_config(tmp_path, max_completion_length=64)
     with pytest.raises(ValueError, match="beta must be in"):
         make_config(tmp_path, beta=-0.1)
+    with pytest.raises(ValueError, match="lmbda=0.0 never samples"):
+        make_config(tmp_path, lmbda=0.0, log_completions=True)
+    with pytest.raises(ValueError, match="log_completions_steps"):
+        make_config(tmp_path, log_completions=True, log_completions_steps=0)
+
+
+def test_log_completions_prints_the_sampled_completions_every_log_completions_steps(tmp_path, monkeypatch, capsys):
+    """log_completions=True adds the shared LogCompletionsCallback: every `log_completions_steps` steps the
+    on-policy completions of that step are written (rich table on the console; W&B / Trackio with report_to)."""
+    from trl import LogCompletionsCallback
+
+    monkeypatch.delenv("TRL_QUIET", raising=False)
+    trainer = make_trainer(
+        tmp_path, max_steps=4, log_completions=True, log_completions_steps=2, num_completions_to_print=1,
+        gradient_accumulation_steps=2,
+    )  # fmt: skip
+    assert sum(isinstance(cb, LogCompletionsCallback) for cb in trainer.callback_handler.callbacks) == 1
+    sampled, generate = [], trainer.generation_backend.generate
+
+    def recorded_generate(prompts, sampling):
+        result = generate(prompts, sampling)
+        sampled.append(result.completion_ids)
+        return result
+
+    trainer.generation_backend.generate = recorded_generate
+    written = []
+    import trl.trainer.completions_callback as module
+
+    write = module.write_completions_table
+    monkeypatch.setattr(module, "write_completions_table", lambda table, *a: (written.append(table), write(table, *a)))
+    trainer.train()
+    assert [table["step"] for table in written] == [[2] * 4, [4] * 4]  # 2 micro-batches of 2 per step
+    assert all(table["source"] == ["student"] * 4 for table in written)
+    tokenizer = trainer.processing_class
+    step_4 = [tokenizer.decode(ids, skip_special_tokens=True) for batch in sampled[-2:] for ids in batch]
+    assert written[-1]["completion"] == step_4
+    printed = capsys.readouterr().out
+    assert "Step 2" in printed and "Step 4" in printed and "Step 1" not in printed and "Step 3" not in printed
 
 
 def test_experimental_import_path_is_the_same_class():

@@ -68,6 +68,91 @@ def test_trains_every_student_parameter_and_never_the_teacher(tmp_path):
     assert all(row["loss"] > 0 and "divergence" in row for row in logged)
 
 
+def test_logs_the_sft_token_metrics_from_the_student_forward(tmp_path):
+    """`num_tokens` (running total of the [prompt | completion] tokens), `mean_token_accuracy` and `entropy` of the
+    student on the completion tokens, as SFT logs them."""
+    trainer = make_trainer(tmp_path, max_steps=3, lmbda=0.5)
+    seen, log_student = [], trainer._log_student_metrics
+
+    def counted(batch, student, mode):
+        seen.append(int(batch["attention_mask"].sum()))
+        return log_student(batch, student, mode)
+
+    trainer._log_student_metrics = counted
+    trainer.train()
+    logged = [row for row in trainer.state.log_history if "loss" in row]
+    assert [row["num_tokens"] for row in logged] == [sum(seen[: i + 1]) for i in range(len(seen))]
+    assert all(0.0 <= row["mean_token_accuracy"] <= 1.0 and row["entropy"] > 0 for row in logged)
+
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
+    trainer.model.train()
+    trainer.compute_loss(trainer.model, batch)
+    rows = policy_inputs(batch["prompt_ids"], batch["prompt_mask"], batch["completion_ids"], batch["completion_mask"])
+    with torch.no_grad():
+        logits = trainer.model(**{k: rows[k] for k in ("input_ids", "attention_mask", "position_ids")}).logits
+    width = rows["completion_mask"].shape[1]
+    logits_N = logits[:, -width - 1 : -1][rows["completion_mask"].bool()]
+    targets_N = rows["input_ids"][:, -width:][rows["completion_mask"].bool()]
+    entropy = -(logits_N.log_softmax(-1).exp() * logits_N.log_softmax(-1)).sum(-1).mean()
+    metrics = trainer._metrics["train"]
+    assert metrics["mean_token_accuracy"][-1] == pytest.approx(
+        (logits_N.argmax(-1) == targets_N).float().mean().item()
+    )
+    assert metrics["entropy"][-1] == pytest.approx(entropy.item(), rel=1e-4)
+
+
+def test_no_teacher_means_the_model_itself_scored_live_without_grad(tmp_path):
+    """`teacher_model_name_or_path=None` and no `teacher_model`: the teacher is the live student, scored in eval mode
+    under no_grad; without dropout the two distributions coincide and the loss is zero (with a warning)."""
+    dataset = load_test_dataset("standard_prompt_completion")
+    with pytest.warns(UserWarning, match="teacher is the model itself"):
+        trainer = GKDTrainer(STUDENT, args=make_config(tmp_path, max_steps=2), train_dataset=dataset)
+    assert trainer.teacher_model is trainer.model
+    assert all(param.requires_grad for param in trainer.model.parameters())
+    calls = []
+    trainer.model.register_forward_hook(lambda module, *_: calls.append((torch.is_grad_enabled(), module.training)))
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, batch)
+    assert calls == [(True, True), (False, False)] and trainer.model.training  # student, then teacher
+    assert abs(loss.item()) < 1e-6
+
+    # With dropout on, the dropout-free predictions are distilled into the training-mode ones: a non-zero loss.
+    student = AutoModelForCausalLM.from_pretrained(STUDENT, attention_dropout=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no zero-loss warning with dropout on
+        trainer = GKDTrainer(student, args=make_config(tmp_path, max_steps=2, disable_dropout=False),
+                             train_dataset=dataset)  # fmt: skip
+    before = snapshot(trainer.model)
+    trainer.train()
+    assert all(row["loss"] > 0 for row in trainer.state.log_history if "loss" in row)
+    assert any(not torch.equal(param, before[name]) for name, param in trainer.model.named_parameters())
+
+
+def test_a_log_completions_callback_shows_the_sampled_completions(tmp_path, monkeypatch, capsys):
+    """GKDConfig has no log_completions field; a LogCompletionsCallback added by the user prints the completions
+    sampled on-policy or from the teacher (source column) at each log."""
+    from trl import LogCompletionsCallback
+
+    monkeypatch.delenv("TRL_QUIET", raising=False)
+    trainer = make_trainer(tmp_path, max_steps=2, lmbda=0.0, seq_kd=True)
+    trainer.add_callback(LogCompletionsCallback(trainer))
+    written = []
+    log = trainer.log
+
+    def recorded_log(logs, start_time=None):
+        written.append(dict(trainer.recorded_completions))
+        return log(logs, start_time)
+
+    trainer.log = recorded_log
+    trainer.train()
+    tables = [table for table in written if table]
+    assert [table["step"][0] for table in tables] == [1, 2]
+    assert all(table["source"] == ["teacher"] * 2 and len(table["completion"]) == 2 for table in tables)
+    printed = capsys.readouterr().out
+    assert "Step 1" in printed and "Step 2" in printed and "teacher" in printed
+
+
 @pytest.mark.parametrize(
     ("lmbda", "seq_kd", "expected"),
     [(1.0, False, {"student"}), (0.0, False, {"dataset"}), (0.0, True, {"teacher"}), (0.5, False, None)],
@@ -201,8 +286,9 @@ def _different_tokenizer_teacher(path):
 
 def test_bad_inputs_are_clear_errors(tmp_path):
     dataset = load_test_dataset("standard_prompt_completion")
-    with pytest.raises(ValueError, match="needs a teacher"):
-        GKDTrainer(STUDENT, args=make_config(tmp_path), train_dataset=dataset)
+    with pytest.raises(ValueError, match="teacher_model_init_kwargs.*no teacher was given"):
+        GKDTrainer(STUDENT, args=make_config(tmp_path, teacher_model_init_kwargs={"dtype": "float32"}),
+                   train_dataset=dataset)  # fmt: skip
     with pytest.raises(ValueError, match="teacher_model_init_kwargs"):
         teacher = AutoModelForCausalLM.from_pretrained(TEACHER)
         GKDTrainer(STUDENT, teacher, args=make_config(tmp_path, teacher_model_init_kwargs={"dtype": "float32"}),

@@ -9,6 +9,15 @@ from .base_config import _BaseConfig
 from .online_config import VLLM_MODEL_IMPLS, VLLM_MODES
 
 
+def check_distillation_fields(config: Any) -> None:
+    """The checks every distillation config makes: `lmbda` and `beta` in `[0, 1]`, a positive `temperature`."""
+    for name in ("lmbda", "beta"):
+        if not 0.0 <= getattr(config, name) <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {getattr(config, name)}.")
+    if config.temperature <= 0:
+        raise ValueError(f"temperature must be positive (it divides the logits), got {config.temperature}.")
+
+
 @dataclass
 class DistillationConfig(_BaseConfig):
     r"""
@@ -111,11 +120,13 @@ class DistillationConfig(_BaseConfig):
     > Parameters that control logging
 
     log_completions (`bool`, *optional*, defaults to `False`):
-        Print a sample of (prompt, completion) pairs every `log_completions_steps` steps.
+        Add a [`LogCompletionsCallback`]: every `log_completions_steps` steps, the completions sampled on-policy in
+        that step (prompt, completion, source) are printed with rich at the next log, and logged as a `completions`
+        table to W&B / Trackio when they are in `report_to`. Needs `lmbda > 0`.
     log_completions_steps (`int`, *optional*, defaults to `100`):
-        Steps between two samples.
+        Steps between two tables.
     num_completions_to_print (`int` or `None`, *optional*, defaults to `None`):
-        Pairs printed per sample; `None` prints the whole micro-batch.
+        Rows printed per table (chosen at random); `None` prints every completion of the step.
     """
 
     _json_dict_fields = (*_BaseConfig._json_dict_fields, "teacher_model_init_kwargs")
@@ -182,11 +193,14 @@ class DistillationConfig(_BaseConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("lmbda", "beta"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}.")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be positive (it divides the logits), got {self.temperature}.")
+        check_distillation_fields(self)
+        if self.log_completions and self.lmbda == 0.0:
+            raise ValueError(
+                "log_completions=True logs the completions sampled on-policy, but lmbda=0.0 never samples any (every "
+                "micro-batch uses the dataset's completions). Set lmbda > 0, or log_completions=False."
+            )
+        if self.log_completions_steps < 1:
+            raise ValueError(f"log_completions_steps must be at least 1, got {self.log_completions_steps}.")
         if self.reverse_kl_top_1_mode not in ("sampled", "argmax"):
             raise ValueError(
                 f"reverse_kl_top_1_mode must be 'sampled' or 'argmax', got {self.reverse_kl_top_1_mode!r}."

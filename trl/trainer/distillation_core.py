@@ -18,6 +18,7 @@ dropout or data shuffling never shift what is sampled; both streams are part of 
 from __future__ import annotations
 
 import random
+import warnings
 from types import SimpleNamespace
 from typing import Any
 
@@ -27,6 +28,7 @@ from ..generation.base import SamplingParams, build_generation_backend
 from ..kernels import token_logps
 from ..losses import distillation_loss
 from ..models.utils import prepare_ref_model
+from .completions_callback import LogCompletionsCallback
 from .model_utils import accepts_logits_to_keep, get_tokenizer, prepare_auxiliary_model
 from .rollout_utils import GenerationRNG, pad_rows, policy_inputs
 
@@ -116,15 +118,21 @@ class DistillationMixin:
     the extra checkpoint state. The subclass stores the `teacher_model` argument as `self._teacher_arg` before
     `BaseTrainer.__init__`, and provides `_sampling_params()` and the config fields `lmbda`, `beta`, `temperature`,
     `teacher_model_init_kwargs` (and optionally `seq_kd`, `loss_top_k`, `loss_add_tail`, `reverse_kl_top_1_mode`,
-    `teacher_model_revision`)."""
+    `teacher_model_revision`, `log_completions`, `log_completions_steps`).
+
+    Class attributes: `_self_teacher_allowed` (no teacher at all means the teacher is the student itself, GKD's
+    `teacher_model_name_or_path=None`; otherwise it is an error) and `_student_token_metrics` (the student's forward
+    also returns entropy and top-1 hits, for `_log_student_metrics`)."""
 
     _teacher_arg: Any = None
+    _self_teacher_allowed = False
+    _student_token_metrics = False
 
     # ------------------------------------------------------------------ setup
     def _validate_teacher(self, args: Any) -> None:
         teacher = self._teacher_arg
         path = getattr(args, "teacher_model_name_or_path", None)
-        if teacher is None and path is None:
+        if teacher is None and path is None and not self._self_teacher_allowed:
             raise ValueError(
                 f"{type(self).__name__} needs a teacher: pass `teacher_model=` (a model or its id / path) or set "
                 "`teacher_model_name_or_path` in the config."
@@ -134,32 +142,41 @@ class DistillationMixin:
                 f"Both `teacher_model` and `teacher_model_name_or_path={path!r}` are set; keep only one of them."
             )
         if getattr(args, "teacher_model_init_kwargs", None) and not isinstance(teacher if teacher else path, str):
+            given = "no teacher was given" if teacher is None and path is None else "the teacher you passed is loaded"
             raise ValueError(
-                "`teacher_model_init_kwargs` only applies when the teacher is given as a string (an id or path); the "
-                "teacher you passed is already loaded."
+                f"`teacher_model_init_kwargs` only applies when the teacher is given as a string (an id or path); {given}."
             )
-        for name in ("lmbda", "beta"):
-            value = getattr(args, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}.")
-        if args.temperature <= 0:
-            raise ValueError(f"temperature must be positive (it divides the logits), got {args.temperature}.")
 
-    def _setup_teacher(self, model: Any, args: Any) -> torch.nn.Module:
-        """The frozen teacher (eval mode, dropout off), loaded with `teacher_model_init_kwargs` from a string."""
+    def _setup_teacher(self, model: Any, args: Any) -> torch.nn.Module | None:
+        """The frozen teacher (eval mode, dropout off), loaded with `teacher_model_init_kwargs` from a string; `None`
+        when the teacher is the student itself."""
         teacher = self._teacher_arg if self._teacher_arg is not None else args.teacher_model_name_or_path
+        if teacher is None:
+            if getattr(args, "disable_dropout", False):
+                warnings.warn(
+                    f"{type(self).__name__}: no teacher was given, so the teacher is the model itself, scored in eval "
+                    "mode on its current weights. With dropout disabled (disable_dropout=True) the two distributions "
+                    "are identical: the loss and its gradient are zero. Pass a teacher, or set disable_dropout=False "
+                    "to distil the model's dropout-free predictions into its training-mode ones.",
+                    stacklevel=2,
+                )
+            return None
         init_kwargs = dict(getattr(args, "teacher_model_init_kwargs", None) or {})
         revision = getattr(args, "teacher_model_revision", None)
         if revision is not None:
             init_kwargs.setdefault("revision", revision)
         return prepare_auxiliary_model(teacher, args, init_kwargs)
 
-    def _setup_distillation(self, teacher: torch.nn.Module) -> None:
-        """After `Trainer.__init__`: check the vocabularies, place the teacher, build the generation backends and the
-        random streams."""
+    def _setup_distillation(self, teacher: torch.nn.Module | None) -> None:
+        """After `Trainer.__init__`: check the vocabularies, place the teacher (the student itself when `None`),
+        build the generation backends, the random streams and the completions table."""
         student = self.accelerator.unwrap_model(self.model)
-        check_same_vocabulary(student, teacher, self.processing_class, teacher_tokenizer_of(teacher, self.args))
-        self.teacher_model = prepare_ref_model(teacher, self.accelerator)
+        self._self_teacher = teacher is None
+        if self._self_teacher:
+            self.teacher_model = self.model
+        else:
+            check_same_vocabulary(student, teacher, self.processing_class, teacher_tokenizer_of(teacher, self.args))
+            self.teacher_model = prepare_ref_model(teacher, self.accelerator)
         tokenizer = get_tokenizer(self.processing_class)
         ids = {"pad_token_id": self.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
         self.generation_backend = build_generation_backend(self.args, self.model, self.accelerator, **ids)
@@ -170,6 +187,9 @@ class DistillationMixin:
         self._synced_step = -1
         self._student_keeps_logits = accepts_logits_to_keep(self.accelerator.unwrap_model(self.model))
         self._teacher_keeps_logits = accepts_logits_to_keep(self.accelerator.unwrap_model(self.teacher_model))
+        self.recorded_completions: dict[str, list] = {}
+        if getattr(self.args, "log_completions", False) and not self._logs_completions:
+            self.add_callback(LogCompletionsCallback(self))
 
     # ------------------------------------------------------------------ completions
     def _completion_source(self) -> str:
@@ -199,7 +219,46 @@ class DistillationMixin:
             result.completion_ids, self.pad_token_id, "right", torch.long, device
         )
         self.log_metric("completions/mean_length", completion_mask.sum(dim=1).float().mean(), mode)
-        return {**inputs, "completion_ids": completion_ids, "completion_mask": completion_mask}
+        inputs = {**inputs, "completion_ids": completion_ids, "completion_mask": completion_mask}
+        if mode == "train" and self._logs_completions:
+            self._record_completions(inputs, source)
+        return inputs
+
+    # ------------------------------------------------------------------ completions table
+    @property
+    def _logs_completions(self) -> bool:
+        """Whether a [`LogCompletionsCallback`] is registered (it writes what `_record_completions` records)."""
+        return any(isinstance(cb, LogCompletionsCallback) for cb in self.callback_handler.callbacks)
+
+    def _record_completions(self, inputs: dict[str, torch.Tensor], source: str) -> None:
+        """Add the sampled completions of this micro-batch, from every process, to the table of the current step
+        (collective: every process samples from the same source). With `log_completions_steps`, only every that
+        many steps are recorded; [`LogCompletionsCallback`] writes the table at the next log."""
+        from accelerate.utils import gather_object
+
+        step = self.state.global_step + 1  # the optimizer step this micro-batch belongs to
+        if step % getattr(self.args, "log_completions_steps", 1):
+            return
+        tokenizer = get_tokenizer(self.processing_class)
+
+        def texts(ids_B_L: torch.Tensor, mask_B_L: torch.Tensor) -> list[str]:
+            rows = [ids[mask.bool()].tolist() for ids, mask in zip(ids_B_L, mask_B_L)]
+            return gather_object(tokenizer.batch_decode(rows, skip_special_tokens=True))
+
+        prompts = texts(inputs["prompt_ids"], inputs["prompt_mask"])
+        completions = texts(inputs["completion_ids"], inputs["completion_mask"])
+        if self.recorded_completions.get("step", [None])[:1] != [step]:
+            self.recorded_completions = {"step": [], "prompt": [], "completion": [], "source": []}
+        table = self.recorded_completions
+        table["step"] += [step] * len(prompts)
+        table["prompt"] += prompts
+        table["completion"] += completions
+        table["source"] += [source] * len(prompts)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # LogCompletionsCallback writes the recorded table from `on_log`, inside `super().log`.
+        super().log(logs, start_time)
+        self.recorded_completions = {}
 
     def training_step(self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], num_items_in_batch: Any = None):
         inputs = self._with_completions(self._prepare_inputs(inputs), self._completion_source(), "train")
@@ -221,9 +280,11 @@ class DistillationMixin:
             inputs["prompt_ids"], inputs["prompt_mask"], inputs["completion_ids"], inputs["completion_mask"]
         )
         batch = {key: rows[key] for key in ("input_ids", "attention_mask", "position_ids", "completion_mask")}
-        student = token_logps(model, batch, logits_to_keep=self._student_keeps_logits)
-        with torch.no_grad():
-            teacher = token_logps(self.teacher_model, batch, logits_to_keep=self._teacher_keeps_logits)
+        metrics = self._student_token_metrics
+        student = token_logps(
+            model, batch, return_entropy=metrics, return_top1=metrics, logits_to_keep=self._student_keeps_logits
+        )
+        teacher = self._teacher_logps(model, batch)
         vocab = min(student.logits.shape[-1], teacher.logits.shape[-1])  # same tokenizer, padded embeddings
         assert student.mask.shape == teacher.mask.shape, "student and teacher scored different positions"
         loss, divergence_N = distillation_loss(
@@ -237,8 +298,25 @@ class DistillationMixin:
             reverse_top_1_mode=getattr(self.args, "reverse_kl_top_1_mode", "sampled"),
         )
         loss = loss + self.router_aux_loss(student.aux_loss, mode)
+        self._log_student_metrics(batch, student, mode)
         self._log_distillation_metrics(student, teacher, divergence_N, mode)
         return (loss, student.outputs) if return_outputs else loss
+
+    @torch.no_grad()
+    def _teacher_logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+        """The teacher's scores of `batch`; a self-teacher is the student, in eval mode on its current weights."""
+        if not self._self_teacher:
+            return token_logps(self.teacher_model, batch, logits_to_keep=self._teacher_keeps_logits)
+        student = self.accelerator.unwrap_model(model)
+        was_training = student.training
+        student.eval()
+        try:
+            return token_logps(student, batch, logits_to_keep=self._student_keeps_logits)
+        finally:
+            student.train(was_training)
+
+    def _log_student_metrics(self, batch: dict[str, torch.Tensor], student: Any, mode: str) -> None:
+        """Metrics of the student's own forward (none here; GKD logs SFT's token metrics)."""
 
     @torch.no_grad()
     def _log_distillation_metrics(self, student: Any, teacher: Any, divergence_N: torch.Tensor, mode: str) -> None:

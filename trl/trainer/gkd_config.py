@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .distillation_config import check_distillation_fields
 from .sft_config import SFTConfig
 
 
@@ -29,7 +30,9 @@ class GKDConfig(SFTConfig):
     max_new_tokens (`int`, *optional*, defaults to `128`):
         Most tokens sampled per completion (student or teacher).
     teacher_model_name_or_path (`str` or `None`, *optional*, defaults to `None`):
-        Id or path of the teacher, used when the trainer's `teacher_model` argument is not given.
+        Id or path of the teacher, used when the trainer's `teacher_model` argument is not given. When neither is
+        given, the teacher is the model itself: the live student, scored in eval mode (no dropout) under `no_grad` on
+        its current weights.
     teacher_model_init_kwargs (`dict[str, Any]`, `str` or `None`, *optional*, defaults to `None`):
         Keyword arguments for `AutoModelForCausalLM.from_pretrained` when the teacher is given as a string. The teacher
         keeps its checkpoint's dtype unless `dtype` is set here.
@@ -57,10 +60,6 @@ class GKDConfig(SFTConfig):
 
     def _validate(self) -> None:
         super()._validate()
-        for name in ("lmbda", "beta"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}.")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be positive (it divides the logits), got {self.temperature}.")
+        check_distillation_fields(self)
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}.")

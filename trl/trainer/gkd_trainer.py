@@ -37,13 +37,13 @@ class GKDTrainer(DistillationMixin, SFTTrainer):
 
     Args:
         model (`str` or `PreTrainedModel`):
-            The student: a model id / local path (loaded in float32 unless `model_init_kwargs` sets `dtype`) or a
-            loaded model.
+            The student to train, loaded or as an id / path (float32 unless `model_init_kwargs` sets `dtype`).
         teacher_model (`str`, `PreTrainedModel` or `None`, *optional*, defaults to `None`):
-            The teacher: a loaded model, or an id / path loaded with `teacher_model_init_kwargs`. `None` uses
-            `args.teacher_model_name_or_path`. It must share the student's tokenizer.
+            A teacher sharing the student's tokenizer, loaded or as an id / path (`teacher_model_init_kwargs`). With
+            `None` and no `args.teacher_model_name_or_path`, the teacher is the model itself: the live student,
+            scored in eval mode under `no_grad` (a warning says when dropout is off, as the loss is then zero).
         args (`GKDConfig`, `TrainingArguments` or `None`, *optional*, defaults to `None`):
-            Training configuration. `None` uses `GKDConfig(output_dir="<model>-GKD")`.
+            `None` means `GKDConfig(output_dir="<model>-GKD")`.
         data_collator (`Callable` or `None`, *optional*, defaults to `None`):
             Defaults to [`~trl.trainer.distillation_core.DataCollatorForDistillation`] (left-padded prompts,
             right-padded completions).
@@ -64,6 +64,8 @@ class GKDTrainer(DistillationMixin, SFTTrainer):
 
     _config_class = GKDConfig
     loss_normalization = "examples"
+    _self_teacher_allowed = True  # teacher_model_name_or_path=None: the teacher is the model itself
+    _student_token_metrics = True  # SFT's num_tokens, mean_token_accuracy and entropy, from the student's forward
     _tag_names = ["trl", "gkd"]
     _name = "GKD"
     _paper = {
@@ -130,6 +132,9 @@ class GKDTrainer(DistillationMixin, SFTTrainer):
 
     def _sampling_params(self):
         return sampling_params(self.args, max_tokens=self.args.max_new_tokens)
+
+    def _log_student_metrics(self, batch: dict[str, Any], student: Any, mode: str) -> None:
+        self._log_token_metrics(batch, student, mode)
 
     def _derived_quantities(self) -> dict[str, Any]:
         rows = super()._derived_quantities()
