@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal  # noqa: F401  (Literal is a public name of the reference's module)
 
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
 

@@ -11,81 +11,166 @@ import importlib.metadata
 import importlib.util
 import os
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from functools import lru_cache
 from itertools import chain
 from types import ModuleType
 from typing import Any
 
 
+# Import name -> distribution name, for the optional packages whose two names differ (the version is read from the
+# distribution's metadata, the availability from the import system).
+PACKAGE_DISTRIBUTION_MAPPING: dict[str, str] = {
+    "liger_kernel": "liger-kernel",
+    "llm_blender": "llm-blender",
+    "math_verify": "math-verify",
+    "sklearn": "scikit-learn",
+    "openreward": "openreward",
+    "harbor": "harbor",
+}
+
+# Oldest liger-kernel whose fused losses trl calls with the keywords it uses.
+LIGER_KERNEL_MIN_VERSION = "0.8.2"
+
+
+class TRLExperimentalWarning(UserWarning):
+    """Warning emitted when `trl.experimental` (or a stable module that wraps an experimental feature) is imported."""
+
+
 @lru_cache
-def _is_package_available(name: str, distribution: str | None = None) -> bool:
+def _package_version(name: str) -> str | None:
+    """The installed version of the package importable as `name`, or `None` when it is missing."""
     if importlib.util.find_spec(name) is None:
-        return False
+        return None
     try:
-        importlib.metadata.version(distribution or name)
+        return importlib.metadata.version(PACKAGE_DISTRIBUTION_MAPPING.get(name, name))
     except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _is_package_available(name: str, min_version: str | None = None) -> bool:
+    """Whether `name` is importable and, when `min_version` is given, installed at that version or newer.
+
+    Args:
+        name (`str`):
+            The import name (`"liger_kernel"`, not `"liger-kernel"`).
+        min_version (`str` or `None`, *optional*, defaults to `None`):
+            Oldest acceptable version (PEP 440).
+    """
+    installed = _package_version(name)
+    if installed is None:
         return False
-    return True
+    if min_version is None:
+        return True
+    from packaging.version import Version
+
+    return Version(installed) >= Version(min_version)
 
 
-def is_peft_available() -> bool:
-    return _is_package_available("peft")
+# Every check takes `min_version`: callers written against the reference pass it by keyword to some of them, and a
+# missing keyword would fail at their module import.
+def is_peft_available(min_version: str | None = None) -> bool:
+    return _is_package_available("peft", min_version)
 
 
-def is_vllm_available() -> bool:
-    return _is_package_available("vllm")
+def is_vllm_available(min_version: str | None = None) -> bool:
+    return _is_package_available("vllm", min_version)
 
 
-def is_liger_kernel_available() -> bool:
-    return _is_package_available("liger_kernel", "liger-kernel")
+def is_liger_kernel_available(min_version: str = LIGER_KERNEL_MIN_VERSION) -> bool:
+    return _is_package_available("liger_kernel", min_version)
 
 
-def is_deepspeed_available() -> bool:
-    return _is_package_available("deepspeed")
+def is_deepspeed_available(min_version: str | None = None) -> bool:
+    return _is_package_available("deepspeed", min_version)
 
 
-def is_llm_blender_available() -> bool:
-    return _is_package_available("llm_blender", "llm-blender")
+def is_llm_blender_available(min_version: str | None = None) -> bool:
+    return _is_package_available("llm_blender", min_version)
 
 
-def is_openai_available() -> bool:
-    return _is_package_available("openai")
+def is_openai_available(min_version: str | None = None) -> bool:
+    return _is_package_available("openai", min_version)
 
 
-def is_mergekit_available() -> bool:
-    return _is_package_available("mergekit")
+def is_mergekit_available(min_version: str | None = None) -> bool:
+    return _is_package_available("mergekit", min_version)
 
 
-def is_math_verify_available() -> bool:
-    return _is_package_available("math_verify", "math-verify")
+def is_math_verify_available(min_version: str | None = None) -> bool:
+    return _is_package_available("math_verify", min_version)
 
 
-def is_rich_available() -> bool:
-    return _is_package_available("rich")
+def is_rich_available(min_version: str | None = None) -> bool:
+    return _is_package_available("rich", min_version)
 
 
-def is_weave_available() -> bool:
-    return _is_package_available("weave")
+def is_weave_available(min_version: str | None = None) -> bool:
+    return _is_package_available("weave", min_version)
 
 
-def is_bitsandbytes_available() -> bool:
-    return _is_package_available("bitsandbytes")
+def is_bitsandbytes_available(min_version: str | None = None) -> bool:
+    return _is_package_available("bitsandbytes", min_version)
 
 
-def is_sklearn_available() -> bool:
-    return _is_package_available("sklearn", "scikit-learn")
+def is_sklearn_available(min_version: str | None = None) -> bool:
+    return _is_package_available("sklearn", min_version)
 
 
-def is_fastapi_available() -> bool:
-    return _is_package_available("fastapi")
+def is_fastapi_available(min_version: str | None = None) -> bool:
+    return _is_package_available("fastapi", min_version)
 
 
-def is_uvicorn_available() -> bool:
-    return _is_package_available("uvicorn")
+def is_uvicorn_available(min_version: str | None = None) -> bool:
+    return _is_package_available("uvicorn", min_version)
 
 
-def is_requests_available() -> bool:
-    return _is_package_available("requests")
+def is_requests_available(min_version: str | None = None) -> bool:
+    return _is_package_available("requests", min_version)
+
+
+def is_aiohttp_available(min_version: str | None = None) -> bool:
+    return _is_package_available("aiohttp", min_version)
+
+
+def is_jmespath_available(min_version: str | None = None) -> bool:
+    return _is_package_available("jmespath", min_version)
+
+
+def is_unsloth_available(min_version: str | None = None) -> bool:
+    return _is_package_available("unsloth", min_version)
+
+
+def is_harbor_available(min_version: str | None = None) -> bool:
+    return _is_package_available("harbor", min_version)
+
+
+def is_openreward_available(min_version: str | None = None) -> bool:
+    return _is_package_available("openreward", min_version)
+
+
+@contextmanager
+def suppress_warning(category: type[Warning]) -> Iterator[None]:
+    """Ignore warnings of `category` (and its subclasses) inside the block; other warnings still show.
+
+    Args:
+        category (`type[Warning]`):
+            The warning class to ignore.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category)
+        yield
+
+
+def suppress_experimental_warning() -> AbstractContextManager[None]:
+    """Context manager that imports `trl.experimental` modules without the [`TRLExperimentalWarning`].
+
+    Stable code that re-exports an experimental feature uses it, so users see the warning only when they import
+    `trl.experimental` themselves.
+    """
+    return suppress_warning(TRLExperimentalWarning)
 
 
 def require(available: bool, feature: str, install: str) -> None:

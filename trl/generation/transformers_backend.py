@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..models.utils import unwrap_model_for_generation  # re-exported: the reference's name in trl.models
 from .base import GenerationBackend, GenerationResult, SamplingParams, check_prompts, cut_at_eos
 
 
@@ -24,35 +25,6 @@ if TYPE_CHECKING:
 
 # Keys of `SamplingParams.generation_kwargs` that are not `GenerationConfig` fields but that this backend handles.
 _EXTRA_KWARGS = {"seed"}
-
-
-@contextlib.contextmanager
-def unwrap_model_for_generation(
-    model: torch.nn.Module, accelerator: Accelerator | None = None, gather_deepspeed3_params: bool = True
-) -> Iterator[torch.nn.Module]:
-    """
-    Yield the plain model behind an accelerate-prepared one, ready for `generate`.
-
-    Under DeepSpeed ZeRO-3 the sharded parameters are gathered for the whole call when `gather_deepspeed3_params`
-    is set (fast generation, the full model in memory); otherwise every forward gathers them layer by layer.
-
-    Args:
-        model (`torch.nn.Module`):
-            The model, possibly wrapped (DDP, DeepSpeed engine, FSDP).
-        accelerator (`accelerate.Accelerator` or `None`, *optional*, defaults to `None`):
-            The accelerator that prepared it; `None` for a plain model.
-        gather_deepspeed3_params (`bool`, *optional*, defaults to `True`):
-            Gather ZeRO-3 parameters once for the whole generation.
-    """
-    unwrapped = accelerator.unwrap_model(model) if accelerator is not None else model
-    deepspeed_plugin = getattr(getattr(accelerator, "state", None), "deepspeed_plugin", None)
-    if deepspeed_plugin is None or deepspeed_plugin.zero_stage != 3 or not gather_deepspeed3_params:
-        yield unwrapped
-        return
-    import deepspeed
-
-    with deepspeed.zero.GatheredParameters(list(unwrapped.parameters())):
-        yield unwrapped
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ from .utils import (
     prepare_deepspeed,
     prepare_fsdp,
     prepare_ref_model,
+    unwrap_model_for_generation,
 )
 
 
@@ -27,4 +28,5 @@ __all__ = [
     "prepare_deepspeed",
     "prepare_fsdp",
     "prepare_ref_model",
+    "unwrap_model_for_generation",
 ]

@@ -4,11 +4,15 @@ for DeepSpeed / FSDP so they run where the policy runs without being trained."""
 from __future__ import annotations
 
 import copy
+import itertools
 import re
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from ..import_utils import suppress_experimental_warning  # noqa: F401  (the reference's name here)
 
 
 if TYPE_CHECKING:
@@ -203,3 +207,131 @@ def disable_gradient_checkpointing(model: Any, gradient_checkpointing_kwargs: di
     finally:
         if was_enabled:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------- generation
+# Under DeepSpeed ZeRO-3 every module's forward has hooks that fetch its partitioned parameters and release them
+# afterwards. When all parameters are gathered once for a whole `generate` call, those hooks would still fetch and
+# release on every decoding step, so they are removed for the call and registered again afterwards.
+
+
+def _parameter_offload(model: Any) -> Any | None:
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None:
+        return None
+    return getattr(optimizer, "parameter_offload", optimizer)
+
+
+def get_all_parameters(sub_module: torch.nn.Module, recurse: bool = False) -> Iterator[tuple[str, torch.nn.Parameter]]:
+    """`(name, parameter)` pairs of a module, including the external parameters DeepSpeed ZeRO-3 attached to it.
+
+    Args:
+        sub_module (`torch.nn.Module`):
+            A module of a ZeRO-3 model (DeepSpeed gives each one `ds_external_parameters`).
+        recurse (`bool`, *optional*, defaults to `False`):
+            Include the parameters of child modules.
+    """
+    external = sub_module.ds_external_parameters() if hasattr(sub_module, "ds_external_parameters") else []
+    return itertools.chain(sub_module.named_parameters(recurse=recurse), external)
+
+
+def iter_params(module: torch.nn.Module, recurse: bool = False) -> list[torch.nn.Parameter]:
+    """The parameters of [`get_all_parameters`], without their names.
+
+    Args:
+        module (`torch.nn.Module`):
+            A module of a ZeRO-3 model.
+        recurse (`bool`, *optional*, defaults to `False`):
+            Include the parameters of child modules.
+    """
+    return [param for _, param in get_all_parameters(module, recurse)]
+
+
+def remove_hooks(model: Any) -> None:
+    """Remove the parameter fetch/release hooks of a DeepSpeed ZeRO-3 engine (no-op for a model without them).
+
+    Args:
+        model (`deepspeed.DeepSpeedEngine`):
+            The engine; its optimizer owns the hooks.
+    """
+    offload = _parameter_offload(model)
+    if offload is None or not hasattr(offload, "forward_hooks"):
+        return
+    for param in iter_params(offload.module, recurse=True):
+        param.ds_active_sub_modules.clear()
+    for hook in list(offload.forward_hooks) + list(offload.backward_hooks):
+        hook.remove()
+    offload.forward_hooks = []
+    offload.backward_hooks = []
+
+
+def add_hooks(model: Any) -> None:
+    """Register again the hooks that [`remove_hooks`] removed from a DeepSpeed ZeRO-3 engine.
+
+    Args:
+        model (`deepspeed.DeepSpeedEngine`):
+            The engine; its optimizer owns the hooks.
+    """
+    offload = _parameter_offload(model)
+    if offload is None or not hasattr(offload, "_register_hooks_recursively"):
+        return
+    offload._register_hooks_recursively(offload.module)
+
+
+def _zero_stage(accelerator: Accelerator | None) -> int | None:
+    plugin = getattr(getattr(accelerator, "state", None), "deepspeed_plugin", None)
+    return None if plugin is None else plugin.zero_stage
+
+
+@contextmanager
+def unwrap_model_for_generation(
+    model: torch.nn.Module,
+    accelerator: Accelerator | None = None,
+    gather_deepspeed3_params: bool = True,
+    generation_kwargs: dict[str, Any] | None = None,
+    gradient_checkpointing_kwargs: dict[str, Any] | None = None,
+) -> Iterator[torch.nn.Module]:
+    """Yield the plain model behind an accelerate-prepared one, ready for `generate`.
+
+    Under DeepSpeed ZeRO-3 the sharded parameters are gathered once for the whole block when
+    `gather_deepspeed3_params` is set (fast generation, the full model in memory); otherwise every forward gathers
+    them layer by layer. Gradient checkpointing, which turns the KV cache off, is disabled inside the block unless
+    `generation_kwargs` asks for `use_cache=False`, and turned back on afterwards.
+
+    Args:
+        model (`torch.nn.Module`):
+            The model, possibly wrapped (DDP, DeepSpeed engine, FSDP).
+        accelerator (`accelerate.Accelerator` or `None`, *optional*, defaults to `None`):
+            The accelerator that prepared it; `None` for a plain model.
+        gather_deepspeed3_params (`bool`, *optional*, defaults to `True`):
+            Gather ZeRO-3 parameters once for the whole generation.
+        generation_kwargs (`dict` or `None`, *optional*, defaults to `None`):
+            The keyword arguments the block will pass to `generate`; only `use_cache` is read here.
+        gradient_checkpointing_kwargs (`dict` or `None`, *optional*, defaults to `None`):
+            Passed to `gradient_checkpointing_enable` when checkpointing is turned back on.
+
+    Example:
+    ```python
+    with unwrap_model_for_generation(model, accelerator) as unwrapped_model:
+        output_ids = unwrapped_model.generate(input_ids)
+    ```
+    """
+    unwrapped = accelerator.unwrap_model(model) if accelerator is not None else model
+    keep_checkpointing = (generation_kwargs or {}).get("use_cache", True) is False
+    checkpointing = (
+        nullcontext()
+        if keep_checkpointing
+        else disable_gradient_checkpointing(unwrapped, gradient_checkpointing_kwargs)
+    )
+    with checkpointing:
+        if _zero_stage(accelerator) != 3 or not gather_deepspeed3_params:
+            yield unwrapped
+            return
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters())):
+            remove_hooks(model)
+            try:
+                yield unwrapped
+            finally:
+                add_hooks(model)
