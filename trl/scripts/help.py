@@ -3,8 +3,8 @@
 Building a training parser imports `transformers.TrainingArguments`, hence torch (several seconds). The help text
 only changes with the trl sources and the installed transformers / peft / accelerate, so the first call writes it to
 `$XDG_CACHE_HOME/trl/cli/` (`~/.cache/trl/cli/`; the `TRL_CLI_CACHE` environment variable picks another folder) under
-a key made of those versions, the modification times of the trl sources and the terminal width; later calls print
-the file without importing transformers.
+a key made of those versions, the modification times of the trl files the text comes from (the scripts, the CLI and
+every `*config*.py` module) and the terminal width; later calls print the file without importing transformers.
 
 Groups, in order: the script's arguments (dataset and command options), the method's own config fields (those of
 `<Method>Config` that `TrainingArguments` lacks), the model options (`ModelConfig`), then the inherited
@@ -86,11 +86,16 @@ def _width() -> int:
     return max(60, min(shutil.get_terminal_size().columns, 140))
 
 
+def _help_sources() -> list[Path]:
+    """The trl files a help text is built from: the scripts and the CLI, and every config module (`*config*.py`)."""
+    sources = [_TRL_DIR / "cli.py", *(_TRL_DIR / "scripts").glob("*.py")]
+    return sources + [path for path in _TRL_DIR.rglob("*config*.py") if "scripts" not in path.parts]
+
+
 def cache_key(command: str, everything: bool) -> str:
     """Hash of what the help text of `command` depends on (see the module docstring)."""
     stamps = sorted(
-        (str(path.relative_to(_TRL_DIR)), path.stat().st_mtime_ns, path.stat().st_size)
-        for path in _TRL_DIR.rglob("*.py")
+        (str(path.relative_to(_TRL_DIR)), path.stat().st_mtime_ns, path.stat().st_size) for path in _help_sources()
     )
     parts = {
         "format": _FORMAT_VERSION,
