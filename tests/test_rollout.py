@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerState
 
 from trl.generation import TransformersBackend
+from trl.kernels import token_logps
 from trl.testing import get_tiny_model_path
 from trl.trainer.checkpoint_state import load_state, save_state
 from trl.trainer.reward_scoring import RewardScorer, _run_async
@@ -19,7 +20,6 @@ from trl.trainer.rollout_utils import (
     GenerationRNG,
     PhaseTimer,
     RolloutSampler,
-    completion_logps,
     decode_completions,
     pad_rows,
     policy_inputs,
@@ -149,6 +149,11 @@ def test_policy_inputs_hand_built():
     assert trimmed["logits_to_keep_B_L"][:, 1].tolist() == [True, True]
 
 
+def _scored(inputs):
+    # The rollout's call into the one forward: the completion mask covers the last columns of the rows.
+    return {key: inputs[key] for key in ("input_ids", "attention_mask", "position_ids", "completion_mask")}
+
+
 def test_completion_logps_match_a_full_log_softmax_and_ignore_padding(model):
     prompt_ids = torch.tensor([[0, 5, 6], [7, 8, 9]])
     prompt_mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
@@ -156,7 +161,8 @@ def test_completion_logps_match_a_full_log_softmax_and_ignore_padding(model):
     completion_mask = torch.tensor([[1, 1], [1, 0]])
     inputs = policy_inputs(prompt_ids, prompt_mask, completion_ids, completion_mask)
     with torch.no_grad():
-        logps, entropies, _ = completion_logps(model, inputs, temperature=0.7, with_entropy=True)
+        token = token_logps(model, _scored(inputs), temperature=0.7, return_entropy=True)
+        logps, entropies = token.logps, token.entropy
         full = model(
             input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], position_ids=inputs["position_ids"]
         ).logits
@@ -172,7 +178,7 @@ def test_completion_logps_match_a_full_log_softmax_and_ignore_padding(model):
     # Row 0 alone, without its left padding, gives the same log-probs (position ids count real tokens).
     alone = policy_inputs(prompt_ids[:1, 1:], prompt_mask[:1, 1:], completion_ids[:1], completion_mask[:1])
     with torch.no_grad():
-        alone_logps, _, _ = completion_logps(model, alone, temperature=0.7)
+        alone_logps = token_logps(model, _scored(alone), temperature=0.7).logps
     torch.testing.assert_close(alone_logps, logps[:1], atol=1e-5, rtol=1e-5)
 
 

@@ -36,6 +36,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..data_utils import get_dataset_column_names
+from ..kernels import token_logps
 from ..models.utils import create_reference_model, prepare_ref_model
 from .base_trainer import BaseTrainer, TrainerInputs
 from .callbacks import SyncRefModelCallback
@@ -44,7 +45,7 @@ from .data_preparation import to_map_style
 from .model_utils import accepts_logits_to_keep, is_peft_model, prepare_auxiliary_model
 from .reward_scoring import RewardFunc, RewardScorer
 from .rollout_engine import SEQUENCE_KEYS, Rollout, RolloutBatch
-from .rollout_utils import RolloutSampler, completion_logps, policy_inputs
+from .rollout_utils import RolloutSampler, policy_inputs, used_columns
 from .utils import identity, use_adapter
 
 
@@ -344,7 +345,8 @@ class OnlineTrainer(BaseTrainer):
     def _completion_logps(
         self, model: torch.nn.Module, batch: dict[str, torch.Tensor], with_entropy: bool = False, entropy_grad=False
     ) -> tuple[torch.Tensor, torch.Tensor | None, Any]:
-        """[`completion_logps`] of `batch` (prompt and completion tensors) at the sampling temperature."""
+        """Per-token log-probs (and entropies) `[B, C]` of the completions of `batch` (prompt and completion
+        tensors) at the sampling temperature, through [`~trl.kernels.token_logps`], and the model outputs."""
         inputs = policy_inputs(
             batch["prompt_ids"],
             batch["prompt_mask"],
@@ -352,15 +354,25 @@ class OnlineTrainer(BaseTrainer):
             batch["completion_mask"],
             self.args.pad_to_multiple_of,
         )
-        logps_B_C, entropies_B_C, outputs = completion_logps(
-            model, inputs, self.args.temperature, with_entropy, entropy_grad, self._logits_to_keep_supported
+        first, width = used_columns(batch["prompt_mask"], batch["completion_mask"])
+        # The completion mask covers the last columns of the rows: extend it over `pad_to_multiple_of`'s padding.
+        padding = inputs["input_ids"].shape[1] - (batch["prompt_mask"].shape[1] - first) - width
+        scored = {key: inputs[key] for key in ("input_ids", "attention_mask", "position_ids")}
+        scored["completion_mask"] = torch.nn.functional.pad(inputs["completion_mask"], (0, padding))
+        token = token_logps(
+            model,
+            scored,
+            temperature=self.args.temperature,
+            return_entropy=with_entropy,
+            entropy_requires_grad=entropy_grad,
+            logits_to_keep=self._logits_to_keep_supported,
         )
         # Columns no row needs were trimmed; pad back so every per-token tensor has the batch's width.
-        extra = batch["completion_ids"].shape[1] - logps_B_C.shape[1]
-        logps_B_C = torch.nn.functional.pad(logps_B_C, (0, extra))
-        if entropies_B_C is not None:
-            entropies_B_C = torch.nn.functional.pad(entropies_B_C, (0, extra))
-        return logps_B_C, entropies_B_C, outputs
+        extra = batch["completion_ids"].shape[1] - width
+        pad = torch.nn.functional.pad
+        logps_B_C = pad(token.logps[:, :width], (0, extra))
+        entropies_B_C = None if token.entropy is None else pad(token.entropy[:, :width], (0, extra))
+        return logps_B_C, entropies_B_C, token.outputs
 
     # --------------------------------------------------------------------------------------------- metrics
     def _log_gathered(self, name: str, value: torch.Tensor, mode: str, reductions: tuple[str, ...] = ("mean",)):

@@ -12,7 +12,6 @@ from typing import Any
 import torch
 
 from ..data_utils import is_conversational, maybe_apply_chat_template
-from ..kernels import selective_log_softmax, selective_log_softmax_and_entropy
 from .utils import (
     RepeatSampler,
 )
@@ -212,6 +211,16 @@ def pad_rows(
     return values.to(device), mask.to(device)
 
 
+def used_columns(prompt_mask_B_P: torch.Tensor, completion_mask_B_C: torch.Tensor) -> tuple[int, int]:
+    """`(first, width)`: the first prompt column and the number of completion columns some row uses; the columns
+    [`policy_inputs`] keeps (the others are padding in every row)."""
+    prompt_used = prompt_mask_B_P.bool().any(dim=0).nonzero()
+    first = int(prompt_used.min()) if prompt_used.numel() else prompt_mask_B_P.shape[1]
+    completion_used = completion_mask_B_C.bool().any(dim=0).nonzero()
+    width = int(completion_used.max()) + 1 if completion_used.numel() else 0
+    return first, width
+
+
 def policy_inputs(
     prompt_ids_B_P: torch.Tensor,
     prompt_mask_B_P: torch.Tensor,
@@ -228,10 +237,7 @@ def policy_inputs(
         the trimmed `completion_ids` / `completion_mask` (width `C'`); logits taken at `logits_to_keep_B_L` come in
         the order of `completion_ids[completion_mask]`.
     """
-    prompt_used = prompt_mask_B_P.bool().any(dim=0).nonzero()
-    first = int(prompt_used.min()) if prompt_used.numel() else prompt_mask_B_P.shape[1]
-    completion_used = completion_mask_B_C.bool().any(dim=0).nonzero()
-    width = int(completion_used.max()) + 1 if completion_used.numel() else 0
+    first, width = used_columns(prompt_mask_B_P, completion_mask_B_C)
     prompt_ids, prompt_mask = prompt_ids_B_P[:, first:], prompt_mask_B_P[:, first:]
     completion_ids, completion_mask = completion_ids_B_C[:, :width], completion_mask_B_C[:, :width]
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
@@ -252,57 +258,6 @@ def policy_inputs(
         "completion_ids": completion_ids,
         "completion_mask": completion_mask,
     }
-
-
-def completion_logps(
-    model: torch.nn.Module,
-    inputs: dict[str, torch.Tensor],
-    temperature: float = 1.0,
-    with_entropy: bool = False,
-    entropy_requires_grad: bool = False,
-    logits_to_keep_supported: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor | None, Any]:
-    """Per-token log-probs (and entropies) of the completion tokens under `model`, on `softmax(logits / T)`.
-
-    The LM head runs only at the completion positions (boolean `logits_to_keep`), without cache.
-
-    Args:
-        model (`torch.nn.Module`):
-            A causal LM (possibly wrapped).
-        inputs (`dict[str, torch.Tensor]`):
-            Output of [`policy_inputs`].
-        temperature (`float`, *optional*, defaults to `1.0`):
-            The sampling temperature.
-        with_entropy (`bool`, *optional*, defaults to `False`):
-            Also return the entropy of each completion position.
-        entropy_requires_grad (`bool`, *optional*, defaults to `False`):
-            Keep the entropy in the autograd graph (entropy bonus).
-        logits_to_keep_supported (`bool`, *optional*, defaults to `True`):
-            Whether the model's forward takes `logits_to_keep`; otherwise the full logits are computed and indexed.
-
-    Returns:
-        `tuple`: `logps_B_C` and `entropies_B_C` (`None` without `with_entropy`), both `[B, C']` with 0 outside the
-        completion mask, and the model outputs.
-    """
-    keep_B_L = inputs["logits_to_keep_B_L"]
-    model_inputs = {key: inputs[key] for key in ("input_ids", "attention_mask", "position_ids")}
-    if logits_to_keep_supported:
-        model_inputs["logits_to_keep"] = keep_B_L
-    outputs = model(**model_inputs, use_cache=False)
-    logits_N_V = outputs.logits if logits_to_keep_supported else outputs.logits[keep_B_L]
-    mask_B_C = inputs["completion_mask"].bool()
-    targets_N = inputs["completion_ids"][mask_B_C]
-    assert logits_N_V.shape[0] == targets_N.shape[0], "kept logits and completion tokens are misaligned"
-    entropies_B_C = None
-    if with_entropy:
-        logps_N, entropy_N = selective_log_softmax_and_entropy(
-            logits_N_V, targets_N, entropy_requires_grad=entropy_requires_grad, temperature=temperature
-        )
-        entropies_B_C = entropy_N.new_zeros(mask_B_C.shape).masked_scatter(mask_B_C, entropy_N)
-    else:
-        logps_N = selective_log_softmax(logits_N_V, targets_N, temperature=temperature)
-    logps_B_C = logps_N.new_zeros(mask_B_C.shape).masked_scatter(mask_B_C, logps_N)
-    return logps_B_C, entropies_B_C, outputs
 
 
 # ----------------------------------------------------------------------------------------- generation buffer
