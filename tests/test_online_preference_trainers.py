@@ -54,7 +54,7 @@ def make_trainer(tmp_path, method="online_dpo", dataset="standard_prompt_only", 
     if "judge" not in kwargs:
         kwargs["reward_funcs"] = overrides.pop("reward_funcs", even_tokens)
     values = dict(
-        output_dir=str(tmp_path / "out"), report_to="none", max_steps=1, per_device_train_batch_size=4,
+        output_dir=str(tmp_path / "out"), report_to="none", max_steps=1, per_device_train_batch_size=2,
         max_new_tokens=6, logging_steps=1, save_strategy="no", learning_rate=1e-2, seed=0,
         gradient_checkpointing=False,
     )  # fmt: skip
@@ -81,8 +81,8 @@ def test_configs_have_the_reference_defaults():
 
 
 def test_config_errors_name_the_fix():
-    with pytest.raises(ValueError, match="must be even.*Use 6"):
-        OnlineDPOConfig(output_dir="out", per_device_train_batch_size=3)
+    with pytest.raises(ValueError, match="num_generations_eval must be 2"):
+        OnlineDPOConfig(output_dir="out", num_generations_eval=4)
     with pytest.raises(ValueError, match="'sigmoid' or 'ipo'"):
         OnlineDPOConfig(output_dir="out", loss_type="hinge")
     with pytest.raises(ValueError, match="missing_eos_penalty.*>= 0"):
@@ -179,6 +179,13 @@ def test_geometric_mixture_interpolates_between_policy_and_reference():
     assert torch.equal(run(GeometricMixtureWrapper(policy, ref, mixture_coef=1.0)), run(ref))
     with pytest.raises(ValueError, match="mixture_coef"):
         GeometricMixtureWrapper(policy, ref, mixture_coef=2.0)
+    # Generation restores the policy's own mode (an evaluating policy stays in eval mode).
+    from trl.generation.transformers_backend import _eval_mode
+
+    policy.eval()
+    with _eval_mode(GeometricMixtureWrapper(policy, ref, mixture_coef=0.5)):
+        pass
+    assert not policy.training
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -200,15 +207,60 @@ def test_trains_with_a_reward_model_on_conversations(tmp_path, method):
         assert key in row, key
 
 
+@pytest.mark.parametrize("dataset", ["standard_prompt_only", "conversational_prompt_only"])
+@pytest.mark.parametrize("scorer", ["reward_model", "reward_function", "judge"])
 @pytest.mark.parametrize("method", ["online_dpo", "nash_md", "xpo"])
-def test_trains_with_a_judge(tmp_path, method):
+def test_trains_with_every_scorer_in_both_formats(tmp_path, method, scorer, dataset):
     judge = PreferShorter()
-    trainer = make_trainer(tmp_path, method, judge=judge)
+    scoring = {"reward_model": {"reward_funcs": get_tiny_model_path("qwen2-seq-cls")},
+               "reward_function": {"reward_funcs": even_tokens}, "judge": {"judge": judge}}[scorer]  # fmt: skip
+    trainer = make_trainer(tmp_path, method, dataset, per_device_train_batch_size=1, max_new_tokens=4, **scoring)
     trainer.train()
-    prompts, pairs, return_scores = judge.calls[0]
-    assert len(prompts) == 2 and all(len(pair) == 2 for pair in pairs)
-    assert return_scores == (method == "nash_md")
-    assert trainer.state.log_history[0]["loss"] == trainer.state.log_history[0]["loss"]  # finite, not NaN
+    assert trainer.state.global_step == 1 and torch.isfinite(torch.tensor(trainer.state.log_history[0]["loss"]))
+    if scorer == "judge":
+        prompts, pairs, return_scores = judge.calls[0]
+        # One prompt per device, judged as one pair; conversations reach the judge as neutral text.
+        assert len(prompts) == 1 and len(pairs) == 1 and len(pairs[0]) == 2 and isinstance(prompts[0], str)
+        assert return_scores == (method == "nash_md")
+        assert prompts[0].startswith("User: ") == (dataset == "conversational_prompt_only")
+
+
+@pytest.mark.parametrize("method", ["online_dpo", "nash_md", "xpo"])
+def test_batch_size_counts_prompts_as_in_the_reference(tmp_path, method, capsys):
+    """`per_device_train_batch_size=1` is one prompt, sampled as one pair: two completions per micro-batch."""
+    judge = PreferShorter()
+    trainer = make_trainer(tmp_path, method, judge=judge, per_device_train_batch_size=1, gradient_accumulation_steps=2,
+                           max_steps=2, max_new_tokens=4)  # fmt: skip
+    assert trainer.args.per_device_train_batch_size == 1 and trainer.args.generation_batch_size == 4
+    rows = trainer._derived_quantities()
+    assert rows["per-device batch (prompts)"] == 1 and rows["per-device micro-batch (completions)"] == 2
+    assert rows["global batch (prompts/step)"] == 2 and rows["global batch (completions/step)"] == 4
+    assert rows["prompts per generation batch"] == 2 and rows["generation batch (completions)"] == 4
+    assert "global batch (sequences/step)" not in rows
+    micro_batches = []
+    original = trainer.compute_loss
+
+    def spy(model, inputs, *args, **kwargs):
+        micro_batches.append(inputs["completion_ids"].shape[0])
+        return original(model, inputs, *args, **kwargs)
+
+    trainer.compute_loss = spy
+    trainer.train()
+    assert micro_batches == [2, 2, 2, 2]  # 2 optimizer steps × 2 micro-batches, each one pair
+    assert [len(prompts) for prompts, _, _ in judge.calls] == [2, 2]  # one generation batch (2 pairs) per step
+    # A reference config's round trip keeps the meaning: the batch size is not rewritten.
+    config_cls = TRAINERS[method][1]
+    assert config_cls(output_dir="o", per_device_train_batch_size=1).per_device_train_batch_size == 1
+    # The eval batch counts prompts too: one prompt per device evaluates (no "multiple of" error).
+    eval_dataset = load_test_dataset("standard_prompt_only", split="test").select(range(3))
+    evaluating = make_trainer(tmp_path / "eval", method, judge=PreferShorter(), eval_dataset=eval_dataset,
+                              per_device_eval_batch_size=1, max_new_tokens=4)  # fmt: skip
+    assert "eval_loss" in evaluating.evaluate()
+    # GRPO keeps counting completions.
+    from trl import GRPOConfig
+
+    grpo = GRPOConfig(output_dir="o", per_device_train_batch_size=4, num_generations=2)
+    assert grpo.generation_batch_size == 4 and grpo._completions_per_batch_entry == 1
 
 
 def test_ipo_and_the_per_epoch_beta(tmp_path):
@@ -245,20 +297,23 @@ def test_explicit_reference_model(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["dataset", "iterable", "dict"])
-def test_evaluation_with_every_dataset_kind(tmp_path, kind):
+@pytest.mark.parametrize("method", ["online_dpo", "nash_md", "xpo"])
+def test_evaluation_with_every_dataset_kind(tmp_path, method, kind):
     eval_dataset = load_test_dataset("standard_prompt_only", split="test").select(range(4))
     if kind == "iterable":
         eval_dataset = eval_dataset.to_iterable_dataset()
     elif kind == "dict":
         eval_dataset = {"a": eval_dataset, "b": eval_dataset.select(range(2))}
-    trainer = make_trainer(tmp_path, "online_dpo", eval_dataset=eval_dataset, per_device_eval_batch_size=2)
+    trainer = make_trainer(tmp_path, method, eval_dataset=eval_dataset, per_device_eval_batch_size=2,
+                           max_new_tokens=4)  # fmt: skip
     metrics = trainer.evaluate()
-    keys = ["eval_a_loss", "eval_b_loss", "eval_a_objective/kl"] if kind == "dict" else ["eval_loss", "eval_beta"]
+    metric = {"online_dpo": "objective/kl", "nash_md": "loss/kl", "xpo": "loss/dpo"}[method]
+    keys = ["eval_a_loss", "eval_b_loss", f"eval_a_{metric}"] if kind == "dict" else ["eval_loss", f"eval_{metric}"]
     for key in keys:
         assert key in metrics, (key, sorted(metrics))
 
 
-@pytest.mark.parametrize("method", ["online_dpo", "nash_md"])
+@pytest.mark.parametrize("method", ["online_dpo", "nash_md", "xpo"])
 def test_exact_resume(tmp_path, method):
     common = dict(max_steps=3, save_strategy="steps", save_steps=1, steps_per_generation=2,
                   gradient_accumulation_steps=1)  # fmt: skip
@@ -330,7 +385,7 @@ def test_win_rate_callback_and_log_completions(tmp_path):
 def test_mean_score_rises_on_a_rule_reward(tmp_path):
     """Reward: the share of even token ids in the completion. Online DPO, 40 steps of 8 prompts (16 completions),
     learning rate 0.03, β = 0.5: the mean score of the last 5 steps exceeds the first 5 (measured 0.523 -> 0.653)."""
-    trainer = make_trainer(tmp_path, max_steps=40, per_device_train_batch_size=16, learning_rate=0.03, beta=0.5,
+    trainer = make_trainer(tmp_path, max_steps=40, per_device_train_batch_size=8, learning_rate=0.03, beta=0.5,
                            max_new_tokens=8)  # fmt: skip
     trainer.train()
     scores = logged(trainer, "objective/scores")
@@ -352,7 +407,7 @@ def test_cli_script_with_a_yaml_config_and_a_judge_by_name(tmp_path, command):
     (tmp_path / "config.yaml").write_text(
         f"model_name_or_path: {get_tiny_model_path('qwen2')}\ndataset_name: {get_dataset_path()}\n"
         "dataset_config: conversational_prompt_only\njudge: reward_model\n"
-        f"reward_model_path: {get_tiny_model_path('qwen2-seq-cls')}\nper_device_train_batch_size: 2\n"
+        f"reward_model_path: {get_tiny_model_path('qwen2-seq-cls')}\nper_device_train_batch_size: 1\n"
         "max_new_tokens: 4\nmax_steps: 1\nreport_to: none\nsave_strategy: 'no'\n"
     )
     argv = ["--config", str(tmp_path / "config.yaml"), "--output_dir", str(tmp_path / "out")]

@@ -88,6 +88,9 @@ class GeometricMixtureWrapper(torch.nn.Module):
             raise ValueError("GeometricMixtureWrapper needs a ref_model unless model is a PEFT model.")
         # Held outside `_modules`: the wrapper owns no parameters and `train()`/`eval()` touch only the policy.
         self.__dict__["_models"] = (model, ref_model)
+        # Mirror the policy's mode: generation switches the wrapper to eval and back, and must restore the policy's
+        # own mode (in evaluation it stays in eval mode).
+        self.training = model.training
         self.generation_config = generation_config
         self.mixture_coef = mixture_coef
         self.device_override = device

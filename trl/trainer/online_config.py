@@ -158,6 +158,9 @@ class _OnlineConfig(_BaseConfig):
         "chat_template_kwargs",
         "transformers_continuous_batching_config",
     ]
+    # Completions per entry of `per_device_train_batch_size` / `per_device_eval_batch_size`: 1, the batch size counts
+    # completions; the pairwise trainers (Online DPO, Nash-MD, XPO) set 2, their batch size counts prompts (pairs).
+    _completions_per_batch_entry = 1
 
     learning_rate: float = field(default=1e-6, metadata={"help": "The initial learning rate for AdamW."})
     remove_unused_columns: bool = field(
@@ -342,7 +345,7 @@ class _OnlineConfig(_BaseConfig):
     def _resolve_generation_batch(self) -> None:
         """Fill in `generation_batch_size` and `steps_per_generation` from each other (one per optimizer step by
         default) and check that a generation batch splits into whole micro-batches and whole groups."""
-        global_batch = self.per_device_train_batch_size * self.world_size
+        global_batch = self.per_device_train_batch_size * self._completions_per_batch_entry * self.world_size
         if self.generation_batch_size is not None and self.steps_per_generation is not None:
             raise ValueError(
                 "generation_batch_size and steps_per_generation describe the same thing; set only one of them."

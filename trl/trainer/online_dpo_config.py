@@ -15,9 +15,10 @@ class OnlineDPOConfig(_OnlineConfig):
 
     Only the fields specific to Online DPO, or whose default differs, are listed; the generation, vLLM, reference
     and logging fields shared by the online trainers are documented in `trl.trainer.online_config` (e.g. `top_k`,
-    `use_vllm`, `vllm_mode`, `reward_weights`, `log_completions`). Each step samples two completions per prompt, so
-    `per_device_train_batch_size` counts completions (two per prompt) and must be even; the reference library
-    counted prompts.
+    `use_vllm`, `vllm_mode`, `reward_weights`, `log_completions`). As in the reference library,
+    `per_device_train_batch_size` and `per_device_eval_batch_size` count prompts: each prompt is sampled as a pair of
+    completions, so a micro-batch holds twice as many completions (`generation_batch_size`, when set, counts
+    completions, as in the other online trainers).
 
     > Parameters that control the model and the scoring
 
@@ -57,6 +58,7 @@ class OnlineDPOConfig(_OnlineConfig):
     """
 
     _VALUE_LISTS = ("beta",)
+    _completions_per_batch_entry = 2  # the batch sizes count prompts; each one is sampled as a pair
 
     learning_rate: float = field(default=5e-7, metadata={"help": "The initial learning rate for AdamW."})
     reward_model_path: str | None = field(default=None, metadata={"help": "Reward model id or path."})
@@ -96,12 +98,6 @@ class OnlineDPOConfig(_OnlineConfig):
             self.vllm_gpu_memory_utilization = self.gpu_memory_utilization
         if self.dataset_num_proc is not None:
             warnings.warn("dataset_num_proc is not used: prompts are tokenized on the fly.", UserWarning, 3)
-        if self.per_device_train_batch_size % 2:
-            raise ValueError(
-                f"per_device_train_batch_size counts completions, two per prompt, so it must be even; got "
-                f"{self.per_device_train_batch_size}. Use {self.per_device_train_batch_size * 2} for "
-                f"{self.per_device_train_batch_size} prompts per device."
-            )
         self._resolve_lengths()
         super().__post_init__()
         self._validate_pairwise()
@@ -124,11 +120,12 @@ class OnlineDPOConfig(_OnlineConfig):
             self.max_prompt_length = self.max_length - self.max_new_tokens
 
     def _validate_pairwise(self) -> None:
-        if self.num_generations != 2:
-            raise ValueError(
-                f"{type(self).__name__} compares two completions per prompt: num_generations must be 2, got "
-                f"{self.num_generations}."
-            )
+        for name in ("num_generations", "num_generations_eval"):
+            if getattr(self, name) != 2:
+                raise ValueError(
+                    f"{type(self).__name__} compares two completions per prompt: {name} must be 2, got "
+                    f"{getattr(self, name)}."
+                )
         if self.loss_type not in ("sigmoid", "ipo"):
             raise ValueError(f"loss_type must be 'sigmoid' or 'ipo', got {self.loss_type!r}.")
         if any(not b > 0 for b in self.beta):

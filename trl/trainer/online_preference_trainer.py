@@ -154,6 +154,12 @@ class OnlinePreferenceTrainer(OnlineTrainer):
         """A context manager yielding the model (with `generate`) that samples each pair's second completion."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------------------------------------ data loading
+    def _get_dataloader(self, dataset: Any, description: str, batch_size: int, *args: Any, **kwargs: Any) -> Any:
+        # `per_device_train_batch_size` / `per_device_eval_batch_size` count prompts (as in the reference library);
+        # the sampler yields each prompt twice in a row, so a dataloader batch holds two rows per counted prompt.
+        return super()._get_dataloader(dataset, description, batch_size * 2, *args, **kwargs)
+
     # ------------------------------------------------------------------------------------------- scoring
     def _compute_advantages(self, rewards_B_F: torch.Tensor, rollout: RolloutBatch, mode: str) -> torch.Tensor:
         """The score of every completion `[B_global]` (NaN where a judgement failed): the weighted reward minus
@@ -229,8 +235,21 @@ class OnlinePreferenceTrainer(OnlineTrainer):
             self.log_metric(name, totals[0] / totals[1].clamp(min=1), mode)
 
     def _derived_quantities(self) -> dict[str, Any]:
+        args = self.args
         rows = super()._derived_quantities()
-        rows["prompts per generation batch"] = self.args.generation_batch_size // 2
+        # The batch sizes count prompts; every prompt is sampled as a pair of completions.
+        prompts = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        rows = {
+            **{key: rows.pop(key) for key in ("processes",) if key in rows},
+            "per-device batch (prompts)": rows.pop("per-device batch"),
+            "per-device micro-batch (completions)": args.per_device_train_batch_size * 2,
+            "gradient accumulation": rows.pop("gradient accumulation"),
+            "global batch (prompts/step)": prompts,
+            "global batch (completions/step)": prompts * 2,
+            **{key: value for key, value in rows.items() if key != "global batch (sequences/step)"},
+        }
+        if "max tokens per step" in rows and getattr(args, "max_length", None):
+            rows["max tokens per step"] = prompts * 2 * args.max_length
         rows["scoring"] = "judge " + self.reward_scorer.names[0] if self._judge is not None else "reward functions"
         rows["loss type"] = self.args.loss_type
         return rows

@@ -115,7 +115,7 @@ class OnlineTrainer(BaseTrainer):
             for part in dataset.values() if isinstance(dataset, dict) else [dataset]:
                 if part is not None:
                     _check_prompt_columns(name, get_dataset_column_names(part))
-        global_eval_batch = args.per_device_eval_batch_size * args.world_size
+        global_eval_batch = args.per_device_eval_batch_size * _completions_per_entry(args) * args.world_size
         if inputs.eval_dataset is not None and global_eval_batch % args.num_generations_eval:
             raise ValueError(
                 f"The global eval batch (per_device_eval_batch_size × processes = {global_eval_batch}) must be a "
@@ -333,8 +333,8 @@ class OnlineTrainer(BaseTrainer):
             yield model
 
     def _batched_logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Completion log-probs of the whole local batch, `per_device_train_batch_size` rows per forward pass."""
-        step = self.args.per_device_train_batch_size
+        """Completion log-probs of the whole local batch, one micro-batch of rows per forward pass."""
+        step = self.args.per_device_train_batch_size * _completions_per_entry(self.args)
         parts = []
         for start in range(0, batch["completion_ids"].shape[0], step):
             rows = {key: batch[key][start : start + step] for key in SEQUENCE_KEYS}
@@ -491,6 +491,12 @@ class OnlineTrainer(BaseTrainer):
         if self.ref_model is None:
             return "base model (adapters disabled)"
         return "frozen copy of the initial policy" + (" (synced)" if self.args.sync_ref_model else "")
+
+
+def _completions_per_entry(args: Any) -> int:
+    """Completions per entry of the per-device batch sizes: 2 for the pairwise trainers (their batch size counts
+    prompts, each sampled as a pair), else 1."""
+    return getattr(args, "_completions_per_batch_entry", 1)
 
 
 def _check_prompt_columns(name: str, columns: list[str]) -> None:
