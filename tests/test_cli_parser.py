@@ -585,11 +585,12 @@ def test_find_command(monkeypatch):
     assert find_command("sft").module == "trl.scripts.sft"
     assert find_command("env").training is False
     assert find_command("nope") is None
-    extra = Command("online-dpo", "trl.scripts.online_dpo", "Online DPO.", aliases=("odpo",))
+    assert find_command("online_dpo").module == "trl.scripts.online_dpo"
+    extra = Command("my-method", "my_package.my_method", "My method.", aliases=("mm",))
     monkeypatch.setattr("trl.cli.COMMANDS", (*COMMANDS, extra))
-    assert find_command("online_dpo") is extra
-    assert find_command("online-dpo") is extra
-    assert find_command("odpo") is extra
+    assert find_command("my_method") is extra
+    assert find_command("my-method") is extra
+    assert find_command("mm") is extra
 
 
 def test_init_zero_verbose():
