@@ -36,7 +36,7 @@ def run(case: dict) -> dict:
     steps = case.get("steps", 6)
     with tempfile.TemporaryDirectory() as tmp:
         args = config_cls(
-            output_dir=tmp, report_to="none", max_steps=steps, per_device_train_batch_size=16, max_new_tokens=16,
+            output_dir=tmp, report_to="none", max_steps=steps, per_device_train_batch_size=8, max_new_tokens=16,
             logging_steps=1, save_strategy="no", gradient_checkpointing=False, seed=0,
         )  # fmt: skip
         trainer = trainer_cls(get_tiny_model_path("qwen2"), reward_funcs=even_tokens, args=args,

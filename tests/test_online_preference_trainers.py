@@ -111,6 +111,11 @@ def test_import_paths():
     assert experimental_online_dpo is OnlineDPOTrainer is module_trainer and experimental_config is OnlineDPOConfig
     assert experimental_nash_md is NashMDTrainer and experimental_xpo is XPOTrainer
     assert experimental_wrapper is GeometricMixtureWrapper and trl.WinRateCallback is not None
+    # Where the reference library has it.
+    from trl.models import GeometricMixtureWrapper as models_wrapper
+    from trl.models.modeling_base import GeometricMixtureWrapper as modeling_base_wrapper
+
+    assert models_wrapper is modeling_base_wrapper is GeometricMixtureWrapper
 
 
 # --------------------------------------------------------------------------------------------------- scoring

@@ -25,7 +25,7 @@ if __name__ == "__main__":
         args=OnlineDPOConfig(
             output_dir="tiny-OnlineDPO",
             max_steps=10,
-            per_device_train_batch_size=8,
+            per_device_train_batch_size=4,  # prompts; each one is sampled as a pair
             max_new_tokens=8,
             learning_rate=1e-2,
             logging_steps=1,

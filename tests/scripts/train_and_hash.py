@@ -173,7 +173,37 @@ def build_ppo(output_dir: str):
     )
 
 
+class _PreferShorter:
+    """A pairwise judge preferring the shorter completion (ties: the first)."""
+
+    def judge(self, prompts, completions, shuffle_order=True, return_scores=False):
+        if return_scores:
+            return [0.8 if len(a) <= len(b) else 0.2 for a, b in completions]
+        return [0 if len(a) <= len(b) else 1 for a, b in completions]
+
+
+def build_online_preference(method: str, output_dir: str):
+    from trl import NashMDConfig, NashMDTrainer, OnlineDPOConfig, OnlineDPOTrainer, XPOConfig, XPOTrainer
+    from trl.testing import get_tiny_model_path, load_test_dataset
+
+    config_class, trainer_class = {"online_dpo": (OnlineDPOConfig, OnlineDPOTrainer),
+                                   "nash_md": (NashMDConfig, NashMDTrainer), "xpo": (XPOConfig, XPOTrainer)}[method]  # fmt: skip
+    # One prompt (one pair) per process per step; each method scores with a different kind of scorer.
+    scoring = {"online_dpo": {"reward_funcs": even_tokens},
+               "nash_md": {"reward_funcs": get_tiny_model_path("qwen2-seq-cls")},
+               "xpo": {"judge": _PreferShorter()}}[method]  # fmt: skip
+    args = config_class(
+        output_dir=output_dir, report_to="none", max_steps=2, per_device_train_batch_size=1, max_new_tokens=6,
+        save_strategy="no", learning_rate=1e-2, seed=0, gradient_checkpointing=False,
+    )  # fmt: skip
+    dataset = load_test_dataset("conversational_prompt_only")
+    return trainer_class(get_tiny_model_path("qwen2"), args=args, train_dataset=dataset, **scoring)
+
+
 BUILDERS = {
+    "online_dpo": lambda output_dir: build_online_preference("online_dpo", output_dir),
+    "nash_md": lambda output_dir: build_online_preference("nash_md", output_dir),
+    "xpo": lambda output_dir: build_online_preference("xpo", output_dir),
     "ppo": build_ppo,
     "gkd": build_gkd,
     "distillation": build_distillation,

@@ -1,5 +1,6 @@
 """Model helpers: value-head models, frozen reference copies and wrapping of models that are only run forward."""
 
+from .geometric_mixture import GeometricMixtureWrapper
 from .modeling_base import PreTrainedModelWrapper
 from .modeling_value_head import (
     SUPPORTED_ARCHITECTURES,
@@ -21,6 +22,7 @@ __all__ = [
     "SUPPORTED_ARCHITECTURES",
     "AutoModelForCausalLMWithValueHead",
     "AutoModelForSeq2SeqLMWithValueHead",
+    "GeometricMixtureWrapper",
     "PreTrainedModelWrapper",
     "ValueHead",
     "create_reference_model",

@@ -17,6 +17,11 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+# The reference library defines the Nash-MD geometric mixture here; it lives in `geometric_mixture.py`.
+from .geometric_mixture import GeometricMixtureWrapper
+
+
+__all__ = ["GeometricMixtureWrapper", "PreTrainedModelWrapper"]
 
 # Files that may hold the wrapper's extra weights, in the order they are looked for.
 _EXTRA_WEIGHTS_FILE = "v_head.safetensors"
