@@ -130,10 +130,19 @@ STAGE_SETTINGS = {
 STAGE_DATASETS = {"sft": "standard_language_modeling", "dpo": "standard_preference", "grpo": "standard_prompt_only"}
 
 
+# Where the stages also log their metrics: "none" (the default; the figure and the report are written anyway) or
+# "trackio" (`pip install "trl[trackio]"`; local dashboard of project "trl-quickstart": `trackio show --project
+# trl-quickstart`). Set by `--report_to` of this script.
+TRACKIO_PROJECT = "trl-quickstart"
+report_to = "none"
+
+
 def _stage_args(stage: str, output_dir: str, steps: int | None, seed: int) -> dict:
     settings = {**COMMON_SETTINGS, **STAGE_SETTINGS[stage], "output_dir": output_dir, "seed": seed}
     if steps is not None:
         settings["max_steps"] = steps
+    if report_to != "none":
+        settings.update(report_to=report_to, project=TRACKIO_PROJECT, run_name=stage)
     # Pinned memory only helps copies to a GPU; on CPU torch warns about it.
     return {**settings, "dataloader_pin_memory": False, "overwrite_output_dir": True}
 
@@ -356,6 +365,14 @@ def quiet_libraries() -> None:
 
 
 def main() -> None:
+    import argparse
+
+    global report_to
+    parser = argparse.ArgumentParser(description="Offline quick start: SFT -> DPO -> GRPO on a tiny model.")
+    parser.add_argument(
+        "--report_to", choices=["none", "trackio"], default="none", help="Also log to a local trackio dashboard."
+    )
+    report_to = parser.parse_args().report_to
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     print("trl quick start: SFT -> DPO -> GRPO on a tiny model, offline, on CPU", flush=True)
@@ -393,6 +410,8 @@ def main() -> None:
     print(f"figure: {figure or 'skipped (pip install matplotlib)'}")
     print(f"report: {report}  (open it in a browser)")
     print(f"configs: {os.path.join(OUTPUT_DIR, 'configs')}/  (rerun a stage with `trl sft --config .../sft.yaml`)")
+    if report_to == "trackio":
+        print(f"dashboard: trackio show --project {TRACKIO_PROJECT}")
 
 
 if __name__ == "__main__":
