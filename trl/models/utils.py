@@ -199,7 +199,13 @@ def disable_gradient_checkpointing(model: Any, gradient_checkpointing_kwargs: di
         gradient_checkpointing_kwargs (`dict` or `None`, *optional*, defaults to `None`):
             Passed to `gradient_checkpointing_enable` when turning it back on.
     """
-    was_enabled = getattr(model, "is_gradient_checkpointing", False)
+    # transformers 5 renamed the flag (the old name warns); read the new one when it exists.
+    flag = (
+        "is_activation_checkpointing"
+        if hasattr(type(model), "is_activation_checkpointing")
+        else "is_gradient_checkpointing"
+    )
+    was_enabled = getattr(model, flag, False)
     if was_enabled:
         model.gradient_checkpointing_disable()
     try:

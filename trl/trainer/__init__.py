@@ -10,7 +10,14 @@ _import_structure: dict[str, list[str]] = {
     "base_trainer": ["BaseTrainer"],
     "bco_config": ["BCOConfig"],
     "bco_trainer": ["BCOTrainer"],
-    "callbacks": ["LogCompletionsCallback", "SyncRefModelCallback", "WinRateCallback"],
+    "callbacks": [
+        "BEMACallback",
+        "LogCompletionsCallback",
+        "RichProgressCallback",
+        "SyncRefModelCallback",
+        "WeaveCallback",
+        "WinRateCallback",
+    ],
     "collators": [
         "DataCollatorForLanguageModeling",
         "DataCollatorForPreference",
@@ -67,7 +74,14 @@ if TYPE_CHECKING:
     from .base_trainer import BaseTrainer
     from .bco_config import BCOConfig
     from .bco_trainer import BCOTrainer
-    from .callbacks import LogCompletionsCallback, SyncRefModelCallback, WinRateCallback
+    from .callbacks import (
+        BEMACallback,
+        LogCompletionsCallback,
+        RichProgressCallback,
+        SyncRefModelCallback,
+        WeaveCallback,
+        WinRateCallback,
+    )
     from .collators import (
         DataCollatorForLanguageModeling,
         DataCollatorForPreference,

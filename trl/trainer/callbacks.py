@@ -8,11 +8,31 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+# The reference's module also exposes these helpers; each is re-exported from where it is implemented.
+from ..data_utils import maybe_apply_chat_template
+from ..import_utils import is_rich_available, is_weave_available
+from ..models.utils import unwrap_model_for_generation
+from .bema_callback import BEMACallback
+from .comet import log_table_to_comet_experiment
 from .completions_callback import LogCompletionsCallback
+from .rich_progress import RichProgressCallback
+from .weave_callback import WeaveCallback
 from .win_rate_callback import WinRateCallback
 
 
-__all__ = ["LogCompletionsCallback", "SyncRefModelCallback", "WinRateCallback"]
+__all__ = [
+    "BEMACallback",
+    "LogCompletionsCallback",
+    "RichProgressCallback",
+    "SyncRefModelCallback",
+    "WeaveCallback",
+    "WinRateCallback",
+    "is_rich_available",
+    "is_weave_available",
+    "log_table_to_comet_experiment",
+    "maybe_apply_chat_template",
+    "unwrap_model_for_generation",
+]
 
 
 class SyncRefModelCallback(TrainerCallback):
