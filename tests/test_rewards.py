@@ -74,16 +74,27 @@ def test_soft_overlong_punishment():
         get_soft_overlong_punishment(max_completion_len=10, soft_punish_cache=20)
 
 
-def test_repetition_penalty_reward():
-    """Bigrams of "a b a b a b": ab ba ab ba ab → 2 distinct of 5 → −1·(1 − 2/5) = −0.6. Case-insensitive.
-    Trigrams of "x y z x y z": 3 distinct of 4 → −0.5·0.25 = −0.125. Fewer words than n → 0."""
+def test_repetition_penalty_reward_over_token_ids():
+    """The reference's example: bigrams of [1, 2, 3, 4] are all distinct → 0; [5, 5, 5, 5, 5] has 1 distinct of 4
+    → −1·(1 − 1/4) = −0.75. Trigrams of [7, 8, 9, 7, 8, 9]: 3 distinct of 4 → −0.5·0.25 = −0.125. Fewer ids than n
+    → 0."""
     reward = get_repetition_penalty_reward(ngram_size=2, max_penalty=-1.0)
-    assert reward(["a b a b a b", "A b C d", "", "a"]) == pytest.approx([-0.6, 0.0, 0.0, 0.0])
-    assert reward([conversational("A B a b a B")]) == pytest.approx([-0.6])
-    assert get_repetition_penalty_reward(3, -0.5)(["x y z x y z"]) == pytest.approx([-0.125])
+    assert reward([[1, 2, 3, 4], [5, 5, 5, 5, 5], [], [3]]) == pytest.approx([0.0, -0.75, 0.0, 0.0])
+    assert get_repetition_penalty_reward(3, -0.5)([[7, 8, 9, 7, 8, 9]]) == pytest.approx([-0.125])
     assert reward.__name__ == "repetition_penalty_reward"
     with pytest.raises(ValueError, match="max_penalty"):
         get_repetition_penalty_reward(max_penalty=0.5)
+
+
+def test_repetition_penalty_reward_takes_the_trainers_keywords():
+    """The trainers call every reward with keywords; this one reads `completion_ids` (lists or tensor rows)."""
+    import torch
+
+    reward = get_repetition_penalty_reward(ngram_size=2)
+    scores = reward(prompts=["p"], completions=["a a a"], completion_ids=[torch.tensor([5, 5, 5, 5, 5])])
+    assert scores == pytest.approx([-0.75])
+    with pytest.raises(TypeError, match="completion_ids"):
+        reward(["a b a b"])  # texts are not token ids
 
 
 # --------------------------------------------------------------------------------------------------- accuracy

@@ -187,21 +187,38 @@ def selective_log_softmax(
         logits (`torch.Tensor`):
             Logits of shape `(..., vocab_size)`.
         index (`torch.Tensor`):
-            Token ids of shape `logits.shape[:-1]`.
+            Token ids of shape `logits.shape[:-1]`, or `logits.shape[:-1] + (K,)` for `K` tokens per position (e.g.
+            top-k candidates); the result then has that shape too.
         temperature (`float`, *optional*, defaults to `1.0`):
             Divides the logits before the softmax.
         row_mask (`torch.Tensor` or `None`, *optional*, defaults to `None`):
-            Boolean tensor of shape `index.shape`. Only positions where it is `True` are computed; the others are
-            `0` and carry no gradient.
+            Boolean tensor of shape `logits.shape[:-1]`. Only positions where it is `True` are computed; the others
+            are `0` and carry no gradient.
 
     Returns:
         `torch.Tensor`: Log-probabilities of shape `index.shape` (float32 for half-precision logits).
     """
+    if index.ndim == logits.ndim:
+        return _several_tokens_per_position(logits, index, temperature, row_mask)
     _check_temperature(temperature)
     flat_logits, flat_index = _flatten(logits, index)
     rows = _selected_rows(row_mask, index.shape, logits.device)
     logps, _ = _SelectiveLogSoftmaxFunction.apply(flat_logits, flat_index, rows, temperature, False)
     return _to_positions(logps, rows, flat_logits.shape[0], index.shape)
+
+
+def _several_tokens_per_position(
+    logits: torch.Tensor, index: torch.Tensor, temperature: float, row_mask: torch.Tensor | None
+) -> torch.Tensor:
+    if index.shape[:-1] != logits.shape[:-1]:
+        raise ValueError(
+            f"index has shape {tuple(index.shape)} but logits have shape {tuple(logits.shape)}: with several tokens "
+            "per position, index must be the logits' shape with the vocabulary dimension replaced by the tokens."
+        )
+    # One blockwise pass per token column: K is small (candidates per position), and each pass keeps the memory
+    # bound of the single-token path instead of materialising a [..., K, vocab] tensor.
+    columns = [selective_log_softmax(logits, index[..., k], temperature, row_mask) for k in range(index.shape[-1])]
+    return torch.stack(columns, dim=-1)
 
 
 def entropy_from_logits(logits: torch.Tensor, chunk_size: int = 128) -> torch.Tensor:
@@ -214,7 +231,8 @@ def entropy_from_logits(logits: torch.Tensor, chunk_size: int = 128) -> torch.Te
             Number of positions processed at once (bounds the temporary memory to `chunk_size * vocab_size`).
 
     Returns:
-        `torch.Tensor`: Entropies of shape `logits.shape[:-1]` (float32 for half-precision logits).
+        `torch.Tensor`: Entropies of shape `logits.shape[:-1]`, in the logits' dtype like the reference (each block
+        is computed in float32 and cast back).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1 (got {chunk_size}).")
@@ -223,7 +241,8 @@ def entropy_from_logits(logits: torch.Tensor, chunk_size: int = 128) -> torch.Te
     for start, end in _blocks(flat_logits.shape[0], flat_logits.shape[-1], block_rows=chunk_size):
         logps = _scaled_block(flat_logits, None, start, end, 1.0).log_softmax(dim=-1)
         values.append(-(logps.exp() * logps).sum(dim=-1))
-    return _scatter_rows(values, None, flat_logits.shape[0], logits).view(logits.shape[:-1])
+    entropy = _scatter_rows(values, None, flat_logits.shape[0], logits).view(logits.shape[:-1])
+    return entropy.to(logits.dtype)
 
 
 def selective_log_softmax_and_entropy(

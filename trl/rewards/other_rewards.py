@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
-
-from .format_rewards import completion_text
 
 
 class _SoftOverlongPunishment:
@@ -74,39 +72,55 @@ class _RepetitionPenalty:
         self.ngram_size = ngram_size
         self.max_penalty = max_penalty
 
-    def penalty(self, text: str) -> float:
-        words = text.lower().split()
-        if len(words) < self.ngram_size:
+    def penalty(self, ids: Sequence[int]) -> float:
+        """`max_penalty · (1 − distinct n-grams / n-grams)` of one completion's token ids."""
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        if len(ids) < self.ngram_size:
             return 0.0
-        ngrams = [tuple(words[i : i + self.ngram_size]) for i in range(len(words) - self.ngram_size + 1)]
+        ngrams = [tuple(ids[i : i + self.ngram_size]) for i in range(len(ids) - self.ngram_size + 1)]
         repeated = 1 - len(set(ngrams)) / len(ngrams)
         return self.max_penalty * repeated if repeated else 0.0
 
-    def __call__(self, completions: list[str] | list[list[dict[str, Any]]], **kwargs) -> list[float]:
-        return [self.penalty(completion_text(c)) for c in completions]
+    def __call__(self, completion_ids: list[list[int]], **kwargs) -> list[float]:
+        if completion_ids and not _is_id_sequence(completion_ids[0]):
+            raise TypeError(
+                "repetition_penalty_reward scores token ids, as in the reference: call it with completion_ids (a list "
+                "of token id lists; the trainers pass it by keyword), not with completion texts or messages."
+            )
+        return [self.penalty(ids) for ids in completion_ids]
+
+
+def _is_id_sequence(value: Any) -> bool:
+    if hasattr(value, "tolist"):  # a tensor or array row
+        return True
+    return isinstance(value, Sequence) and not isinstance(value, str) and all(isinstance(i, int) for i in value)
 
 
 def get_repetition_penalty_reward(ngram_size: int = 3, max_penalty: float = -1.0) -> Callable[..., list[float]]:
-    r"""N-gram repetition penalty (arXiv 2502.03373, appendix C.2).
+    r"""N-gram repetition penalty (arXiv 2502.03373, appendix C.2), over the completion's token ids.
 
-    The completion is lower-cased and split on whitespace; with `n` its word n-grams, the reward is
-    `max_penalty · (1 − #distinct n-grams / #n-grams)`: 0 for text without a repeated n-gram, approaching
-    `max_penalty` for text that loops. Completions shorter than `ngram_size` words score 0.
+    With `n` the token n-grams of a completion, the reward is `max_penalty · (1 − #distinct n-grams / #n-grams)`:
+    0 for a completion without a repeated n-gram, approaching `max_penalty` for one that loops. Counting tokens
+    rather than words makes it independent of the language and of whitespace. Completions shorter than
+    `ngram_size` tokens score 0.
+
+    The call convention is the reference's: `reward(completion_ids, **kwargs)`, where `completion_ids` is one list of
+    token ids per completion; the online trainers pass it by keyword.
 
     Args:
         ngram_size (`int`, *optional*, defaults to `3`):
-            Words per n-gram.
+            Tokens per n-gram.
         max_penalty (`float`, *optional*, defaults to `-1.0`):
             The most negative reward; must be `<= 0`.
 
     Returns:
-        A reward function `f(completions, **kwargs)` named `repetition_penalty_reward`.
+        A reward function `f(completion_ids, **kwargs)` named `repetition_penalty_reward`.
 
     Example:
     ```python
     >>> reward = get_repetition_penalty_reward(ngram_size=2, max_penalty=-1.0)
-    >>> reward(["a b a b a b", "a b c d"])  # 2 distinct of 5 bigrams; 3 distinct of 3
-    [-0.6, 0.0]
+    >>> reward([[1, 2, 3, 4], [5, 5, 5, 5, 5]])  # 3 distinct of 3 bigrams; 1 distinct of 4
+    [0.0, -0.75]
     ```
     """
     return _RepetitionPenalty(ngram_size, max_penalty)
