@@ -130,3 +130,17 @@ def test_data_utils_exposes_literal():
     from trl import data_utils
 
     assert data_utils.Literal is Literal
+
+
+# ---------------------------------------------------------------------------------------------------- version
+def test_version_names_the_reference_api_generation():
+    from pathlib import Path
+
+    from packaging.version import Version
+
+    version = Version(trl.__version__)
+    assert trl.__version__ == (Path(trl.__file__).parent.parent / "VERSION").read_text().strip()
+    # Downstream code gates features on the reference's versions: these must compare as on a 1.16 pre-release.
+    assert version >= Version("0.20") and version >= Version("1.0")
+    assert (version.major, version.minor) == (1, 16) and version.is_prerelease
+    assert "1.16.0.dev0" in (Path(trl.__file__).parent.parent / "README.md").read_text()

@@ -6,6 +6,12 @@ from .import_utils import _LazyModule
 
 
 def _read_version() -> str:
+    """The `VERSION` file of a source checkout (fresher than an editable install's metadata), else the metadata."""
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parent.parent / "VERSION"
+    if source.is_file() and (source.parent / "pyproject.toml").is_file():
+        return source.read_text().strip()
     try:
         from importlib.metadata import version
 
