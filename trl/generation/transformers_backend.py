@@ -4,6 +4,11 @@ Generation with transformers' `generate` on the live training model (the default
 The prompts are left-padded into one batch (or a few, with `max_batch_size`), generated with the KV cache, then
 stripped of padding and cut after their first EOS token. The model is switched to eval mode for the call (no
 dropout, no gradient checkpointing, which would disable the cache) and put back afterwards.
+
+For the Llama-family models of [`~trl.generation.lean_decode.LEAN_MODEL_TYPES`] the tokens come from the lean decode
+loop of [`~trl.generation.lean_decode`] (the model's own prefill, then a functional decode step with a pre-allocated
+cache and one random number per sampled row), which reproduces `generate` (greedy decoding token for token, sampling
+in distribution); `decode_loop="generate"` forces `model.generate`.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import torch
 
 from ..models.utils import unwrap_model_for_generation  # re-exported: the reference's name in trl.models
 from .base import GenerationBackend, GenerationResult, SamplingParams, check_prompts, cut_at_eos
+from .lean_decode import DECODE_LOOPS, LeanDecoder, SamplerSettings, TokenSampler, lean_decode_unsupported_reason
 
 
 if TYPE_CHECKING:
@@ -25,6 +31,9 @@ if TYPE_CHECKING:
 
 # Keys of `SamplingParams.generation_kwargs` that are not `GenerationConfig` fields but that this backend handles.
 _EXTRA_KWARGS = {"seed"}
+# `generation_kwargs` the lean decode loop honours (it always uses its own pre-allocated cache); any other key sends
+# the call to `model.generate`.
+_LEAN_COMPATIBLE_KWARGS = {"seed", "cache_implementation"}
 
 
 @contextlib.contextmanager
@@ -56,6 +65,11 @@ class TransformersBackend(GenerationBackend):
         unwrap_context (`Callable` or `None`, *optional*, defaults to `None`):
             `unwrap_context(model, accelerator)` returning a context manager that yields the model to call
             `generate` on. Defaults to [`unwrap_model_for_generation`].
+        decode_loop (`str`, *optional*, defaults to `"auto"`):
+            `"auto"`: the lean decode loop where [`~trl.generation.lean_decode.lean_decode_unsupported_reason`]
+            allows it and no `generation_kwargs` beyond `seed` / `cache_implementation` are given, else
+            `model.generate`; `"generate"`: always `model.generate`; `"lean"`: always the lean loop (an error when
+            the model or the kwargs do not allow it).
     """
 
     def __init__(
@@ -66,7 +80,12 @@ class TransformersBackend(GenerationBackend):
         eos_token_id: int | list[int] | None = None,
         max_batch_size: int | None = None,
         unwrap_context: Callable[..., contextlib.AbstractContextManager] | None = None,
+        decode_loop: str = "auto",
     ):
+        if decode_loop not in DECODE_LOOPS:
+            raise ValueError(f"`decode_loop` must be one of {DECODE_LOOPS}, got {decode_loop!r}.")
+        self.decode_loop = decode_loop
+        self.last_decode_loop: str | None = None
         self.model = model
         self.accelerator = accelerator
         self.max_batch_size = max_batch_size
@@ -102,8 +121,11 @@ class TransformersBackend(GenerationBackend):
         step = self._rows_per_call(sampling.n, len(prompt_ids))
         completions, reasons, logprobs = [], [], []
         with self.unwrap_context(self.model, self.accelerator) as model, _eval_mode(model), _seeded(seed, model):
+            lean = self._use_lean(model, sampling)
+            self.last_decode_loop = "lean" if lean else "generate"
+            generate_chunk = self._lean_chunk if lean else self._generate_chunk
             for start in range(0, len(prompt_ids), step):
-                chunk = self._generate_chunk(model, prompt_ids[start : start + step], config, sampling)
+                chunk = generate_chunk(model, prompt_ids[start : start + step], config, sampling)
                 completions += chunk[0]
                 reasons += chunk[1]
                 logprobs += chunk[2]
@@ -162,6 +184,16 @@ class TransformersBackend(GenerationBackend):
         values.update(overrides)
         return GenerationConfig(**values)
 
+    def _use_lean(self, model: torch.nn.Module, sampling: SamplingParams) -> bool:
+        """Whether this call decodes with the lean loop (see `decode_loop`)."""
+        if self.decode_loop == "generate":
+            return False
+        extra = sorted(set(sampling.generation_kwargs) - _LEAN_COMPATIBLE_KWARGS)
+        reason = f"generation_kwargs {extra} need `model.generate`" if extra else lean_decode_unsupported_reason(model)
+        if reason is not None and self.decode_loop == "lean":
+            raise ValueError(f"`decode_loop='lean'` cannot decode this call: {reason}.")
+        return reason is None
+
     def _rows_per_call(self, n: int, num_prompts: int) -> int:
         if self.max_batch_size is None:
             return max(num_prompts, 1)
@@ -187,6 +219,42 @@ class TransformersBackend(GenerationBackend):
         if sampling.return_logprobs:
             temperature = 1.0 if sampling.greedy else sampling.temperature
             logprobs = sampled_logprobs(output.logits, generated, temperature, [len(c) for c in completions])
+        return completions, reasons, logprobs
+
+    @torch.inference_mode()
+    def _lean_chunk(self, model, prompts, config, sampling):
+        device = next(model.parameters()).device
+        rows = [prompt for prompt in prompts for _ in range(sampling.n)]
+        input_ids, attention_mask = left_pad(rows, self.pad_token_id, device)
+        settings = SamplerSettings(
+            greedy=sampling.greedy,
+            temperature=sampling.temperature,
+            top_k=max(sampling.top_k, 0),
+            top_p=sampling.top_p,
+            min_p=sampling.min_p,
+            repetition_penalty=sampling.repetition_penalty,
+        )
+        sampler = TokenSampler(settings, input_ids, attention_mask, model.lm_head.out_features)
+        temperature = None
+        if sampling.return_logprobs:
+            temperature = 1.0 if sampling.greedy else sampling.temperature
+        generated, logps = LeanDecoder(model, len(rows)).generate(
+            input_ids,
+            attention_mask,
+            sampling.max_tokens,
+            sampler,
+            self.eos_token_ids,
+            self.pad_token_id,
+            logprob_temperature=temperature,
+        )
+        eos = set(self.eos_token_ids)
+        cut = [cut_at_eos(row, eos, sampling.max_tokens) for row in generated.tolist()]
+        completions = [row for row, _ in cut]
+        reasons = [reason for _, reason in cut]
+        logprobs = []
+        if logps is not None:
+            logps = logps.float().cpu()
+            logprobs = [logps[row, : len(completion)].tolist() for row, completion in enumerate(completions)]
         return completions, reasons, logprobs
 
 
