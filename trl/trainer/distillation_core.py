@@ -125,6 +125,11 @@ class DistillationMixin:
     also returns entropy and top-1 hits, for `_log_student_metrics`)."""
 
     _teacher_arg: Any = None
+    loss_normalization = "examples"  # the loss is already a token mean per micro-batch
+    _paper = {
+        "title": "On-Policy Distillation of Language Models: Learning from Self-Generated Mistakes",
+        "id": "2306.13649",
+    }
     _self_teacher_allowed = False
     _student_token_metrics = False
 

@@ -64,13 +64,8 @@ class DistillationTrainer(DistillationMixin, BaseTrainer):
     """
 
     _config_class = DistillationConfig
-    loss_normalization = "examples"
     _tag_names = ["trl", "distillation"]
     _name = "Distillation"
-    _paper = {
-        "title": "On-Policy Distillation of Language Models: Learning from Self-Generated Mistakes",
-        "id": "2306.13649",
-    }
 
     def __init__(
         self,

@@ -63,15 +63,10 @@ class GKDTrainer(DistillationMixin, SFTTrainer):
     """
 
     _config_class = GKDConfig
-    loss_normalization = "examples"
     _self_teacher_allowed = True  # teacher_model_name_or_path=None: the teacher is the model itself
     _student_token_metrics = True  # SFT's num_tokens, mean_token_accuracy and entropy, from the student's forward
     _tag_names = ["trl", "gkd"]
     _name = "GKD"
-    _paper = {
-        "title": "On-Policy Distillation of Language Models: Learning from Self-Generated Mistakes",
-        "id": "2306.13649",
-    }
 
     def __init__(
         self,
