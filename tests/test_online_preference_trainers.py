@@ -193,6 +193,28 @@ def test_geometric_mixture_interpolates_between_policy_and_reference():
     assert not policy.training
 
 
+def test_nash_md_computes_reference_logps_of_the_policy_completions_only(tmp_path):
+    from trl.trainer.online_preference_trainer import OnlinePreferenceTrainer
+
+    trainer = make_trainer(tmp_path, "nash_md")
+    batch = {"prompt_ids": torch.randint(0, 100, (4, 3)), "prompt_mask": torch.ones(4, 3, dtype=torch.long),
+             "completion_ids": torch.randint(0, 100, (4, 5)), "completion_mask": torch.ones(4, 5, dtype=torch.long)}  # fmt: skip
+    rows = []
+    original = trainer._completion_logps
+
+    def spy(model, inputs, *args, **kwargs):
+        rows.append(inputs["completion_ids"].shape[0])
+        return original(model, inputs, *args, **kwargs)
+
+    trainer._completion_logps = spy
+    with torch.no_grad():
+        ref = trainer._ref_logps(batch)
+        full = OnlinePreferenceTrainer._ref_logps(trainer, batch)
+    assert rows == [2, 4]  # the mixture's completions (odd rows) never go through the reference
+    torch.testing.assert_close(ref[0::2], full[0::2])
+    assert (ref[1::2] == 0).all()
+
+
 # ------------------------------------------------------------------------------------------------ training
 @pytest.mark.parametrize("method", ["online_dpo", "nash_md", "xpo"])
 def test_trains_with_a_reward_model_on_conversations(tmp_path, method):

@@ -58,6 +58,15 @@ class NashMDTrainer(OnlineDPOTrainer):
         ref_model = self.accelerator.unwrap_model(self.ref_model) if self.ref_model is not None else None
         return contextlib.nullcontext(GeometricMixtureWrapper(policy, ref_model, None, self.mixture_coef))
 
+    def _ref_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Reference log-probs of the policy's completions (even rows) only: the loss never reads those of the
+        mixture's completions, whose rows stay 0 (half the reference forward passes)."""
+        policy_rows = {key: batch[key][0::2] for key in SEQUENCE_KEYS}
+        ref_logps_P_C = super()._ref_logps(policy_rows)
+        ref_logps_B_C = ref_logps_P_C.new_zeros(batch["completion_ids"].shape[0], ref_logps_P_C.shape[1])
+        ref_logps_B_C[0::2] = ref_logps_P_C
+        return ref_logps_B_C
+
     def _probabilities(self, scores_P_2: torch.Tensor) -> torch.Tensor:
         """`P(y ≻ y')` per pair: the judge's probability, or Bradley-Terry on the scores; ½ where unscored."""
         if self._judge is not None:
