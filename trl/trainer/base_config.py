@@ -1,8 +1,12 @@
-"""`_BaseConfig`: the `TrainingArguments` subclass every trainer config extends."""
+"""`_BaseConfig`: the `TrainingArguments` subclass every trainer config extends, and the config pieces trainers
+share: `TRUNCATION_MODES` / `check_truncation_mode`, `resolve_pad_to_multiple_of` (also importable from
+`trl.trainer.sft_config`), and the family bases `_ReferenceFreePairedConfig` (CPO, ORPO; also from
+`trl.trainer.orpo_config`) and `_UnpairedPreferenceConfig` (KTO, BCO; also from `trl.trainer.kto_config`)."""
 
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,7 +81,9 @@ class _BaseConfig(TrainingArguments):
 
     overwrite_output_dir: bool = field(
         default=False,
-        metadata={"help": "Allow writing over a model or README.md already in output_dir that this run did not create."},
+        metadata={
+            "help": "Allow writing over a model or README.md already in output_dir that this run did not create."
+        },
     )
 
     def __post_init__(self):
@@ -98,3 +104,224 @@ class _BaseConfig(TrainingArguments):
                 kwargs = {"use_reentrant": False}
             self.activation_checkpointing_kwargs = kwargs
         super().__post_init__()
+
+
+# ------------------------------------------------------------------------------------ shared config pieces
+TRUNCATION_MODES = ("keep_start", "keep_end")
+
+
+def check_truncation_mode(truncation_mode: str) -> None:
+    """Raise a `ValueError` naming the choices unless `truncation_mode` is one of `TRUNCATION_MODES`."""
+    if truncation_mode not in TRUNCATION_MODES:
+        raise ValueError(f"Unknown truncation_mode {truncation_mode!r}; choose one of {TRUNCATION_MODES}.")
+
+
+def resolve_pad_to_multiple_of(value: int | str | None) -> int | None:
+    """Resolve the `"auto"` value of `pad_to_multiple_of`: 128 on AWS Neuron devices, `None` elsewhere."""
+    if value == "auto":
+        import importlib.util
+
+        return 128 if importlib.util.find_spec("torch_neuronx") is not None else None
+    if isinstance(value, str):
+        return int(value)
+    return value
+
+
+# ------------------------------------------------------------------------------------ family config bases
+@dataclass
+class _ReferenceFreePairedConfig(_BaseConfig):
+    r"""
+    Fields shared by the configurations of the reference-free paired trainers ([`CPOConfig`], [`ORPOConfig`]).
+
+    > Parameters that control the model
+
+    model_init_kwargs (`dict[str, Any]`, `str` or `None`, *optional*, defaults to `None`):
+        Keyword arguments for `from_pretrained`, used when `model` is a string.
+    trust_remote_code (`bool`, *optional*, defaults to `False`):
+        Forwarded to every `from_pretrained` call.
+    is_encoder_decoder (`bool` or `None`, *optional*, defaults to `None`):
+        Whether the model is an encoder-decoder (the prompt is encoded, the completion decoded). `None` reads it from
+        the model's config.
+    disable_dropout (`bool`, *optional*, defaults to `True`):
+        Set every dropout probability of the model to 0.
+
+    > Parameters that control the data preprocessing
+
+    dataset_num_proc (`int` or `None`, *optional*, defaults to `None`):
+        Number of processes used to tokenise the dataset.
+    max_prompt_length (`int` or `None`, *optional*, defaults to `None`):
+        Prompts longer than this are cut following `truncation_mode`. `None`, as in trl 1.x, sets no separate prompt
+        limit: only `max_length` cuts the row. (trl 0.x defaulted to 512.)
+    max_completion_length (`int` or `None`, *optional*, defaults to `None`):
+        Completions are cut to their first `max_completion_length` tokens.
+    max_length (`int` or `None`, *optional*, defaults to `1024`):
+        Maximum length of a prompt + completion row; longer rows lose the end of their completion.
+    truncation_mode (`str`, *optional*, defaults to `"keep_end"`):
+        Which part of a prompt longer than `max_prompt_length` is kept: `"keep_end"` its last tokens (next to the
+        completion), `"keep_start"` its first ones.
+    padding_value (`int` or `None`, *optional*, defaults to `None`):
+        The id used to pad `input_ids`; `None` uses the tokenizer's pad token (its EOS token if it has none).
+    label_pad_token_id (`int`, *optional*, defaults to `-100`):
+        Kept for compatibility with the 0.x API: completion tokens are tracked with a mask, so no label padding is
+        used.
+
+    > Parameters that control training and evaluation
+
+    beta (`float`, *optional*, defaults to `0.1`):
+        Weight of the preference term (see the trainer).
+    generate_during_eval (`bool`, *optional*, defaults to `False`):
+        At each evaluation, generate completions of a batch of prompts and log them to Weights & Biases as the
+        `game_log` table (needs `wandb`).
+    """
+
+    _VALID_DICT_FIELDS = _BaseConfig._VALID_DICT_FIELDS + ["model_init_kwargs"]
+
+    learning_rate: float = field(default=1e-6, metadata={"help": "The initial learning rate for AdamW."})
+    model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None, metadata={"help": "Keyword arguments for from_pretrained when the model is a string."}
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
+    is_encoder_decoder: bool | None = field(
+        default=None, metadata={"help": "Whether the model is an encoder-decoder (None: read from its config)."}
+    )
+    disable_dropout: bool = field(default=True, metadata={"help": "Disable dropout in the model."})
+    dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes used to tokenize the dataset."})
+    max_prompt_length: int | None = field(
+        default=None, metadata={"help": "Maximum prompt length in tokens; None (the default): no separate limit."}
+    )
+    max_completion_length: int | None = field(default=None, metadata={"help": "Keep the first N completion tokens."})
+    max_length: int | None = field(default=1024, metadata={"help": "Maximum prompt + completion length."})
+    truncation_mode: str = field(
+        default="keep_end",
+        metadata={"help": "Part of a long prompt to keep: keep_end or keep_start.", "choices": list(TRUNCATION_MODES)},
+    )
+    padding_value: int | None = field(default=None, metadata={"help": "Pad id (None: the tokenizer's pad token)."})
+    label_pad_token_id: int = field(default=-100, metadata={"help": "Kept for compatibility (unused)."})
+    beta: float = field(default=0.1, metadata={"help": "Weight of the preference term."})
+    generate_during_eval: bool = field(default=False, metadata={"help": "Log generations to W&B at evaluation."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.label_pad_token_id != -100:
+            warnings.warn(
+                "`label_pad_token_id` has no effect: completion tokens are tracked with a mask, not with padded "
+                "labels. Remove it from your configuration.",
+                UserWarning,
+                stacklevel=3,
+            )
+        check_truncation_mode(self.truncation_mode)
+        for name in ("max_length", "max_prompt_length", "max_completion_length"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be a positive number of tokens, got {value}; use None for no limit.")
+        if not self.beta > 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}.")
+
+
+@dataclass
+class _UnpairedPreferenceConfig(_BaseConfig):
+    r"""
+    Fields shared by the configurations of the unpaired preference trainers ([`KTOConfig`], [`BCOConfig`]).
+
+    > Parameters that control the model and the reference model
+
+    model_init_kwargs (`dict[str, Any]`, `str` or `None`, *optional*, defaults to `None`):
+        Keyword arguments for `AutoModelForCausalLM.from_pretrained` when `model` is a string (also as JSON).
+    ref_model_init_kwargs (`dict[str, Any]`, `str` or `None`, *optional*, defaults to `None`):
+        Keyword arguments for `from_pretrained` when `ref_model` is a string. Defaults to `model_init_kwargs`.
+    trust_remote_code (`bool`, *optional*, defaults to `False`):
+        Allow models with custom code from the Hub.
+    disable_dropout (`bool`, *optional*, defaults to `True`):
+        Set every dropout probability of the model and the reference model to 0.
+    precompute_ref_log_probs (`bool`, *optional*, defaults to `False`):
+        Compute the reference log-probs of every training (and evaluation) example once, before training, and store
+        them as dataset columns (`ref_logps`, and for KTO `ref_kl_logps`); no reference model stays in memory.
+    is_encoder_decoder (`bool` or `None`, *optional*, defaults to `None`):
+        Kept for compatibility; only decoder-only models are supported, so `True` raises.
+
+    > Parameters that control the data
+
+    dataset_num_proc (`int` or `None`, *optional*, defaults to `None`):
+        Processes used to tokenise the dataset.
+    max_prompt_length (`int` or `None`, *optional*, defaults to `None`):
+        Prompts are cut to `max_prompt_length` tokens (which end is kept: `truncation_mode`). `None`, as in trl 1.x,
+        sets no separate prompt limit: only `max_length` cuts the row. (trl 0.x defaulted to 512.)
+    max_completion_length (`int` or `None`, *optional*, defaults to `None`):
+        Completions are cut to their first `max_completion_length` tokens.
+    max_length (`int` or `None`, *optional*, defaults to `1024`):
+        Maximum length of a prompt + completion row; longer rows keep their first `max_length` tokens.
+    truncation_mode (`str`, *optional*, defaults to `"keep_end"`):
+        Which end of a prompt longer than `max_prompt_length` is kept: `"keep_end"` (next to the completion) or
+        `"keep_start"`.
+    padding_value (`int` or `None`, *optional*, defaults to `None`):
+        Deprecated: the pad token id; set `tokenizer.pad_token` instead.
+    label_pad_token_id (`int`, *optional*, defaults to `-100`):
+        Kept for compatibility; completions are tracked with a mask.
+
+    > Parameters that control the loss
+
+    beta (`float`, *optional*, defaults to `0.1`):
+        Inverse temperature β of the implicit reward `β·(log π − log π_ref)`.
+
+    > Other parameters
+
+    generate_during_eval (`bool`, *optional*, defaults to `False`):
+        At each evaluation, generate completions of a batch of prompts with the policy and the reference and log them
+        as a table to Weights & Biases (needs `wandb`).
+    """
+
+    _VALID_DICT_FIELDS = _BaseConfig._VALID_DICT_FIELDS + ["model_init_kwargs", "ref_model_init_kwargs"]
+    _json_dict_fields = _BaseConfig._json_dict_fields + ("ref_model_init_kwargs",)
+
+    # model and reference model
+    model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None, metadata={"help": "Keyword arguments for from_pretrained when the model is a string."}
+    )
+    ref_model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None, metadata={"help": "Keyword arguments for from_pretrained when ref_model is a string."}
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
+    disable_dropout: bool = field(default=True, metadata={"help": "Disable dropout in the model and reference."})
+    precompute_ref_log_probs: bool = field(
+        default=False, metadata={"help": "Compute reference log-probs once before training and reuse them."}
+    )
+    is_encoder_decoder: bool | None = field(default=None, metadata={"help": "Only decoder-only models (True raises)."})
+
+    # data
+    dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes used to tokenize the dataset."})
+    max_prompt_length: int | None = field(
+        default=None, metadata={"help": "Maximum prompt length in tokens; None (the default): no separate limit."}
+    )
+    max_completion_length: int | None = field(default=None, metadata={"help": "Keep the first N completion tokens."})
+    max_length: int | None = field(default=1024, metadata={"help": "Maximum prompt + completion length."})
+    truncation_mode: str = field(
+        default="keep_end",
+        metadata={"help": "Which end of a long prompt to keep.", "choices": list(TRUNCATION_MODES)},
+    )
+    padding_value: int | None = field(default=None, metadata={"help": "Deprecated: set tokenizer.pad_token."})
+    label_pad_token_id: int = field(default=-100, metadata={"help": "Kept for compatibility (unused)."})
+
+    # loss and evaluation
+    beta: float = field(default=0.1, metadata={"help": "Inverse temperature beta."})
+    generate_during_eval: bool = field(default=False, metadata={"help": "Log policy/reference generations at eval."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.padding_value is not None:
+            warnings.warn(
+                "`padding_value` is deprecated: set `tokenizer.pad_token` instead.", FutureWarning, stacklevel=3
+            )
+        if self.label_pad_token_id != -100:
+            warnings.warn(
+                "`label_pad_token_id` has no effect: completion tokens are tracked with a mask, not with padded "
+                "labels. Remove it from your configuration.",
+                UserWarning,
+                stacklevel=3,
+            )
+        if not self.beta > 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}.")
+        check_truncation_mode(self.truncation_mode)
+        for name in ("max_length", "max_prompt_length", "max_completion_length"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be positive, got {value}; use None to disable that truncation.")

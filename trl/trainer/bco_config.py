@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .kto_config import _UnpairedPreferenceConfig
+from .base_config import _UnpairedPreferenceConfig
 
 
 @dataclass

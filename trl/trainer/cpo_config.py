@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 
-from .orpo_config import _ReferenceFreePairedConfig
+from .base_config import _ReferenceFreePairedConfig
 
 
 # `alphapo` is accepted by the config only, which turns it into `simpo` without the NLL term (AlphaPO = SimPO with a

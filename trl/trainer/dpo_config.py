@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from .base_config import _BaseConfig
-from .sft_config import TRUNCATION_MODES, resolve_pad_to_multiple_of
+from .base_config import TRUNCATION_MODES, _BaseConfig, check_truncation_mode, resolve_pad_to_multiple_of
 
 
 # Loss types of the DPO family the trainer accepts (the functions live in `trl.losses.preference`). `aot_pair` is the
@@ -270,8 +269,7 @@ class DPOConfig(_BaseConfig):
                 f"Got {len(self.loss_weights)} loss_weights for {len(self.loss_type)} loss types {self.loss_type}: "
                 "give exactly one weight per loss type, in the same order."
             )
-        if self.truncation_mode not in TRUNCATION_MODES:
-            raise ValueError(f"Unknown truncation_mode {self.truncation_mode!r}; choose one of {TRUNCATION_MODES}.")
+        check_truncation_mode(self.truncation_mode)
         for name in ("max_length", "max_prompt_length", "max_completion_length"):
             value = getattr(self, name)
             if value is not None and value <= 0:

@@ -12,8 +12,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base_config import _BaseConfig, parse_json_field
-from .sft_config import resolve_pad_to_multiple_of
+from .base_config import _BaseConfig, parse_json_field, resolve_pad_to_multiple_of
 
 
 VLLM_MODES = ("colocate", "server")

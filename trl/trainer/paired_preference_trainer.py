@@ -19,11 +19,11 @@ import torch
 from datasets import Dataset, IterableDataset
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel, TrainingArguments
 
+from .base_config import _ReferenceFreePairedConfig
 from .base_trainer import BaseTrainer, TrainerInputs
 from .collators import DataCollatorForPreference
 from .data_preparation import _map_kwargs
 from .model_utils import accepts_logits_to_keep, get_tokenizer, load_trained_model
-from .orpo_config import _ReferenceFreePairedConfig
 from .paired_forward import PairedScores, paired_forward, router_aux_loss
 from .preference_data import PREFERENCE_TOKEN_COLUMNS, count_empty_completions, prepare_preference_dataset
 from .utils import pad

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base_config import _BaseConfig
-from .sft_config import resolve_pad_to_multiple_of
+from .base_config import _BaseConfig, resolve_pad_to_multiple_of
 
 
 @dataclass

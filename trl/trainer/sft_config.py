@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .base_config import _BaseConfig
+# `TRUNCATION_MODES` and `resolve_pad_to_multiple_of` live in base_config; this import path keeps working.
+from .base_config import TRUNCATION_MODES, _BaseConfig, check_truncation_mode, resolve_pad_to_multiple_of  # noqa: F401
 
 
 SFT_LOSS_TYPES = ("nll", "dft")
 PACKING_STRATEGIES = ("bfd", "bfd_split", "wrapped")
-TRUNCATION_MODES = ("keep_start", "keep_end")
 
 
 @dataclass
@@ -139,20 +139,8 @@ class SFTConfig(_BaseConfig):
             raise ValueError(
                 f"Unknown packing_strategy {self.packing_strategy!r}; choose one of {PACKING_STRATEGIES}."
             )
-        if self.truncation_mode not in TRUNCATION_MODES:
-            raise ValueError(f"Unknown truncation_mode {self.truncation_mode!r}; choose one of {TRUNCATION_MODES}.")
+        check_truncation_mode(self.truncation_mode)
         if self.max_length is not None and self.max_length <= 0:
             raise ValueError(f"max_length must be positive, got {self.max_length}; use None to disable truncation.")
         if (self.packing or self.eval_packing) and self.max_length is None:
             raise ValueError("packing needs max_length (the packed row length); set max_length, e.g. 1024.")
-
-
-def resolve_pad_to_multiple_of(value: int | str | None) -> int | None:
-    """Resolve the `"auto"` value of `pad_to_multiple_of`: 128 on AWS Neuron devices, `None` elsewhere."""
-    if value == "auto":
-        import importlib.util
-
-        return 128 if importlib.util.find_spec("torch_neuronx") is not None else None
-    if isinstance(value, str):
-        return int(value)
-    return value
