@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import trl
+from trl.import_utils import is_openai_available
 from trl.judges import (
     DEFAULT_PAIRWISE_SYSTEM_PROMPT,
     AllTrueJudge,
@@ -89,8 +90,22 @@ PROMPTS = ["Say hi.", "Name a colour."]
 PAIRS = [["hello there my friend", "hi"], ["red", "a deep shade of blue"]]
 
 
+# The OpenAI judge talks to the stub through the real `openai` client (in the `test` and `judges` extras); where it
+# is not installed those tests skip, and the HF judge and the ImportError message are still tested.
+needs_openai = pytest.mark.skipif(not is_openai_available(), reason="needs the openai client (pip install openai)")
+
+
 def openai_judge(server, **kwargs):
     return OpenAIPairwiseJudge("stub", base_url=server.url + "/v1", api_key="none", max_retries=0, **kwargs)
+
+
+def network_judge(kind, server, timeout=5):
+    if kind == "openai":
+        return openai_judge(server, timeout=timeout)
+    return HfPairwiseJudge(server.url, token="none", timeout=timeout)
+
+
+JUDGE_KINDS = [pytest.param("openai", marks=needs_openai), "hf"]
 
 
 # -------------------------------------------------------------------------------------------------- interfaces
@@ -163,6 +178,7 @@ def test_pair_rm_ranks_and_scores_with_unflipping(monkeypatch):
 
 
 # --------------------------------------------------------------------------------------------- network judges
+@needs_openai
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_openai_judge_against_the_stub(server, shuffle):
     judge = openai_judge(server)
@@ -183,31 +199,31 @@ def test_hf_judge_against_the_stub(server):
         HfPairwiseJudge(server.url, system_prompt="no placeholders")
 
 
+@pytest.mark.parametrize("kind", JUDGE_KINDS)
 @pytest.mark.parametrize("mode", ["garbage", "malformed"])
-def test_unreadable_replies_give_minus_one(server, mode):
+def test_unreadable_replies_give_minus_one(server, mode, kind):
     server.mode = mode
     with pytest.warns(UserWarning, match="-1"):
-        assert openai_judge(server).judge(PROMPTS, PAIRS) == [-1, -1]
-    with pytest.warns(UserWarning, match="-1"):
-        assert HfPairwiseJudge(server.url, token="none", timeout=5).judge(PROMPTS, PAIRS) == [-1, -1]
+        assert network_judge(kind, server).judge(PROMPTS, PAIRS) == [-1, -1]
 
 
-def test_a_timeout_gives_minus_one_quickly(server):
+@pytest.mark.parametrize("kind", JUDGE_KINDS)
+def test_a_timeout_gives_minus_one_quickly(server, kind):
     server.mode = "slow"
     start = time.perf_counter()
-    with pytest.warns(UserWarning, match="Timeout|timed out"):
-        assert openai_judge(server, timeout=0.5).judge(PROMPTS, PAIRS) == [-1, -1]
-    with pytest.warns(UserWarning, match="-1"):
-        assert HfPairwiseJudge(server.url, token="none", timeout=0.5).judge(PROMPTS[:1], PAIRS[:1]) == [-1]
+    with pytest.warns(UserWarning, match="Timeout|timed out" if kind == "openai" else "-1"):
+        assert network_judge(kind, server, timeout=0.5).judge(PROMPTS, PAIRS) == [-1, -1]
     assert time.perf_counter() - start < 4
 
 
+@needs_openai
 def test_an_unreachable_server_gives_minus_one():
     judge = OpenAIPairwiseJudge("stub", base_url="http://127.0.0.1:9/v1", api_key="none", max_retries=0, timeout=2)
     with pytest.warns(UserWarning, match="request failed"):
         assert judge.judge(PROMPTS[:1], PAIRS[:1]) == [-1]
 
 
+@needs_openai
 def test_openai_request_cap(server):
     judge = openai_judge(server, max_requests=3)
     assert judge.judge(PROMPTS, PAIRS, shuffle_order=False) == [1, 0]
