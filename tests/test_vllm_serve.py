@@ -152,6 +152,52 @@ def test_trl_cli_runs_vllm_serve_in_process(monkeypatch):
     )
 
 
+def test_unknown_flags_are_kept_for_the_vllm_engine(monkeypatch):
+    from trl import cli
+    from trl.generation.server_args import engine_kwargs_from_flags
+    from trl.scripts import vllm_serve
+
+    received = []
+    monkeypatch.setattr(vllm_serve, "main", lambda *args: received.append(args))
+    flags = ["--max-num-seqs", "64", "--enable-chunked-prefill", "--quantization=awq", "--no-enable-sleep-mode"]
+    cli.main(["vllm-serve", "--model", "m", "--port", "0", *flags])
+    ((script_args,),) = received
+    assert (script_args.model, script_args.port, script_args.vllm_engine_args) == ("m", 0, flags)
+    assert engine_kwargs_from_flags(flags) == {
+        "max_num_seqs": 64,
+        "enable_chunked_prefill": True,
+        "quantization": "awq",
+        "enable_sleep_mode": False,
+    }
+    with pytest.raises(ValueError, match="vLLM engine flags"):
+        engine_kwargs_from_flags(["64"])
+
+
+def test_unknown_flags_reach_vllm_llm(monkeypatch):
+    from trl.generation import server_engines
+
+    created = []
+    fake_vllm = SimpleNamespace(LLM=lambda **kwargs: created.append(kwargs))
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
+    for name in ("VLLM_DP_RANK", "VLLM_DP_RANK_LOCAL", "VLLM_DP_SIZE", "VLLM_DP_MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)  # restored after the test
+    (args,) = make_parser().parse_args_and_config(["--model", "m", "--max-num-seqs", "8", "--dtype", "float16"])
+    connection = SimpleNamespace(send=lambda message: None, recv=lambda: {"type": "shutdown"})
+    server_engines._vllm_worker(args, 0, 12345, connection)
+    (kwargs,) = created
+    assert (kwargs["model"], kwargs["max_num_seqs"], kwargs["dtype"]) == ("m", 8, "float16")
+
+
+def test_transformers_backend_refuses_unknown_flags_before_loading():
+    from trl.generation.server_app import build_app
+
+    (args,) = make_parser().parse_args_and_config(
+        ["--model", "not-loaded", "--backend", "transformers", "--max-num-seqs", "8"]
+    )
+    with pytest.raises(ValueError, match=r"does not know --max-num-seqs 8.*--backend transformers"):
+        build_app(args)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed")
 def test_default_backend_without_vllm_names_the_transformers_backend():
     with pytest.raises(ImportError, match="--backend transformers"):

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from trl.generation import server_validation as check
 from trl.generation.base import GenerationResult, SamplingParams, sanitize_logprob
+from trl.generation.server_args import check_engine_flags
 from trl.generation.server_engines import (
     VLLM_MISSING,
     EndpointNotFound,
@@ -511,6 +512,7 @@ def build_app(script_args: ScriptArguments) -> ServerApp:
 
     policy = ServerPolicy.from_args(script_args)  # checked before any model loads
     backend = resolve_backend(script_args.backend)
+    check_engine_flags(script_args, backend)  # unknown flags: for vLLM, refused with transformers
     tokenizer = AutoTokenizer.from_pretrained(
         script_args.model, revision=script_args.revision, trust_remote_code=script_args.trust_remote_code
     )

@@ -3,7 +3,9 @@ from `trl.scripts`; `trl.scripts.vllm_serve.ScriptArguments` re-exports them und
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -76,6 +78,11 @@ class ScriptArguments:
             Seconds a request-supplied chat template may take to render.
         max_connections (`int`, *optional*, defaults to `256`):
             Connections served at once (more are answered 503).
+        vllm_engine_args (`list[str]` or `None`, *optional*, defaults to `None`):
+            Flags of the vLLM engine that `trl vllm-serve` does not define itself (e.g. `--max-num-seqs 64`,
+            `--quantization awq`): the command line collects every flag it does not know here, as the reference
+            does, and they are passed to `vllm.LLM` (see [`engine_kwargs_from_flags`]). Refused with
+            `--backend transformers`.
     """
 
     model: str = field(metadata={"help": "Model id or path."})
@@ -118,3 +125,72 @@ class ScriptArguments:
     )
     chat_template_timeout: float = field(default=2.0, metadata={"help": "Seconds a request chat template may take."})
     max_connections: int = field(default=256, metadata={"help": "Connections served at once."})
+    vllm_engine_args: list[str] | None = field(
+        default=None, metadata={"help": "vLLM engine flags trl does not define (filled with every unknown flag)."}
+    )
+
+
+def _flag_value(text: str) -> Any:
+    """A flag value as vLLM would mostly read it: JSON when it parses (numbers, booleans, lists, dicts), else text."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def engine_kwargs_from_flags(flags: list[str]) -> dict[str, Any]:
+    """Turn vLLM command-line flags into `vllm.LLM` keyword arguments.
+
+    `--name value` and `--name=value` give `name=value` (dashes become underscores, the value read as JSON when it
+    parses); a flag without a value is `True`, and `--no-name` is `name=False`.
+
+    Args:
+        flags (`list[str]`):
+            The flags, e.g. `["--max-num-seqs", "64", "--enable-chunked-prefill"]`.
+
+    Raises:
+        ValueError: A value with no flag before it.
+    """
+    kwargs: dict[str, Any] = {}
+    i = 0
+    while i < len(flags):
+        flag = flags[i]
+        if not flag.startswith("--") or len(flag) == 2:
+            raise ValueError(f"Unexpected argument {flag!r}: vLLM engine flags look like --name value or --name.")
+        name, _, inline = flag[2:].partition("=")
+        key = name.replace("-", "_")
+        if inline:
+            kwargs[key] = _flag_value(inline)
+        elif i + 1 < len(flags) and not flags[i + 1].startswith("--"):
+            i += 1
+            kwargs[key] = _flag_value(flags[i])
+        elif key.startswith("no_"):
+            kwargs[key[3:]] = False
+        else:
+            kwargs[key] = True
+        i += 1
+    return kwargs
+
+
+def check_engine_flags(args: ScriptArguments, backend: str) -> dict[str, Any]:
+    """The extra vLLM engine keyword arguments of `args`, checked before any model loads.
+
+    Args:
+        args ([`ScriptArguments`]):
+            The server arguments.
+        backend (`str`):
+            The resolved backend.
+
+    Raises:
+        ValueError: Extra flags with the transformers backend, which has no vLLM engine to pass them to.
+    """
+    flags = list(args.vllm_engine_args or [])
+    if flags and backend == "transformers":
+        raise ValueError(
+            f"trl vllm-serve does not know {' '.join(flags)}: flags it does not define are passed to the vLLM "
+            "engine, and --backend transformers has none. Remove them, or serve with --backend vllm."
+        )
+    return engine_kwargs_from_flags(flags)

@@ -13,6 +13,7 @@ import time
 from typing import TYPE_CHECKING
 
 from trl.generation.base import GenerationResult, sanitize_logprob
+from trl.generation.server_args import engine_kwargs_from_flags
 from trl.generation.vllm_generation import vllm_sampling_kwargs
 from trl.import_utils import is_vllm_available
 
@@ -308,7 +309,8 @@ def _vllm_worker(args: ScriptArguments, dp_rank: int, master_port: int, connecti
     os.environ["VLLM_DP_MASTER_PORT"] = str(master_port)
     from vllm import LLM
 
-    llm = LLM(
+    # Flags trl does not define go to the engine as they are, and win over trl's own settings of the same name.
+    engine_kwargs = dict(
         model=args.model,
         revision=args.revision,
         tensor_parallel_size=args.tensor_parallel_size,
@@ -322,6 +324,8 @@ def _vllm_worker(args: ScriptArguments, dp_rank: int, master_port: int, connecti
         trust_remote_code=args.trust_remote_code,
         model_impl=args.vllm_model_impl,
     )
+    engine_kwargs.update(engine_kwargs_from_flags(args.vllm_engine_args or []))
+    llm = LLM(**engine_kwargs)
     connection.send({"status": "ready"})
     handlers = {"trl_generate": _worker_generate, "trl_sequence_logprobs": _worker_sequence_logprobs}
     while True:

@@ -51,12 +51,45 @@ from trl.scripts.utils import TrlParser
 
 
 # Re-exported: the reference defines these in this module (the arguments live with the server they configure).
-__all__ = ["ScriptArguments", "WeightSyncWorkerExtension", "chunk_list", "main", "make_parser", "resolve_backend"]
+__all__ = [
+    "ScriptArguments",
+    "VLLMServeParser",
+    "WeightSyncWorkerExtension",
+    "chunk_list",
+    "main",
+    "make_parser",
+    "resolve_backend",
+]
 
 logger = logging.getLogger("trl.vllm_serve")
 
 COMMAND = "vllm-serve"
 DESCRIPTION = "Serve a model for online training: generation endpoints and weight updates (vLLM or transformers)."
+
+
+class VLLMServeParser(TrlParser):
+    """A [`~trl.TrlParser`] that keeps the flags `trl vllm-serve` does not define, for the vLLM engine.
+
+    Like the reference, `trl vllm-serve --model M --max-num-seqs 64` passes `--max-num-seqs 64` to vLLM instead of
+    rejecting it: every unknown flag (command line or YAML config) lands in `ScriptArguments.vllm_engine_args`.
+    The transformers backend refuses them with a clear error when the server is built.
+    """
+
+    def parse_args_and_config(
+        self,
+        args=None,
+        return_remaining_strings: bool = False,
+        fail_with_unknown_args: bool = True,
+        separate_remaining_strings: bool = False,
+    ) -> tuple:
+        *outputs, config_remaining, cli_remaining = super().parse_args_and_config(
+            args, separate_remaining_strings=True
+        )
+        script_args = outputs[0]
+        script_args.vllm_engine_args = [*(script_args.vllm_engine_args or []), *config_remaining, *cli_remaining]
+        if separate_remaining_strings:
+            return (*outputs, [], [])
+        return (*outputs, []) if return_remaining_strings else tuple(outputs)
 
 
 def make_parser(subparsers=None, prog: str | None = None) -> TrlParser:
@@ -73,7 +106,7 @@ def make_parser(subparsers=None, prog: str | None = None) -> TrlParser:
         return subparsers.add_parser(
             COMMAND, help=DESCRIPTION, description=DESCRIPTION, dataclass_types=ScriptArguments
         )
-    return TrlParser(ScriptArguments, prog=prog, description=DESCRIPTION)
+    return VLLMServeParser(ScriptArguments, prog=prog, description=DESCRIPTION)
 
 
 def main(script_args: ScriptArguments) -> None:
