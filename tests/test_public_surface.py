@@ -144,3 +144,16 @@ def test_version_names_the_reference_api_generation():
     assert version >= Version("0.20") and version >= Version("1.0")
     assert (version.major, version.minor) == (1, 16) and version.is_prerelease
     assert "1.16.0.dev0" in (Path(trl.__file__).parent.parent / "README.md").read_text()
+
+
+def test_trainer_utils_reexports_the_reference_helpers():
+    from trl.import_utils import is_peft_available
+    from trl.trainer import utils
+    from trl.trainer.comet import log_table_to_comet_experiment
+    from trl.trainer.model_config import ModelConfig
+    from trl.trainer.peft_utils import get_peft_config
+
+    assert utils.ModelConfig is ModelConfig and utils.get_peft_config is get_peft_config
+    assert utils.is_peft_available is is_peft_available
+    assert utils.log_table_to_comet_experiment is log_table_to_comet_experiment
+    assert utils.get_comet_experiment_url() is None  # no comet_ml here

@@ -65,6 +65,7 @@ _import_structure: dict[str, list[str]] = {
     "rloo_trainer": ["RLOOTrainer"],
     "sft_config": ["SFTConfig"],
     "sft_trainer": ["SFTTrainer"],
+    "utils": ["disable_dropout_in_model"],
     "xpo_config": ["XPOConfig"],
     "xpo_trainer": ["XPOTrainer"],
 }
@@ -129,6 +130,7 @@ if TYPE_CHECKING:
     from .rloo_trainer import RLOOTrainer
     from .sft_config import SFTConfig
     from .sft_trainer import SFTTrainer
+    from .utils import disable_dropout_in_model
     from .xpo_config import XPOConfig
     from .xpo_trainer import XPOTrainer
 else:

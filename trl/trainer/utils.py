@@ -19,8 +19,12 @@ from typing import Any
 
 import torch
 
+from ..import_utils import is_peft_available, is_rich_available  # noqa: F401  (the reference's names here)
 from ..kernels import entropy_from_logits, selective_log_softmax, selective_log_softmax_and_entropy
 from .batch_utils import RepeatSampler, remove_none_values, shuffle_sequence_dict, split_tensor_dict
+from .comet import get_comet_experiment_url, log_table_to_comet_experiment  # noqa: F401  (re-exported)
+from .model_config import ModelConfig  # noqa: F401  (re-exported: the reference's path)
+from .peft_utils import get_peft_config, get_quantization_config  # noqa: F401  (re-exported)
 from .stat_utils import (
     RunningMoments,
     cap_exp,
