@@ -23,6 +23,10 @@ from trl import (
     GRPOTrainer,
     KTOConfig,
     KTOTrainer,
+    NashMDConfig,
+    NashMDTrainer,
+    OnlineDPOConfig,
+    OnlineDPOTrainer,
     ORPOConfig,
     ORPOTrainer,
     PRMConfig,
@@ -33,6 +37,8 @@ from trl import (
     RLOOTrainer,
     SFTConfig,
     SFTTrainer,
+    XPOConfig,
+    XPOTrainer,
 )
 from trl.testing import (
     CAUSAL_LM_ARCHITECTURES,
@@ -113,6 +119,25 @@ def prm(path: str, tmp_path, **overrides) -> PRMTrainer:
     return PRMTrainer(path, args=args, train_dataset=load_test_dataset("standard_stepwise_supervision"))
 
 
+def online_preference(config_class: type, trainer_class: type) -> Callable[..., Any]:
+    """Online DPO / Nash-MD / XPO: four prompts per step, each sampled as a pair, scored by `even_tokens`."""
+
+    def build(path: str, tmp_path, **overrides) -> Any:
+        args = config_class(**{**common_args(tmp_path), "max_new_tokens": 8, **overrides})
+        dataset = load_test_dataset("standard_prompt_only")
+        return trainer_class(path, reward_funcs=even_tokens, args=args, train_dataset=dataset)
+
+    return build
+
+
+# The pairwise online trainers run on two architectures (a dense one and a mixture of experts): their forward passes
+# are GRPO's, which the full matrix already covers.
+ONLINE_PREFERENCE_TRAINERS: dict[str, Callable[..., Any]] = {
+    "online_dpo": online_preference(OnlineDPOConfig, OnlineDPOTrainer),
+    "nash_md": online_preference(NashMDConfig, NashMDTrainer),
+    "xpo": online_preference(XPOConfig, XPOTrainer),
+}
+
 CAUSAL_LM_TRAINERS: dict[str, Callable[..., Any]] = {
     "sft": sft, "dpo": dpo, "cpo": cpo, "orpo": orpo, "kto": kto, "bco": bco, "grpo": grpo, "rloo": rloo,
 }  # fmt: skip
@@ -121,8 +146,9 @@ CASES = [
     *[(name, arch) for name in CAUSAL_LM_TRAINERS for arch in CAUSAL_LM_ARCHITECTURES],
     *[("reward", arch) for arch in SEQUENCE_CLASSIFICATION_ARCHITECTURES],
     *[("prm", arch) for arch in TOKEN_CLASSIFICATION_ARCHITECTURES],
+    *[(name, arch) for name in ONLINE_PREFERENCE_TRAINERS for arch in ("qwen2", "qwen3-moe")],
 ]
-FACTORIES = {**CAUSAL_LM_TRAINERS, "reward": reward, "prm": prm}
+FACTORIES = {**CAUSAL_LM_TRAINERS, **ONLINE_PREFERENCE_TRAINERS, "reward": reward, "prm": prm}
 
 
 def unchanged_parameters(model: torch.nn.Module, before: dict[str, torch.Tensor]) -> list[str]:

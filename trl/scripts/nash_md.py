@@ -21,20 +21,14 @@ Compare completions with exactly one of `--reward_funcs` / `--reward_model_name_
 
 from __future__ import annotations
 
-from trl.scripts.grpo import GRPOScriptArguments, resolve_reward_funcs
+from trl.scripts.grpo import GRPOScriptArguments
+from trl.scripts.online_dpo import trainer_kwargs
 from trl.scripts.training_script import TrainingScript
 from trl.scripts.utils import parse_script_args
 
 
 COMMAND = "nash_md"
 DESCRIPTION = "Nash-MD (NashMDTrainer): policy against geometric-mixture samples."
-
-
-def trainer_kwargs(script_args: GRPOScriptArguments) -> dict:
-    """`reward_funcs` when the command line names any; otherwise the config's `judge` / `reward_model_path`."""
-    if not script_args.reward_funcs and not script_args.reward_model_name_or_path:
-        return {}
-    return {"reward_funcs": resolve_reward_funcs(script_args.reward_funcs, script_args.reward_model_name_or_path)}
 
 
 SCRIPT = TrainingScript(

@@ -155,26 +155,48 @@ class LogCompletionsCallback(TrainerCallback):
         if state.is_world_process_zero:
             write_completions_table(table, state.global_step, args, [])
 
-    @torch.no_grad()
     def _generate(self, step: int) -> dict[str, list]:
         from ..generation.transformers_backend import unwrap_model_for_generation
 
         trainer, dataset = self.trainer, self.trainer.eval_dataset
         count = len(dataset) if self.num_prompts is None else min(self.num_prompts, len(dataset))
         rows = [dataset[i] for i in range(count)]
-        tokenizer = get_tokenizer(trainer.processing_class)
-        texts = render_prompts(rows, trainer.processing_class)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as model:
-            ids_B_P, mask_B_P = pad_rows(tokenize_prompts(texts, tokenizer), pad_id, "left", torch.long, model.device)
-            was_training = model.training
-            model.eval()
-            output_B_L = model.generate(
-                input_ids=ids_B_P,
-                attention_mask=mask_B_P,
-                generation_config=self.generation_config,
-                pad_token_id=pad_id,
-            )
-            model.train(was_training)
-        completions = tokenizer.batch_decode(output_B_L[:, ids_B_P.shape[1] :], skip_special_tokens=True)
+            texts, completions = generate_completions(model, rows, trainer.processing_class, self.generation_config)
         return {"step": [step] * count, "prompt": texts, "completion": completions}
+
+
+@torch.no_grad()
+def generate_completions(
+    model: torch.nn.Module, rows: list[dict[str, Any]], processing_class: Any, generation_config: Any = None
+) -> tuple[list[str], list[str]]:
+    """The rendered prompts of `rows` and `model`'s completions of them, decoded without special tokens: one
+    left-padded batch, generated in eval mode (the model's mode is restored). Used by the callbacks that generate
+    for evaluation prompts ([`LogCompletionsCallback`], [`~trl.WinRateCallback`]).
+
+    Args:
+        model (`torch.nn.Module`):
+            A model with `generate` (unwrapped).
+        rows (`list[dict]`):
+            Dataset rows with a `prompt` (standard or conversational).
+        processing_class (`PreTrainedTokenizerBase` or `ProcessorMixin`):
+            Renders and tokenizes the prompts.
+        generation_config (`GenerationConfig` or `None`, *optional*, defaults to `None`):
+            Sampling settings; `None` uses the model's own.
+    """
+    if not rows:
+        return [], []
+    tokenizer = get_tokenizer(processing_class)
+    texts = render_prompts(rows, processing_class)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    ids_B_P, mask_B_P = pad_rows(tokenize_prompts(texts, tokenizer), pad_id, "left", torch.long, device)
+    was_training = model.training
+    model.eval()
+    try:
+        output_B_L = model.generate(
+            input_ids=ids_B_P, attention_mask=mask_B_P, generation_config=generation_config, pad_token_id=pad_id
+        )
+    finally:
+        model.train(was_training)
+    return texts, tokenizer.batch_decode(output_B_L[:, ids_B_P.shape[1] :], skip_special_tokens=True)

@@ -24,7 +24,6 @@ from ..losses import nash_md_loss, preference_probability, sequence_logps
 from ..models.geometric_mixture import GeometricMixtureWrapper
 from .nash_md_config import NashMDConfig
 from .online_dpo_trainer import OnlineDPOTrainer
-from .online_preference_trainer import OnlinePreferenceTrainer
 from .rollout_engine import SEQUENCE_KEYS
 
 
@@ -89,13 +88,8 @@ class NashMDTrainer(OnlineDPOTrainer):
             mode,
         )
 
-    # `val/model_contain_eos_token` and `val/ref_contain_eos_token` (Online DPO logs one `val/contain_eos_token`).
-    _log_eos = OnlinePreferenceTrainer._log_eos
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if return_outputs:
-            raise ValueError("NashMDTrainer.compute_loss does not return model outputs.")
-        mode = "train" if model.training else "eval"
+        mode = self._loss_mode(model, return_outputs)
         # Only the policy's completions (the first of each pair) are trained on.
         policy_rows = {key: inputs[key][0::2] for key in (*SEQUENCE_KEYS, "ref_logps")}
         mask_P_C = policy_rows["completion_mask"]

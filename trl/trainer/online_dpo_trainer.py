@@ -81,13 +81,8 @@ class OnlineDPOTrainer(OnlinePreferenceTrainer):
         margin = (chosen_P - rejected_P)[valid_P]
         self.log_metric("objective/scores_margin", margin.mean() if valid_P.any() else 0.0, mode)
 
-    def _log_eos(self, truncated_P_2: torch.Tensor, mode: str) -> None:
-        self.log_metric("val/contain_eos_token", (~truncated_P_2).float().mean(), mode)
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if return_outputs:
-            raise ValueError("OnlineDPOTrainer.compute_loss does not return model outputs.")
-        mode = "train" if model.training else "eval"
+        mode = self._loss_mode(model, return_outputs)
         logps_B, logps_B_C, outputs = self._sequence_logps(model, inputs)
         ref_logps_B = sequence_logps(inputs["ref_logps"], inputs["completion_mask"])
         scores_P_2 = self._pairs(inputs["advantages"])

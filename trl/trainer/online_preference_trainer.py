@@ -182,12 +182,22 @@ class OnlinePreferenceTrainer(OnlineTrainer):
         raise NotImplementedError
 
     def _log_eos(self, truncated_P_2: torch.Tensor, mode: str) -> None:
-        """`val/model_contain_eos_token` and `val/ref_contain_eos_token` (the first and second of each pair)."""
+        """`val/contain_eos_token` when both completions come from the policy (Online DPO), else
+        `val/model_contain_eos_token` and `val/ref_contain_eos_token` (the first and second of each pair)."""
         contains_P_2 = (~truncated_P_2).float()
+        if not self._has_pair_model:
+            self.log_metric("val/contain_eos_token", contains_P_2.mean(), mode)
+            return
         self.log_metric("val/model_contain_eos_token", contains_P_2[:, 0].mean(), mode)
         self.log_metric("val/ref_contain_eos_token", contains_P_2[:, 1].mean(), mode)
 
     # ------------------------------------------------------------------------------------------ loss helpers
+    def _loss_mode(self, model: Any, return_outputs: bool) -> str:
+        """`"train"` or `"eval"` for `compute_loss` (which returns no model outputs)."""
+        if return_outputs:
+            raise ValueError(f"{type(self).__name__}.compute_loss does not return model outputs.")
+        return "train" if model.training else "eval"
+
     def _coefficient(self, values: list[float]) -> float:
         """The value of a per-epoch list for the current epoch (the last one after the list runs out)."""
         epoch = int(self.state.epoch or 0) if getattr(self, "state", None) is not None else 0

@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from .completions_callback import generate_completions
 from .judge_scoring import render_for_judge
-from .model_utils import get_tokenizer, is_peft_model
-from .rollout_utils import pad_rows, render_prompts, tokenize_prompts
+from .model_utils import is_peft_model
 
 
 class WinRateCallback(TrainerCallback):
@@ -74,7 +74,6 @@ class WinRateCallback(TrainerCallback):
             return
         yield model  # before the first update, the model is its own initial state
 
-    @torch.no_grad()
     def _generate(self, model: torch.nn.Module) -> list[str]:
         """Completions of this process's share of the prompts, gathered from every process (collective)."""
         from accelerate.utils import gather_object
@@ -82,23 +81,7 @@ class WinRateCallback(TrainerCallback):
         trainer = self.trainer
         accelerator = trainer.accelerator
         rows = self.rows[accelerator.process_index :: accelerator.num_processes]
-        tokenizer = get_tokenizer(trainer.processing_class)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        completions = []
-        if rows:
-            texts = render_prompts(rows, trainer.processing_class)
-            device = next(model.parameters()).device
-            ids_B_P, mask_B_P = pad_rows(tokenize_prompts(texts, tokenizer), pad_id, "left", torch.long, device)
-            was_training = model.training
-            model.eval()
-            output_B_L = model.generate(
-                input_ids=ids_B_P,
-                attention_mask=mask_B_P,
-                generation_config=self.generation_config,
-                pad_token_id=pad_id,
-            )
-            model.train(was_training)
-            completions = tokenizer.batch_decode(output_B_L[:, ids_B_P.shape[1] :], skip_special_tokens=True)
+        _, completions = generate_completions(model, rows, trainer.processing_class, self.generation_config)
         # Back to the prompts' order (process p generated prompts p, p + P, ...).
         parts = gather_object([(accelerator.process_index, completions)])
         ordered = [None] * len(self.rows)

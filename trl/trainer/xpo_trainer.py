@@ -21,7 +21,6 @@ import torch
 
 from ..losses import sequence_logps, xpo_loss
 from .online_dpo_trainer import OnlineDPOTrainer
-from .online_preference_trainer import OnlinePreferenceTrainer
 from .xpo_config import XPOConfig
 
 
@@ -62,13 +61,8 @@ class XPOTrainer(OnlineDPOTrainer):
             mode,
         )
 
-    # `val/model_contain_eos_token` and `val/ref_contain_eos_token` (Online DPO logs one `val/contain_eos_token`).
-    _log_eos = OnlinePreferenceTrainer._log_eos
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if return_outputs:
-            raise ValueError("XPOTrainer.compute_loss does not return model outputs.")
-        mode = "train" if model.training else "eval"
+        mode = self._loss_mode(model, return_outputs)
         logps_B, _, outputs = self._sequence_logps(model, inputs)
         logps_P_2 = self._pairs(logps_B)
         ref_logps_P_2 = self._pairs(sequence_logps(inputs["ref_logps"], inputs["completion_mask"]))
