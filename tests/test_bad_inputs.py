@@ -628,3 +628,42 @@ def test_overwrite_output_dir_allows_writing_over_and_resume_is_allowed(tmp_path
     after = [e["num_tokens"] for e in resumed.state.log_history if "num_tokens" in e]
     # Every step sees the same 4 rows (one batch per epoch): the count grows by one step's tokens per step.
     assert after[-1] == 3 * at_checkpoint
+
+
+# ------------------------------------------------------------------------------- every trainer checks its text
+def _trainer_with_bad_prompt(method: str):
+    from trl import BCOTrainer, CPOTrainer, KTOTrainer, ORPOTrainer, RewardTrainer, RLOOTrainer
+
+    bad = {"prompt": ["Hi", None], "chosen": [" yes", " ok"], "rejected": [" no", " nope"]}
+    unpaired = {"prompt": ["Hi", None], "completion": [" yes", " no"], "label": [True, False]}
+    common = dict(output_dir=OUT, report_to="none")
+    reward = dict(reward_funcs=lambda completions, **_: [1.0] * len(completions))
+    online = dict(per_device_train_batch_size=2, num_generations=2)
+    builders = {
+        "cpo": lambda: CPOTrainer(MODEL, args=CPOConfig(**common), train_dataset=Dataset.from_dict(bad)),
+        "orpo": lambda: ORPOTrainer(MODEL, args=ORPOConfig(**common), train_dataset=Dataset.from_dict(bad)),
+        "kto": lambda: KTOTrainer(MODEL, args=KTOConfig(**common), train_dataset=Dataset.from_dict(unpaired)),
+        "bco": lambda: BCOTrainer(MODEL, args=BCOConfig(**common), train_dataset=Dataset.from_dict(unpaired)),
+        "reward": lambda: RewardTrainer(
+            get_tiny_model_path("qwen2-seq-cls"), args=RewardConfig(**common), train_dataset=Dataset.from_dict(bad)
+        ),
+        "grpo": lambda: GRPOTrainer(
+            MODEL,
+            args=GRPOConfig(**common, **online),
+            train_dataset=Dataset.from_dict({"prompt": ["Hi", None]}),
+            **reward,
+        ),
+        "rloo": lambda: RLOOTrainer(
+            MODEL,
+            args=RLOOConfig(**common, **online),
+            train_dataset=Dataset.from_dict({"prompt": ["Hi", None]}),
+            **reward,
+        ),
+    }
+    return builders[method]()
+
+
+@pytest.mark.parametrize("method", ["cpo", "orpo", "kto", "bco", "reward", "grpo", "rloo"])
+def test_every_trainer_names_the_row_of_a_non_text_prompt(method):
+    with pytest.raises(ValueError, match=r"Row 1 of the train dataset's 'prompt' column holds None \(NoneType\)"):
+        _trainer_with_bad_prompt(method)

@@ -25,7 +25,7 @@ from transformers import Trainer, set_seed
 
 from .checkpointing import CheckpointingMixin
 from .data_preparation import prepare_train_and_eval
-from .input_checks import check_lengths_fit_model, check_output_dir, logged_num_tokens
+from .input_checks import check_lengths_fit_model, check_output_dir, check_text_columns, logged_num_tokens
 from .model_utils import (
     apply_chat_template_path,
     check_activation_offloading,
@@ -98,6 +98,8 @@ class BaseTrainer(RunReportMixin, CheckpointingMixin, Trainer):
     _config_class: type | None = None
     loss_normalization: str = "examples"
     _requires_train_dataset: bool = True
+    # Untokenised columns whose values must be text or role/content messages (those a dataset lacks are skipped).
+    _text_columns: tuple[str, ...] = ("prompt", "completion", "chosen", "rejected", "text", "messages")
     _tag_names: list[str] = ["trl"]
     _name: str = "Base"
     _paper: dict[str, str] = {}
@@ -150,7 +152,7 @@ class BaseTrainer(RunReportMixin, CheckpointingMixin, Trainer):
         auxiliary_models = self._setup_auxiliary_models(model, args, inputs)
         self._resolve_options(model, processing_class, args, inputs)
         train_dataset, eval_dataset = prepare_train_and_eval(
-            train_dataset, eval_dataset, lambda data, name: self._prepare_dataset(data, processing_class, args, name)
+            train_dataset, eval_dataset, lambda data, name: self._prepare_checked(data, processing_class, args, name)
         )
         if data_collator is None:
             data_collator = self._default_collator(processing_class, args)
@@ -218,6 +220,11 @@ class BaseTrainer(RunReportMixin, CheckpointingMixin, Trainer):
 
     def _resolve_options(self, model: Any, processing_class: Any, args: Any, inputs: TrainerInputs) -> None:
         """Step 9: the trainer's settings derived from the model, the tokenizer and the raw data."""
+
+    def _prepare_checked(self, dataset: Any, processing_class: Any, args: Any, name: str) -> Any:
+        # Before any tokenisation: a non-text value or a message without a role is named with its column and row.
+        check_text_columns(dataset, self._text_columns, name)
+        return self._prepare_dataset(dataset, processing_class, args, name)
 
     def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, name: str) -> Any:
         """Step 10: one dataset made ready for the collator; `name` is `"train"`, `"eval"` or `"eval_<key>"`."""

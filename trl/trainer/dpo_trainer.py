@@ -42,7 +42,7 @@ from ..losses import (
 )
 from .base_trainer import TrainerInputs
 from .dpo_config import DPOConfig
-from .input_checks import check_distinct_pairs, check_text_columns
+from .input_checks import check_distinct_pairs
 from .model_utils import (
     accepts_logits_to_keep,
     get_tokenizer,
@@ -135,7 +135,6 @@ class DPOTrainer(ReferenceModelMixin, PairedPreferenceTrainer):
     def _prepare_dataset(
         self, dataset: Dataset | IterableDataset, processing_class: Any, args: DPOConfig, name: str
     ) -> Dataset | IterableDataset:
-        check_text_columns(dataset, ("prompt", "chosen", "rejected"), name)
         with args.main_process_first(desc=f"preparing the {name} dataset"):
             dataset = prepare_preference_dataset(
                 dataset,

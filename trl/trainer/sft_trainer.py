@@ -91,6 +91,8 @@ class SFTTrainer(BaseTrainer):
 
     _config_class = SFTConfig
     loss_normalization = "tokens"
+    # SFT checks its text columns itself, after `formatting_func` and the ShareGPT conversion have run.
+    _text_columns = ()
     _tag_names = ["trl", "sft"]
     _name = "SFT"
     _paper = {}
