@@ -117,3 +117,19 @@ def test_activation_offloading_wraps_the_loss_in_save_on_cpu(tmp_path, monkeypat
     with trainer.compute_loss_context_manager():
         pass
     assert entered == [True]
+
+
+def test_pin_memory_is_off_without_an_accelerator_and_training_does_not_warn(tmp_path):
+    import warnings
+
+    from datasets import Dataset
+
+    if torch.accelerator.is_available():
+        pytest.skip("this machine has an accelerator: pinned memory is useful there")
+    args = SFTConfig(output_dir=str(tmp_path), report_to="none", max_steps=1, save_strategy="no")
+    assert args.dataloader_pin_memory is False
+    trainer = SFTTrainer(get_tiny_model_path(), args=args, train_dataset=Dataset.from_dict({"text": ["hello"] * 2}))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.train()
+    assert not [w for w in caught if "pin_memory" in str(w.message)]

@@ -162,23 +162,6 @@ def ignore_bool_buffers(model) -> None:
     ]
 
 
-def without_accelerator_pin_memory_off(training_args: Any) -> None:
-    """
-    Turn `dataloader_pin_memory` off when there is no accelerator: pinned memory only speeds up copies to a GPU, and
-    on CPU torch ignores it with a warning the user can do nothing useful about.
-
-    Args:
-        training_args:
-            The trainer configuration (changed in place).
-    """
-    import torch
-
-    accelerator = getattr(torch, "accelerator", None)
-    available = accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
-    if not available and getattr(training_args, "dataloader_pin_memory", False):
-        training_args.dataloader_pin_memory = False
-
-
 def make_training_parser(
     command: str,
     description: str,
@@ -252,7 +235,6 @@ def _run_training(trainer_class, script_args, training_args, model_args, dataset
     training_args.model_init_kwargs = merge_model_init_kwargs(
         model_init_kwargs_from_args(model_args), training_args.model_init_kwargs
     )
-    without_accelerator_pin_memory_off(training_args)
     dataset = load_dataset_from_args(script_args, dataset_args)
     eval_dataset = None
     if training_args.eval_strategy != "no":

@@ -104,6 +104,18 @@ class _BaseConfig(TrainingArguments):
                 kwargs = {"use_reentrant": False}
             self.activation_checkpointing_kwargs = kwargs
         super().__post_init__()
+        _pin_memory_only_with_an_accelerator(self)
+
+
+def _pin_memory_only_with_an_accelerator(args: Any) -> None:
+    # Pinned memory only speeds up copies to an accelerator; without one, torch ignores it with a warning at every
+    # dataloader the user can do nothing useful about.
+    import torch
+
+    accelerator = getattr(torch, "accelerator", None)
+    available = accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+    if not available and args.dataloader_pin_memory:
+        args.dataloader_pin_memory = False
 
 
 # ------------------------------------------------------------------------------------ shared config pieces
