@@ -315,3 +315,21 @@ def test_log_prob_helpers_are_exported():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
 def test_cap_exp_stays_finite(dtype):
     assert torch.isfinite(cap_exp(torch.tensor([1e4], dtype=dtype))).all()
+
+
+def test_generation_turns_activation_checkpointing_off_and_back_on_without_deprecation_warnings():
+    import warnings
+
+    from transformers import AutoModelForCausalLM
+
+    from trl.models.utils import disable_gradient_checkpointing
+    from trl.testing import get_tiny_model_path
+
+    model = AutoModelForCausalLM.from_pretrained(get_tiny_model_path())
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with disable_gradient_checkpointing(model, {"use_reentrant": False}):
+            assert not model.is_activation_checkpointing
+        assert model.is_activation_checkpointing
+    assert not [w for w in caught if "deprecated" in str(w.message)]

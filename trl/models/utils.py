@@ -199,19 +199,20 @@ def disable_gradient_checkpointing(model: Any, gradient_checkpointing_kwargs: di
         gradient_checkpointing_kwargs (`dict` or `None`, *optional*, defaults to `None`):
             Passed to `gradient_checkpointing_enable` when turning it back on.
     """
-    # transformers 5 renamed the flag (the old name warns); read the new one when it exists.
-    flag = (
-        "is_activation_checkpointing"
-        if hasattr(type(model), "is_activation_checkpointing")
-        else "is_gradient_checkpointing"
-    )
-    was_enabled = getattr(model, flag, False)
-    if was_enabled:
+    # transformers 5 renamed gradient checkpointing to activation checkpointing (the old names warn on every call):
+    # use the new names when the model has them.
+    renamed = hasattr(type(model), "is_activation_checkpointing")
+    was_enabled = getattr(model, "is_activation_checkpointing" if renamed else "is_gradient_checkpointing", False)
+    if was_enabled and renamed:
+        model.activation_checkpointing_disable()
+    elif was_enabled:
         model.gradient_checkpointing_disable()
     try:
         yield model
     finally:
-        if was_enabled:
+        if was_enabled and renamed:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=gradient_checkpointing_kwargs)
+        elif was_enabled:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
 
 
