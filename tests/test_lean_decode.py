@@ -283,3 +283,19 @@ def test_seed_reproducible_and_global_rng_untouched(qwen2):
     first = backend.generate(PROMPTS, sampling).completion_ids
     assert torch.equal(torch.random.get_rng_state(), state)
     assert backend.generate(PROMPTS, sampling).completion_ids == first
+
+
+@pytest.mark.parametrize("arch", LEAN_ARCHS)
+def test_matmul_attention_greedy_tokens_match_generate(arch):
+    """`lean_attention="matmul"`: the same maths as the sdpa kernel, rounded differently (log-probs to 1e-5)."""
+    model = _load(arch)
+    reference = TransformersBackend(model, decode_loop="generate")
+    lean = TransformersBackend(model, decode_loop="lean", lean_attention="matmul")
+    for prompts in (PROMPTS, [PROMPTS[0]] * 3):
+        sampling = SamplingParams(n=2, temperature=0.0, max_tokens=12, return_logprobs=True)
+        expected, got = reference.generate(prompts, sampling), lean.generate(prompts, sampling)
+        assert got.completion_ids == expected.completion_ids
+        for a, b in zip(got.logprobs, expected.logprobs, strict=True):
+            torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="lean_attention"):
+        TransformersBackend(model, lean_attention="flash")

@@ -35,6 +35,10 @@ from torch import nn
 
 #: Model types whose decoder layer the lean loop reproduces.
 LEAN_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
+#: How the decode step computes attention: `"sdpa"` calls the kernel transformers calls (bitwise the same logits as
+#: `generate`); `"matmul"` spells it out as `softmax(q k^T * scale + mask) v` (transformers' eager attention), the
+#: same maths with a different rounding, without the per-call overhead of the CPU flash-attention kernel.
+LEAN_ATTENTIONS = ("sdpa", "matmul")
 #: Values of the backend's `decode_loop` argument.
 DECODE_LOOPS = ("auto", "lean", "generate")
 # RoPE types whose frequencies do not depend on the sequence length (cos/sin are a pure function of the position).
@@ -291,7 +295,10 @@ class LeanDecoder:
             Use one matmul for q/k/v and for gate/up where bitwise exact.
     """
 
-    def __init__(self, model: nn.Module, batch_size: int, fuse_projections: bool = True):
+    def __init__(self, model: nn.Module, batch_size: int, fuse_projections: bool = True, attention: str = "sdpa"):
+        if attention not in LEAN_ATTENTIONS:
+            raise ValueError(f"`attention` must be one of {LEAN_ATTENTIONS}, got {attention!r}.")
+        self.attention = attention
         config = model.config
         self.model = model
         self.config = config
@@ -418,6 +425,10 @@ class LeanDecoder:
             mask = torch.ones(batch, total, dtype=torch.bool, device=device)
             mask[:, :prompt_length] = attention_mask.bool()
             mask = mask[:, None, None, :]
+            if self.attention == "matmul":
+                # Additive, as in eager attention: 0 where attended, the dtype's minimum elsewhere.
+                additive = torch.zeros(mask.shape, dtype=keys[0].dtype, device=device)
+                mask = additive.masked_fill_(~mask, torch.finfo(keys[0].dtype).min)
         # RoPE for every decode position at once (position = real prompt length + step).
         steps = max(max_new_tokens - 1, 1)
         positions = attention_mask.long().sum(-1, keepdim=True) + torch.arange(steps, device=device)
@@ -468,7 +479,14 @@ class LeanDecoder:
             q = qk[:, :heads]
             # The layouts transformers' sdpa integration uses for one query token: packed GQA with a mask, native
             # GQA without one.
-            if groups > 1 and attn_mask is not None:
+            if self.attention == "matmul":
+                scores = torch.matmul(q.view(batch, kv_heads, groups, head_dim), k_all.transpose(2, 3))
+                scores = scores * self.scaling
+                if attn_mask is not None:
+                    scores = scores + attn_mask
+                probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+                out = torch.matmul(probs, v_all)
+            elif groups > 1 and attn_mask is not None:
                 out = F.scaled_dot_product_attention(
                     q.view(batch, kv_heads, groups, head_dim), k_all, v_all, attn_mask=attn_mask, scale=self.scaling
                 )

@@ -21,7 +21,14 @@ import torch
 
 from ..models.utils import unwrap_model_for_generation  # re-exported: the reference's name in trl.models
 from .base import GenerationBackend, GenerationResult, SamplingParams, check_prompts, cut_at_eos
-from .lean_decode import DECODE_LOOPS, LeanDecoder, SamplerSettings, TokenSampler, lean_decode_unsupported_reason
+from .lean_decode import (
+    DECODE_LOOPS,
+    LEAN_ATTENTIONS,
+    LeanDecoder,
+    SamplerSettings,
+    TokenSampler,
+    lean_decode_unsupported_reason,
+)
 
 
 if TYPE_CHECKING:
@@ -70,6 +77,10 @@ class TransformersBackend(GenerationBackend):
             allows it and no `generation_kwargs` beyond `seed` / `cache_implementation` are given, else
             `model.generate`; `"generate"`: always `model.generate`; `"lean"`: always the lean loop (an error when
             the model or the kwargs do not allow it).
+        lean_attention (`str`, *optional*, defaults to `"sdpa"`):
+            Attention in the lean decode step: `"sdpa"` (the kernel `generate` uses: bitwise the same logits) or
+            `"matmul"` (`softmax(q k^T * scale + mask) v` spelled out, as transformers' eager attention: the same
+            maths with a different rounding, cheaper per call on CPU).
     """
 
     def __init__(
@@ -81,7 +92,11 @@ class TransformersBackend(GenerationBackend):
         max_batch_size: int | None = None,
         unwrap_context: Callable[..., contextlib.AbstractContextManager] | None = None,
         decode_loop: str = "auto",
+        lean_attention: str = "sdpa",
     ):
+        if lean_attention not in LEAN_ATTENTIONS:
+            raise ValueError(f"`lean_attention` must be one of {LEAN_ATTENTIONS}, got {lean_attention!r}.")
+        self.lean_attention = lean_attention
         if decode_loop not in DECODE_LOOPS:
             raise ValueError(f"`decode_loop` must be one of {DECODE_LOOPS}, got {decode_loop!r}.")
         self.decode_loop = decode_loop
@@ -238,7 +253,7 @@ class TransformersBackend(GenerationBackend):
         temperature = None
         if sampling.return_logprobs:
             temperature = 1.0 if sampling.greedy else sampling.temperature
-        generated, logps = LeanDecoder(model, len(rows)).generate(
+        generated, logps = LeanDecoder(model, len(rows), attention=self.lean_attention).generate(
             input_ids,
             attention_mask,
             sampling.max_tokens,
