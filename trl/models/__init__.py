@@ -1,5 +1,6 @@
 """Model helpers: value-head models, frozen reference copies and wrapping of models that are only run forward."""
 
+from .activation_memory import enable_selective_activation_checkpointing, get_act_offloading_ctx_manager
 from .geometric_mixture import GeometricMixtureWrapper
 from .modeling_base import PreTrainedModelWrapper
 from .modeling_value_head import (
@@ -27,6 +28,8 @@ __all__ = [
     "ValueHead",
     "create_reference_model",
     "disable_gradient_checkpointing",
+    "enable_selective_activation_checkpointing",
+    "get_act_offloading_ctx_manager",
     "prepare_deepspeed",
     "prepare_fsdp",
     "prepare_ref_model",

@@ -16,6 +16,9 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING  # noqa: F401  (the reference's name here)
+
+from transformers.hf_argparser import DataClass, DataClassType, HfArgumentParser  # noqa: F401  (re-exported)
 
 from .dataset_mixture import (
     DatasetConfig,

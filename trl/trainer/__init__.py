@@ -65,7 +65,7 @@ _import_structure: dict[str, list[str]] = {
     "rloo_trainer": ["RLOOTrainer"],
     "sft_config": ["SFTConfig"],
     "sft_trainer": ["SFTTrainer"],
-    "utils": ["disable_dropout_in_model"],
+    "utils": ["add_fused_lm_head", "disable_dropout_in_model", "ensure_master_addr_port"],
     "xpo_config": ["XPOConfig"],
     "xpo_trainer": ["XPOTrainer"],
 }
@@ -130,7 +130,7 @@ if TYPE_CHECKING:
     from .rloo_trainer import RLOOTrainer
     from .sft_config import SFTConfig
     from .sft_trainer import SFTTrainer
-    from .utils import disable_dropout_in_model
+    from .utils import add_fused_lm_head, disable_dropout_in_model, ensure_master_addr_port
     from .xpo_config import XPOConfig
     from .xpo_trainer import XPOTrainer
 else:

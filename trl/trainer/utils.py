@@ -25,6 +25,25 @@ from .batch_utils import RepeatSampler, remove_none_values, shuffle_sequence_dic
 from .comet import get_comet_experiment_url, log_table_to_comet_experiment  # noqa: F401  (re-exported)
 from .model_config import ModelConfig  # noqa: F401  (re-exported: the reference's path)
 from .peft_utils import get_peft_config, get_quantization_config  # noqa: F401  (re-exported)
+from .runtime_utils import (
+    FusedCausalLMOutput,
+    add_fused_lm_head,
+    create_model_from_path,
+    ensure_master_addr_port,
+    generate_model_card,
+    get_peak_flops,
+    get_peak_flops_per_device,
+    get_trackio_space_url,
+    global_then_local_main_first,
+    is_triton_available,
+    maybe_gather_lm_head_ctx,
+    repeat_iterable_dataset,
+    shutdown_event_loop_in_daemon,
+    split_pixel_values_by_grid,
+    start_event_loop_in_daemon,
+    strip_images_from_messages,
+    unsplit_pixel_values_by_grid,
+)
 from .stat_utils import (
     RunningMoments,
     cap_exp,
@@ -41,39 +60,72 @@ from .tensor_utils import first_true_indices, flush_left, flush_right, pad, pad_
 
 
 __all__ = [
+    "FusedCausalLMOutput",
     "RepeatSampler",
     "RunningMoments",
+    "add_fused_lm_head",
+    "adjusted_mfu",
     "cap_exp",
     "compute_accuracy",
     "compute_flops_per_token",
     "compute_mfu",
+    "create_model_from_path",
     "disable_dropout_in_model",
     "empty_cache",
+    "ensure_master_addr_port",
     "entropy_from_logits",
     "exact_div",
     "first_true_indices",
     "flush_left",
     "flush_right",
+    "generate_model_card",
     "get_callable_name",
+    "get_config_model_id",  # noqa: F822  (lazy, below)
+    "get_peak_flops",
+    "get_peak_flops_per_device",
+    "get_trackio_space_url",
+    "global_then_local_main_first",
     "hash_module",
     "identity",
     "is_async_callable",
+    "is_triton_available",
     "masked_mean",
     "masked_var",
     "masked_whiten",
+    "maybe_gather_lm_head_ctx",
     "nanmax",
     "nanmin",
     "nanstd",
     "pad",
     "pad_to_length",
+    "print_prompt_completions_sample",
     "remove_none_values",
+    "repeat_iterable_dataset",
     "selective_log_softmax",
     "selective_log_softmax_and_entropy",
     "shuffle_sequence_dict",
+    "shutdown_event_loop_in_daemon",
+    "split_pixel_values_by_grid",
     "split_tensor_dict",
+    "start_event_loop_in_daemon",
+    "strip_images_from_messages",
     "truncate_right",
+    "unsplit_pixel_values_by_grid",
     "use_adapter",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # `trl.experimental.merge_model_callback` imports transformers: load it only when the name is asked for (and
+    # without the experimental warning: the name is public here).
+    if name == "get_config_model_id":
+        from ..import_utils import suppress_experimental_warning
+
+        with suppress_experimental_warning():
+            from ..experimental.merge_model_callback import get_config_model_id
+
+        return get_config_model_id
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ----------------------------------------------------------------------------------------------- models
@@ -236,6 +288,26 @@ def compute_mfu(
     return flops_per_token * tokens_per_second / (world_size * peak_flops_per_device)
 
 
+def adjusted_mfu(mfu: float, config: Any, seq_len: int) -> float:
+    """Rescale an MFU computed from the parameter FLOPs alone (`6 * N` per token) to one that counts attention too.
+
+        adjusted = mfu * compute_flops_per_token(config, seq_len) / compute_flops_per_token(config, 0)
+
+    The result is in the unit of `mfu` (a fraction stays a fraction, a percentage a percentage); it grows with
+    `seq_len`, since the attention scores cost `12 * L * h * d_head * seq_len` FLOPs per token on top of `6 * N`.
+
+    Args:
+        mfu (`float`):
+            MFU measured with the `6 * N` estimate.
+        config (`PreTrainedConfig`):
+            Model configuration, as for [`compute_flops_per_token`].
+        seq_len (`int`):
+            Sequence length of the training batches.
+    """
+    base = compute_flops_per_token(config, 0)
+    return mfu * compute_flops_per_token(config, seq_len) / base
+
+
 def print_prompt_completions_sample(
     prompts: list,
     completions: list,
@@ -259,12 +331,13 @@ def print_prompt_completions_sample(
         step (`int`):
             The training step, shown in the title.
         num_samples (`int` or `None`, *optional*, defaults to `None`):
-            Print this many rows chosen at random; `None` prints every row.
+            Print this many rows chosen at random (in their original order); `None` prints every row.
         extra (`dict[str, list]` or `None`, *optional*, defaults to `None`):
             More columns (e.g. logged by reward functions through `log_extra`).
     """
     try:
         from rich.console import Console
+        from rich.panel import Panel
         from rich.table import Table
     except ImportError:
         return
@@ -272,19 +345,27 @@ def print_prompt_completions_sample(
     if num_samples is not None and num_samples < len(rows):
         import random
 
-        rows = sorted(random.Random(step).sample(rows, num_samples))
-    table = Table(title=f"Step {step}", show_lines=True)
+        rows = sorted(random.sample(rows, max(num_samples, 0)))
     extra = extra or {}
-    for header in ("prompt", "completion", *rewards, *(["advantage"] if advantages is not None else []), *extra):
-        table.add_column(header)
+    # One row per completion: prompt and completion in wide wrapping columns, then one right-aligned column per
+    # reward function, the advantage and any extra logged values; the whole table framed with the step as title.
+    table = Table(show_header=True, header_style="bold white", expand=True, show_lines=True)
+    table.add_column("Prompt", style="bright_yellow")
+    table.add_column("Completion", style="bright_green")
+    for name in rewards:
+        table.add_column(name, style="bold cyan", justify="right")
+    if advantages is not None:
+        table.add_column("Advantage", style="bold magenta", justify="right")
+    for name in extra:
+        table.add_column(name, style="white")
     for i in rows:
         cells = [message_text(prompts[i]), message_text(completions[i])]
-        cells += [f"{values[i]:.2f}" for values in rewards.values()]
+        cells += [f"{float(values[i]):.2f}" for values in rewards.values()]
         if advantages is not None:
-            cells.append(f"{advantages[i]:.2f}")
+            cells.append(f"{float(advantages[i]):.2f}")
         cells += [str(values[i]) for values in extra.values()]
         table.add_row(*cells)
-    Console().print(table)
+    Console().print(Panel(table, expand=False, title=f"Step {step}", border_style="bold white"))
 
 
 def message_text(value: Any) -> str:
