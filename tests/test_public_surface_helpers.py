@@ -350,3 +350,23 @@ def test_scripts_utils_names():
     assert utils.TYPE_CHECKING is False
     assert utils.HfArgumentParser.__name__ == "HfArgumentParser"
     assert utils.DataClass is not None and utils.DataClassType is not None
+
+
+def test_data_collator_for_chatml_trains_on_the_last_message():
+    from trl.experimental.utils import DataCollatorForChatML
+    from trl.testing.tiny_tokenizer import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer("chatml")
+    conversations = [
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there"}],
+        [{"role": "user", "content": "What is two plus two?"}, {"role": "assistant", "content": "Four"}],
+    ]
+    batch = DataCollatorForChatML(tokenizer)([{"messages": messages} for messages in conversations])
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+    assert batch["attention_mask"][:, -1].all()  # left padded
+    for row, messages in enumerate(conversations):
+        trained = batch["labels"][row][batch["labels"][row] != -100]
+        answer = tokenizer.decode(trained)
+        assert answer.startswith(messages[-1]["content"]) and "user" not in answer
+        prompt = batch["prompts"][row][batch["prompt_attention_mask"][row] == 1]
+        assert tokenizer.decode(prompt).rstrip().endswith("assistant")

@@ -39,6 +39,7 @@ from ..trainer.utils import (  # noqa: F401  (re-exported)
 __all__ = [
     "LAYER_PATTERNS",
     "DPODataCollatorWithPadding",
+    "DataCollatorForChatML",
     "add_bos_token_if_needed",
     "add_eos_token_if_needed",
     "apply_chat_template",
@@ -190,6 +191,70 @@ def truncate_right(
     stop_at = first_true_indices(is_stop).unsqueeze(-1)
     after_stop = torch.arange(input_ids.shape[-1], device=input_ids.device) > stop_at
     return input_ids.masked_fill(after_stop, pad_token_id), (~after_stop).long()
+
+
+@dataclass
+class DataCollatorForChatML:
+    """Tokenise conversations with the chat template and train on the last (assistant) message only.
+
+    Each example has `messages_key` (a conversation) and optionally `prompt_key` (the already rendered prompt);
+    without one, the prompt is every message but the last, rendered with the generation prompt. The batch is padded
+    on the left (the prompts too, for generation).
+
+    Args:
+        tokenizer (`PreTrainedTokenizerBase`):
+            Tokenizer with a chat template (and a pad token).
+        ignore_index (`int`, *optional*, defaults to `-100`):
+            Label of the prompt and padding tokens.
+        max_length (`int` or `None`, *optional*, defaults to `None`):
+            Truncate the conversations (from the right) to this many tokens; `None` uses `tokenizer.model_max_length`.
+        prompt_key (`str`, *optional*, defaults to `"prompt"`):
+            Column of the rendered prompt.
+        messages_key (`str`, *optional*, defaults to `"messages"`):
+            Column of the conversation.
+
+    Returns (per call): `input_ids`, `attention_mask`, `labels`, `prompts` and `prompt_attention_mask`.
+    """
+
+    tokenizer: Any
+    ignore_index: int = -100
+    max_length: int | None = None
+    prompt_key: str = "prompt"
+    messages_key: str = "messages"
+
+    def __post_init__(self) -> None:
+        if self.tokenizer.pad_token_id is None:
+            raise ValueError("DataCollatorForChatML needs a tokenizer with a pad token.")
+        if self.max_length is None:
+            self.max_length = self.tokenizer.model_max_length
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        input_ids, labels, prompts = [], [], []
+        for example in examples:
+            messages = example[self.messages_key]
+            prompt = example.get(self.prompt_key)
+            if prompt is None:
+                prompt = self.tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+            text = self.tokenizer.apply_chat_template(messages, tokenize=False)
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][: self.max_length]
+            prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            if ids[: len(prompt_ids)] != prompt_ids:
+                raise ValueError(
+                    "The rendered conversation does not start with its rendered prompt; the chat template changes "
+                    "earlier turns when a message is added, so the prompt tokens cannot be masked."
+                )
+            prompt_length = min(len(prompt_ids), len(ids))
+            input_ids.append(torch.tensor(ids))
+            labels.append(torch.tensor([self.ignore_index] * prompt_length + ids[prompt_length:]))
+            prompts.append(torch.tensor(prompt_ids))
+        pad_id = self.tokenizer.pad_token_id
+        return {
+            "input_ids": pad(input_ids, padding_value=pad_id, padding_side="left"),
+            "attention_mask": pad([torch.ones_like(t) for t in input_ids], padding_value=0, padding_side="left"),
+            "labels": pad(labels, padding_value=self.ignore_index, padding_side="left"),
+            "prompts": pad(prompts, padding_value=pad_id, padding_side="left"),
+            "prompt_attention_mask": pad([torch.ones_like(t) for t in prompts], padding_value=0, padding_side="left"),
+        }
 
 
 # ----------------------------------------------------------------------------------------------- models
