@@ -258,8 +258,8 @@ def test_num_iterations_reuses_the_stored_old_logps(tmp_path, monkeypatch):
         calls.append((logps.detach().clone(), old_logps))
         return real(logps, old_logps, *args, **kwargs)
 
-    real = module.policy_loss
-    monkeypatch.setattr(module, "policy_loss", spy)
+    real = module.policy_loss_from_options
+    monkeypatch.setattr(module, "policy_loss_from_options", spy)
     trainer = make_trainer(tmp_path, num_iterations=2, max_steps=2, learning_rate=0.05)
     assert not trainer._on_policy
     trainer.train()
@@ -273,9 +273,9 @@ def test_on_policy_training_runs_no_old_logprob_pass(tmp_path, monkeypatch):
     import trl.trainer.grpo_trainer as module
 
     olds = []
-    real = module.policy_loss
+    real = module.policy_loss_from_options
     monkeypatch.setattr(
-        module, "policy_loss", lambda logps, old, *a, **k: olds.append(old) or real(logps, old, *a, **k)
+        module, "policy_loss_from_options", lambda logps, old, *a, **k: olds.append(old) or real(logps, old, *a, **k)
     )
     trainer = make_trainer(tmp_path, steps_per_generation=2, gradient_accumulation_steps=2, max_steps=1)
     assert trainer._on_policy

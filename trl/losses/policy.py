@@ -30,7 +30,9 @@ Configurations of [`policy_loss`]:
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
 
 import torch
 
@@ -46,6 +48,7 @@ __all__ = [
     "KL_ESTIMATORS",
     "LOSS_AGGREGATIONS",
     "POLICY_LOSS_TYPES",
+    "PolicyLossOptions",
     "SAMPLER_CORRECTION_MODES",
     "aggregate_loss",
     "cispo_objective",
@@ -60,6 +63,7 @@ __all__ = [
     "kl_k3",
     "off_policy_mask",
     "policy_loss",
+    "policy_loss_from_options",
     "sampler_correction_weights",
     "sapo_objective",
     "sequence_kl",
@@ -534,3 +538,57 @@ def policy_loss(
         metrics["kl"] = _masked_token_mean(per_token_kl.detach(), mask)
     loss = aggregate_loss(per_token_loss, mask, loss_type, max_completion_length, num_items_in_batch)
     return loss, metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyLossOptions:
+    """The configuration-level options of [`policy_loss`], as one frozen object (the per-batch tensors and
+    `num_items_in_batch` are passed at each call). Each field has `policy_loss`'s keyword default.
+
+    Build it once from a config with [`PolicyLossOptions.from_config`] (GRPO's fields carry these names) or
+    field by field (RLOO fixes `loss_type="grpo"`, `importance_sampling_level="sequence_sum"`), and call
+    [`policy_loss_from_options`].
+    """
+
+    loss_type: str = "dapo"
+    importance_sampling_level: str = "token"
+    epsilon: float = 0.2
+    epsilon_high: float | None = None
+    delta: float | None = None
+    beta: float = 0.0
+    max_completion_length: int | None = None
+    use_bias_correction_kl: bool = False
+    sapo_temperature_pos: float = 1.0
+    sapo_temperature_neg: float = 1.05
+    vespo_k_pos: float = 2.0
+    vespo_lambda_pos: float = 3.0
+    vespo_k_neg: float = 3.0
+    vespo_lambda_neg: float = 2.0
+
+    @classmethod
+    def from_config(cls, config: Any, **overrides: Any) -> PolicyLossOptions:
+        """Every field read from the attribute of `config` with its name, then `overrides` applied; a config without
+        one of the names raises `AttributeError` naming it."""
+        values = {field.name: getattr(config, field.name) for field in dataclasses.fields(cls)}
+        return cls(**{**values, **overrides})
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The options as `policy_loss` keyword arguments."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+
+
+def policy_loss_from_options(
+    logps_B_T: torch.Tensor,
+    old_logps_B_T: torch.Tensor | None,
+    advantages_B: torch.Tensor,
+    mask_B_T: torch.Tensor,
+    options: PolicyLossOptions,
+    **batch: Any,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """[`policy_loss`] with its configuration options taken from `options`; `batch` holds the per-batch keyword
+    arguments (`ref_logps_B_T`, `num_items_in_batch`, `entropy_mask_B_T`, `off_policy_mask_B`,
+    `sampler_weights_B_T`). Naming an option in `batch` too raises `TypeError`."""
+    clash = sorted(set(batch) & {field.name for field in dataclasses.fields(PolicyLossOptions)})
+    if clash:
+        raise TypeError(f"policy_loss_from_options got {clash} both in options and as keyword arguments.")
+    return policy_loss(logps_B_T, old_logps_B_T, advantages_B, mask_B_T, **options.as_kwargs(), **batch)

@@ -29,8 +29,17 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, TrainingArguments
 
-from ..losses import LOSS_AGGREGATIONS, aggregate_loss, compute_advantages, entropy_mask, off_policy_mask, policy_loss
+from ..losses import (
+    LOSS_AGGREGATIONS,
+    PolicyLossOptions,
+    aggregate_loss,
+    compute_advantages,
+    entropy_mask,
+    off_policy_mask,
+    policy_loss_from_options,
+)
 from ..losses.policy import sampler_correction_weights
+from .base_trainer import TrainerInputs
 from .grpo_config import GRPOConfig
 from .model_utils import model_name_of, to_config
 from .rollout import OnlineTrainer, RewardFunc, RolloutBatch
@@ -119,6 +128,11 @@ class GRPOTrainer(OnlineTrainer):
             peft_config,
         )
 
+    def _resolve_options(self, model: Any, processing_class: Any, args: GRPOConfig, inputs: TrainerInputs) -> None:
+        super()._resolve_options(model, processing_class, args, inputs)
+        # The options of every `policy_loss` call, read once from the config (loss type, clipping, KL, SAPO/VESPO).
+        self.loss_options = PolicyLossOptions.from_config(args)
+
     # ----------------------------------------------------------------------------------------------- rollout
     @property
     def _use_sampler_correction(self) -> bool:
@@ -177,25 +191,17 @@ class GRPOTrainer(OnlineTrainer):
         keep_B_C = None
         if args.top_entropy_quantile < 1.0:
             keep_B_C = entropy_mask(entropies_B_C, mask_B_C, args.top_entropy_quantile)
-        loss, metrics = policy_loss(
+        loss, metrics = policy_loss_from_options(
             logps_B_C,
             self._old_logps(inputs, mode),
             advantages_B,
             mask_B_C,
-            loss_type=args.loss_type,
-            importance_sampling_level=args.importance_sampling_level,
-            epsilon=args.epsilon,
-            epsilon_high=args.epsilon_high,
-            delta=args.delta,
-            beta=args.beta,
+            self.loss_options,
             ref_logps_B_T=inputs.get("ref_logps"),
-            max_completion_length=args.max_completion_length,
             num_items_in_batch=inputs["num_items_in_batch"],
             entropy_mask_B_T=keep_B_C,
             off_policy_mask_B=self._off_policy_mask(logps_B_C, inputs, advantages_B, mode),
             sampler_weights_B_T=inputs.get("sampler_weights") if mode == "train" else None,
-            use_bias_correction_kl=args.use_bias_correction_kl,
-            **self._variant_kwargs(),
         )
         if bonus:
             loss = loss - self._entropy_coef * aggregate_loss(
@@ -205,11 +211,6 @@ class GRPOTrainer(OnlineTrainer):
         loss = self._scale_loss(loss, global_normaliser, mode) + self._aux_loss(outputs, mode)
         self._log_loss_metrics(metrics, entropies_B_C, mask_B_C, mode)
         return loss
-
-    def _variant_kwargs(self) -> dict[str, float]:
-        """The SAPO and VESPO coefficients of `policy_loss` (used only by those loss types)."""
-        names = ("sapo_temperature_pos", "sapo_temperature_neg", "vespo_k_pos", "vespo_lambda_pos", "vespo_k_neg")
-        return {name: getattr(self.args, name) for name in (*names, "vespo_lambda_neg")}
 
     def _off_policy_mask(self, logps_B_C, inputs, advantages_B, mode: str) -> torch.Tensor | None:
         threshold = self.args.off_policy_mask_threshold

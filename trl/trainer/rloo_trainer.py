@@ -25,7 +25,15 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel, TrainingArguments
 
-from ..losses import aggregate_rewards, nan_mean_std, policy_loss, rloo_advantages, sequence_kl
+from ..losses import (
+    PolicyLossOptions,
+    aggregate_rewards,
+    nan_mean_std,
+    policy_loss_from_options,
+    rloo_advantages,
+    sequence_kl,
+)
+from .base_trainer import TrainerInputs
 from .model_utils import model_name_of, to_config
 from .rloo_config import RLOOConfig
 from .rollout import OnlineTrainer, RewardFunc, RolloutBatch
@@ -122,6 +130,16 @@ class RLOOTrainer(OnlineTrainer):
             peft_config,
         )
 
+    def _resolve_options(self, model: Any, processing_class: Any, args: RLOOConfig, inputs: TrainerInputs) -> None:
+        super()._resolve_options(model, processing_class, args, inputs)
+        # RLOO is one configuration of `policy_loss`: a clipped sequence-sum ratio, no KL term (β is in the reward).
+        self.loss_options = PolicyLossOptions(
+            loss_type="grpo",
+            importance_sampling_level="sequence_sum",
+            epsilon=args.epsilon,
+            epsilon_high=args.epsilon_high,
+        )
+
     def _needs_old_logps(self, mode: str) -> bool:
         # The KL penalty enters the reward, before the advantages: it needs the generating policy's log-probs.
         return super()._needs_old_logps(mode) or self.args.beta != 0.0
@@ -153,19 +171,11 @@ class RLOOTrainer(OnlineTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if return_outputs:
             raise ValueError("RLOOTrainer.compute_loss does not return model outputs.")
-        args = self.args
         mode = "train" if model.training else "eval"
         mask_B_C = inputs["completion_mask"]
         logps_B_C, entropies_B_C, outputs = self._completion_logps(model, inputs, with_entropy=True)
-        loss, metrics = policy_loss(
-            logps_B_C,
-            self._old_logps(inputs, mode),
-            inputs["advantages"],
-            mask_B_C,
-            loss_type="grpo",
-            importance_sampling_level="sequence_sum",
-            epsilon=args.epsilon,
-            epsilon_high=args.epsilon_high,
+        loss, metrics = policy_loss_from_options(
+            logps_B_C, self._old_logps(inputs, mode), inputs["advantages"], mask_B_C, self.loss_options
         )
         loss = self._scale_loss(loss, False, mode) + self._aux_loss(outputs, mode)
         self._log_entropy(entropies_B_C, mask_B_C, mode)
