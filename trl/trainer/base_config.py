@@ -1,7 +1,8 @@
 """`_BaseConfig`: the `TrainingArguments` subclass every trainer config extends, and the config pieces trainers
 share: `TRUNCATION_MODES` / `check_truncation_mode`, `resolve_pad_to_multiple_of` (also importable from
 `trl.trainer.sft_config`), and the family bases `_ReferenceFreePairedConfig` (CPO, ORPO; also from
-`trl.trainer.orpo_config`) and `_UnpairedPreferenceConfig` (KTO, BCO; also from `trl.trainer.kto_config`)."""
+`trl.trainer.orpo_config`) and `_UnpairedPreferenceConfig` (KTO, BCO; also from `trl.trainer.kto_config`), and
+the field mixin `_ReferenceSyncFields` (DPO, KTO)."""
 
 from __future__ import annotations
 
@@ -140,6 +141,32 @@ def resolve_pad_to_multiple_of(value: int | str | None) -> int | None:
 
 
 # ------------------------------------------------------------------------------------ family config bases
+@dataclass
+class _ReferenceSyncFields:
+    r"""
+    Reference-model fields shared by [`DPOConfig`] and [`KTOConfig`] (a mixin listed before the config's base; each
+    config documents them in its own docstring).
+
+    precompute_ref_batch_size (`int` or `None`, *optional*, defaults to `None`):
+        Per-device batch size of the reference log-prob precomputation. Defaults to `per_device_train_batch_size`
+        (training data) and `per_device_eval_batch_size` (evaluation data).
+    sync_ref_model (`bool`, *optional*, defaults to `False`):
+        TR-DPO (arXiv 2404.09656): every `ref_model_sync_steps` steps, move the reference towards the policy,
+        `θ_ref ← α·θ + (1−α)·θ_ref` with `α = ref_model_mixup_alpha`.
+    ref_model_mixup_alpha (`float`, *optional*, defaults to `0.6`):
+        α of TR-DPO.
+    ref_model_sync_steps (`int`, *optional*, defaults to `512`):
+        Steps between two TR-DPO updates.
+    """
+
+    precompute_ref_batch_size: int | None = field(
+        default=None, metadata={"help": "Per-device batch size of the reference log-prob precomputation."}
+    )
+    sync_ref_model: bool = field(default=False, metadata={"help": "TR-DPO: periodically mix the policy into the ref."})
+    ref_model_mixup_alpha: float = field(default=0.6, metadata={"help": "TR-DPO mixing weight alpha."})
+    ref_model_sync_steps: int = field(default=512, metadata={"help": "TR-DPO: steps between reference updates."})
+
+
 @dataclass
 class _ReferenceFreePairedConfig(_BaseConfig):
     r"""

@@ -7,7 +7,13 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from .base_config import TRUNCATION_MODES, _BaseConfig, check_truncation_mode, resolve_pad_to_multiple_of
+from .base_config import (
+    TRUNCATION_MODES,
+    _BaseConfig,
+    _ReferenceSyncFields,
+    check_truncation_mode,
+    resolve_pad_to_multiple_of,
+)
 
 
 # Loss types of the DPO family the trainer accepts (the functions live in `trl.losses.preference`). `aot_pair` is the
@@ -49,7 +55,7 @@ class FDivergenceConstants:
 
 
 @dataclass
-class DPOConfig(_BaseConfig):
+class DPOConfig(_ReferenceSyncFields, _BaseConfig):
     r"""
     Configuration class for the [`DPOTrainer`].
 
@@ -190,12 +196,6 @@ class DPOConfig(_BaseConfig):
     precompute_ref_log_probs: bool = field(
         default=False, metadata={"help": "Compute reference log-probs once before training and reuse them."}
     )
-    precompute_ref_batch_size: int | None = field(
-        default=None, metadata={"help": "Per-device batch size of the reference log-prob precomputation."}
-    )
-    sync_ref_model: bool = field(default=False, metadata={"help": "TR-DPO: periodically mix the policy into the ref."})
-    ref_model_mixup_alpha: float = field(default=0.6, metadata={"help": "TR-DPO mixing weight alpha."})
-    ref_model_sync_steps: int = field(default=512, metadata={"help": "TR-DPO: steps between reference updates."})
 
     # data
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes used to tokenize the dataset."})

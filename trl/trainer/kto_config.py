@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .base_config import _UnpairedPreferenceConfig, resolve_pad_to_multiple_of
+from .base_config import _ReferenceSyncFields, _UnpairedPreferenceConfig, resolve_pad_to_multiple_of
 
 
 KTO_LOSS_TYPES = ("kto", "apo_zero_unpaired")
 
 
 @dataclass
-class KTOConfig(_UnpairedPreferenceConfig):
+class KTOConfig(_ReferenceSyncFields, _UnpairedPreferenceConfig):
     r"""
     Configuration class for the [`KTOTrainer`].
 
@@ -72,12 +72,6 @@ class KTOConfig(_UnpairedPreferenceConfig):
     router_aux_loss_coef: float | None = field(
         default=None, metadata={"help": "MoE router auxiliary loss weight (None: model config value)."}
     )
-    precompute_ref_batch_size: int | None = field(
-        default=None, metadata={"help": "Per-device batch size of the reference log-prob precomputation."}
-    )
-    sync_ref_model: bool = field(default=False, metadata={"help": "TR-DPO: periodically mix the policy into the ref."})
-    ref_model_mixup_alpha: float = field(default=0.6, metadata={"help": "TR-DPO mixing weight alpha."})
-    ref_model_sync_steps: int = field(default=512, metadata={"help": "TR-DPO: steps between reference updates."})
     activation_offloading: bool = field(default=False, metadata={"help": "Offload activations to CPU memory."})
     pad_to_multiple_of: int | str | None = field(
         default="auto", metadata={"help": "Pad to a multiple of this value ('auto': None except on Neuron)."}
