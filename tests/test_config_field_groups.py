@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import trl
-from trl.trainer.base_config import _ReferenceSyncFields
+from trl.trainer.base_config import _ModelLoadingFields, _ReferenceSyncFields
 
 
 SNAPSHOT = json.loads((Path(__file__).parent / "data" / "config_fields_snapshot.json").read_text())
@@ -49,3 +49,16 @@ def test_reference_sync_fields_come_from_one_mixin(name):
         assert field.name not in cls.__dict__.get("__annotations__", {}), field.name
     config = cls(output_dir="unused", report_to="none", sync_ref_model=True, ref_model_sync_steps=3)
     assert (config.sync_ref_model, config.ref_model_sync_steps, config.ref_model_mixup_alpha) == (True, 3, 0.6)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["DPOConfig", "SFTConfig", "RewardConfig", "PRMConfig", "CPOConfig", "ORPOConfig", "KTOConfig", "BCOConfig"],
+)
+def test_model_loading_fields_come_from_one_mixin(name):
+    cls = getattr(trl, name)
+    assert issubclass(cls, _ModelLoadingFields)
+    config = cls(
+        output_dir="unused", report_to="none", model_init_kwargs='{"dtype": "float32"}', trust_remote_code=True
+    )
+    assert config.model_init_kwargs == {"dtype": "float32"} and config.trust_remote_code is True

@@ -2,7 +2,7 @@
 share: `TRUNCATION_MODES` / `check_truncation_mode`, `resolve_pad_to_multiple_of` (also importable from
 `trl.trainer.sft_config`), and the family bases `_ReferenceFreePairedConfig` (CPO, ORPO; also from
 `trl.trainer.orpo_config`) and `_UnpairedPreferenceConfig` (KTO, BCO; also from `trl.trainer.kto_config`), and
-the field mixin `_ReferenceSyncFields` (DPO, KTO)."""
+the field mixins `_ModelLoadingFields` (the offline configs) and `_ReferenceSyncFields` (DPO, KTO)."""
 
 from __future__ import annotations
 
@@ -142,6 +142,25 @@ def resolve_pad_to_multiple_of(value: int | str | None) -> int | None:
 
 # ------------------------------------------------------------------------------------ family config bases
 @dataclass
+class _ModelLoadingFields:
+    r"""
+    Model-loading fields shared by the offline configs ([`DPOConfig`], [`SFTConfig`], [`RewardConfig`], [`PRMConfig`]
+    and the `_ReferenceFreePairedConfig` / `_UnpairedPreferenceConfig` families; a mixin listed before the config's
+    base, each config documents them in its own docstring).
+
+    model_init_kwargs (`dict[str, Any]`, `str` or `None`, *optional*, defaults to `None`):
+        Keyword arguments for `from_pretrained` when `model` is a string (also as a JSON string).
+    trust_remote_code (`bool`, *optional*, defaults to `False`):
+        Allow models with custom code from the Hub.
+    """
+
+    model_init_kwargs: dict[str, Any] | str | None = field(
+        default=None, metadata={"help": "Keyword arguments for from_pretrained when the model is a string."}
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
+
+
+@dataclass
 class _ReferenceSyncFields:
     r"""
     Reference-model fields shared by [`DPOConfig`] and [`KTOConfig`] (a mixin listed before the config's base; each
@@ -168,7 +187,7 @@ class _ReferenceSyncFields:
 
 
 @dataclass
-class _ReferenceFreePairedConfig(_BaseConfig):
+class _ReferenceFreePairedConfig(_ModelLoadingFields, _BaseConfig):
     r"""
     Fields shared by the configurations of the reference-free paired trainers ([`CPOConfig`], [`ORPOConfig`]).
 
@@ -216,10 +235,6 @@ class _ReferenceFreePairedConfig(_BaseConfig):
     _VALID_DICT_FIELDS = _BaseConfig._VALID_DICT_FIELDS + ["model_init_kwargs"]
 
     learning_rate: float = field(default=1e-6, metadata={"help": "The initial learning rate for AdamW."})
-    model_init_kwargs: dict[str, Any] | str | None = field(
-        default=None, metadata={"help": "Keyword arguments for from_pretrained when the model is a string."}
-    )
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
     is_encoder_decoder: bool | None = field(
         default=None, metadata={"help": "Whether the model is an encoder-decoder (None: read from its config)."}
     )
@@ -258,7 +273,7 @@ class _ReferenceFreePairedConfig(_BaseConfig):
 
 
 @dataclass
-class _UnpairedPreferenceConfig(_BaseConfig):
+class _UnpairedPreferenceConfig(_ModelLoadingFields, _BaseConfig):
     r"""
     Fields shared by the configurations of the unpaired preference trainers ([`KTOConfig`], [`BCOConfig`]).
 
@@ -313,13 +328,9 @@ class _UnpairedPreferenceConfig(_BaseConfig):
     _json_dict_fields = _BaseConfig._json_dict_fields + ("ref_model_init_kwargs",)
 
     # model and reference model
-    model_init_kwargs: dict[str, Any] | str | None = field(
-        default=None, metadata={"help": "Keyword arguments for from_pretrained when the model is a string."}
-    )
     ref_model_init_kwargs: dict[str, Any] | str | None = field(
         default=None, metadata={"help": "Keyword arguments for from_pretrained when ref_model is a string."}
     )
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
     disable_dropout: bool = field(default=True, metadata={"help": "Disable dropout in the model and reference."})
     precompute_ref_log_probs: bool = field(
         default=False, metadata={"help": "Compute reference log-probs once before training and reuse them."}

@@ -10,6 +10,7 @@ from typing import Any
 from .base_config import (
     TRUNCATION_MODES,
     _BaseConfig,
+    _ModelLoadingFields,
     _ReferenceSyncFields,
     check_truncation_mode,
     resolve_pad_to_multiple_of,
@@ -55,7 +56,7 @@ class FDivergenceConstants:
 
 
 @dataclass
-class DPOConfig(_ReferenceSyncFields, _BaseConfig):
+class DPOConfig(_ReferenceSyncFields, _ModelLoadingFields, _BaseConfig):
     r"""
     Configuration class for the [`DPOTrainer`].
 
@@ -174,13 +175,9 @@ class DPOConfig(_ReferenceSyncFields, _BaseConfig):
     learning_rate: float = field(default=1e-6, metadata={"help": "The initial learning rate for AdamW."})
 
     # model and reference model
-    model_init_kwargs: dict[str, Any] | str | None = field(
-        default=None, metadata={"help": "Keyword arguments for from_pretrained when the model is a string."}
-    )
     ref_model_init_kwargs: dict[str, Any] | str | None = field(
         default=None, metadata={"help": "Keyword arguments for from_pretrained when ref_model is a string."}
     )
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
     router_aux_loss_coef: float | None = field(
         default=None, metadata={"help": "MoE router auxiliary loss weight (None: model config value)."}
     )

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-from .base_config import _BaseConfig
+from .base_config import _BaseConfig, _ModelLoadingFields
 
 
 @dataclass
-class PRMConfig(_BaseConfig):
+class PRMConfig(_ModelLoadingFields, _BaseConfig):
     r"""
     Configuration class for the [`PRMTrainer`] (process reward model trained on stepwise supervision).
 
@@ -46,10 +45,6 @@ class PRMConfig(_BaseConfig):
     _VALID_DICT_FIELDS = _BaseConfig._VALID_DICT_FIELDS + ["model_init_kwargs"]
 
     learning_rate: float = field(default=1e-5, metadata={"help": "The initial learning rate for AdamW."})
-    model_init_kwargs: dict[str, Any] | str | None = field(
-        default=None, metadata={"help": "Keyword arguments for from_pretrained when the model is a string."}
-    )
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
     max_length: int | None = field(default=1024, metadata={"help": "Maximum length of prompt + steps."})
     max_prompt_length: int | None = field(
         default=512, metadata={"help": "Maximum prompt length (keeps the end of longer prompts)."}

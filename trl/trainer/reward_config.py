@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-from .base_config import _BaseConfig, resolve_pad_to_multiple_of
+from .base_config import _BaseConfig, _ModelLoadingFields, resolve_pad_to_multiple_of
 
 
 @dataclass
-class RewardConfig(_BaseConfig):
+class RewardConfig(_ModelLoadingFields, _BaseConfig):
     r"""
     Configuration class for the [`RewardTrainer`].
 
@@ -55,10 +54,6 @@ class RewardConfig(_BaseConfig):
     _VALID_DICT_FIELDS = _BaseConfig._VALID_DICT_FIELDS + ["model_init_kwargs"]
 
     learning_rate: float = field(default=1e-4, metadata={"help": "The initial learning rate for AdamW."})
-    model_init_kwargs: dict[str, Any] | str | None = field(
-        default=None, metadata={"help": "Keyword arguments for from_pretrained when the model is a string."}
-    )
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
     chat_template_path: str | None = field(
         default=None, metadata={"help": "Tokenizer path or .jinja file whose chat template is used."}
     )

@@ -6,7 +6,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # `TRUNCATION_MODES` and `resolve_pad_to_multiple_of` live in base_config; this import path keeps working.
-from .base_config import TRUNCATION_MODES, _BaseConfig, check_truncation_mode, resolve_pad_to_multiple_of  # noqa: F401
+from .base_config import (  # noqa: F401
+    TRUNCATION_MODES,
+    _BaseConfig,
+    _ModelLoadingFields,
+    check_truncation_mode,
+    resolve_pad_to_multiple_of,
+)
 
 
 SFT_LOSS_TYPES = ("nll", "dft")
@@ -14,7 +20,7 @@ PACKING_STRATEGIES = ("bfd", "bfd_split", "wrapped")
 
 
 @dataclass
-class SFTConfig(_BaseConfig):
+class SFTConfig(_ModelLoadingFields, _BaseConfig):
     r"""
     Configuration class for the [`SFTTrainer`].
 
@@ -84,10 +90,6 @@ class SFTConfig(_BaseConfig):
 
     learning_rate: float = field(default=2e-5, metadata={"help": "The initial learning rate for AdamW."})
 
-    model_init_kwargs: dict[str, Any] | str | None = field(
-        default=None, metadata={"help": "Keyword arguments for from_pretrained when the model is a string."}
-    )
-    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
     router_aux_loss_coef: float | None = field(
         default=None, metadata={"help": "MoE router auxiliary loss weight (None: model config value)."}
     )
