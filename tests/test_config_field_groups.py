@@ -15,6 +15,16 @@ from trl.trainer.base_config import _ModelLoadingFields, _ReferenceSyncFields
 SNAPSHOT = json.loads((Path(__file__).parent / "data" / "config_fields_snapshot.json").read_text())
 
 
+def _annotation(cls, name):
+    # Read from the classes, not `field.type`: `HfArgumentParser` narrows `field.type` in place (e.g. `str | None`
+    # becomes `str`) whenever a parser is built in the same process.
+    for klass in cls.__mro__:
+        annotations = klass.__dict__.get("__annotations__", {})
+        if name in annotations:
+            return str(annotations[name])
+    raise AssertionError(f"{cls.__name__}.{name} has no annotation")
+
+
 def describe(cls):
     out = {}
     for f in dataclasses.fields(cls):
@@ -28,7 +38,7 @@ def describe(cls):
             json.dumps(default)
         except TypeError:
             default = repr(default)
-        out[f.name] = {"name": f.name, "type": str(f.type), "default": default, "help": f.metadata.get("help")}
+        out[f.name] = {"name": f.name, "type": _annotation(cls, f.name), "default": default, "help": f.metadata.get("help")}
     return out
 
 
