@@ -158,6 +158,14 @@ def test_api_key_is_required_everywhere_and_the_client_sends_it(server, monkeypa
     assert VLLMClient(base_url=url, request_timeout=10).get_world_size() == 1
 
 
+def _read_until_closed(sock: socket.socket) -> bytes:
+    # The answer may arrive in several segments (headers, then body): read until the server closes.
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def test_slow_half_sent_body_times_out_and_the_server_stays_responsive(server):
     url = server[0]
     host, port = url.removeprefix("http://").split(":")
@@ -168,7 +176,7 @@ def test_slow_half_sent_body_times_out_and_the_server_stays_responsive(server):
         )
         sock.sendall(request.encode() + b'{"prompts": [')
         assert call(url, "/health/")[0] == 200  # answered while the slow client holds its connection
-        answer = sock.recv(65536)
+        answer = _read_until_closed(sock)
     assert answer.startswith(b"HTTP/1.1 408") and b"--read_timeout" in answer, answer
     assert time.monotonic() - start < 12
     with socket.create_connection((host, int(port)), timeout=20) as sock:  # headers never finished
