@@ -38,7 +38,12 @@ def describe(cls):
             json.dumps(default)
         except TypeError:
             default = repr(default)
-        out[f.name] = {"name": f.name, "type": _annotation(cls, f.name), "default": default, "help": f.metadata.get("help")}
+        out[f.name] = {
+            "name": f.name,
+            "type": _annotation(cls, f.name),
+            "default": default,
+            "help": f.metadata.get("help"),
+        }
     return out
 
 

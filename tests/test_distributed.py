@@ -24,8 +24,25 @@ def read_rank_files(output_dir: Path, world_size: int) -> list[list[str]]:
     return rows
 
 
-@pytest.mark.parametrize("method", ["sft", "prm", "grpo", "rloo", "cpo", "orpo", "kto", "bco", "gkd", "distillation", "ppo",
-                                    "online_dpo", "nash_md", "xpo"])
+@pytest.mark.parametrize(
+    "method",
+    [
+        "sft",
+        "prm",
+        "grpo",
+        "rloo",
+        "cpo",
+        "orpo",
+        "kto",
+        "bco",
+        "gkd",
+        "distillation",
+        "ppo",
+        "online_dpo",
+        "nash_md",
+        "xpo",
+    ],
+)
 def test_two_processes_train_and_agree_on_weights(tmp_path, method):
     run_accelerate([SCRIPT, method, str(tmp_path)], num_processes=2)
     (_, before0, after0), (_, before1, after1) = read_rank_files(tmp_path, 2)

@@ -254,7 +254,9 @@ def test_sequential_sampling_reads_batches_in_dataset_order(tmp_path, tokenized_
         rows = [tokenized_train[i] for i in range(4 * index, 4 * index + 4)]
         assert batch["labels"].tolist() == raw["label"][4 * index : 4 * index + 4]
         expected = [row["prompt_ids"] + row["completion_ids"] for row in rows]
-        assert [ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"])] == expected
+        assert [
+            ids[mask.bool()].tolist() for ids, mask in zip(batch["input_ids"], batch["attention_mask"])
+        ] == expected
         # The KL pairs mismatch prompt i with completion i + 1 of the same batch (cyclically).
         kl = [row["prompt_ids"] + rows[(i + 1) % 4]["completion_ids"] for i, row in enumerate(rows)]
         kl_ids = zip(batch["kl_input_ids"], batch["kl_attention_mask"])

@@ -413,7 +413,9 @@ def test_completion_only_loss_on_language_modeling_data_raises(tmp_path):
 def sharegpt(dataset: Dataset) -> Dataset:
     """The same conversations in ShareGPT form: a `conversations` column of `{"from", "value"}` turns."""
     speakers = {"user": "human", "assistant": "gpt", "system": "system"}
-    rows = [[{"from": speakers[m["role"]], "value": m["content"]} for m in messages] for messages in dataset["messages"]]
+    rows = [
+        [{"from": speakers[m["role"]], "value": m["content"]} for m in messages] for messages in dataset["messages"]
+    ]
     return Dataset.from_dict({"conversations": rows})
 
 

@@ -307,7 +307,9 @@ class Rollout:
     ) -> tuple[list[list[int]], list[bool], None]:
         """Each pair's first completion from the policy's backend, its second from `pair_backend`."""
         if num_generations != 2 or any(prompt_ids[i] != prompt_ids[i + 1] for i in range(0, len(prompt_ids), 2)):
-            raise ValueError("A pair_backend samples pairs: every prompt must come twice in a row (num_generations=2).")
+            raise ValueError(
+                "A pair_backend samples pairs: every prompt must come twice in a row (num_generations=2)."
+            )
         unique = prompt_ids[::2]
         sampling = dataclasses.replace(sampling, n=1, return_logprobs=False)
         with self.rng():
