@@ -1,10 +1,7 @@
 """GRPOConfig / GRPOTrainer: configuration contract, rollout behaviour and training on the tiny model."""
 
 import dataclasses
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,7 +13,7 @@ from trl.trainer.callbacks import LogCompletionsCallback
 from trl.trainer.grpo_config import GRPOConfig
 from trl.trainer.grpo_trainer import GRPOTrainer
 
-from .testing_utils import free_port
+from .testing_utils import cpu_generation_server
 
 
 GRPO_DEFAULTS = {
@@ -440,13 +437,7 @@ def test_server_generation_with_weight_sync(tmp_path):
     """Generation on a `trl vllm-serve --backend transformers` server; the trained weights reach the server."""
     from trl.generation.vllm_client import VLLMClient
 
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    command = [sys.executable, "-m", "trl.scripts.vllm_serve", "--backend", "transformers", "--model",
-               get_tiny_model_path("qwen2"), "--host", "127.0.0.1", "--port", str(port), "--log_level", "warning"]  # fmt: skip
-    log = open(tmp_path / "server.log", "w")  # a file, not a pipe: an unread pipe could fill up and block the server
-    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
+    with cpu_generation_server(get_tiny_model_path("qwen2"), tmp_path) as port:
         trainer = make_trainer(
             tmp_path, use_vllm=True, vllm_mode="server", vllm_server_host="127.0.0.1", vllm_server_port=port,
             vllm_server_timeout=60, max_steps=2, learning_rate=0.1,
@@ -467,11 +458,3 @@ def test_server_generation_with_weight_sync(tmp_path):
             initial_logps = torch.log_softmax(initial(torch.tensor(sequence)).logits, -1)[0, 1:-1]
         assert not torch.allclose(initial_logps.gather(-1, torch.tensor([[30], [40], [50]])), local, atol=1e-3)
         trainer.generation_backend.close()
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=10)
-        log.close()

@@ -447,19 +447,9 @@ def test_cli_script_with_a_yaml_config_and_a_judge_by_name(tmp_path, command):
 # ----------------------------------------------------------------------------------------- client / server
 def test_generation_on_a_cpu_server_with_weight_sync(tmp_path):
     """The three trainers sample the policy's completions on a `trl vllm-serve --backend transformers` server."""
-    import os
-    import subprocess
-    import sys
+    from .testing_utils import cpu_generation_server
 
-    from .testing_utils import free_port
-
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    command = [sys.executable, "-m", "trl.scripts.vllm_serve", "--backend", "transformers", "--model",
-               get_tiny_model_path("qwen2"), "--host", "127.0.0.1", "--port", str(port), "--log_level", "warning"]  # fmt: skip
-    log = open(tmp_path / "server.log", "w")  # a file, not a pipe: an unread pipe could fill up and block the server
-    server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
+    with cpu_generation_server(get_tiny_model_path("qwen2"), tmp_path) as port:
         for method in TRAINERS:
             trainer = make_trainer(
                 tmp_path / method, method=method, use_vllm=True, vllm_mode="server", vllm_server_host="127.0.0.1",
@@ -471,11 +461,3 @@ def test_generation_on_a_cpu_server_with_weight_sync(tmp_path):
             assert logged(trainer, "timing/weight_sync")[-1] > 0, method
             assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters()), method
             trainer.generation_backend.close()
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=10)
-        log.close()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +19,29 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def cpu_generation_server(model_path: str, log_dir: Path) -> Iterator[int]:
+    """Run `trl vllm-serve --backend transformers` on 127.0.0.1 for the block; yields its port.
+
+    Its output goes to `log_dir/server.log`, a file rather than a pipe: an unread pipe could fill up and block it.
+    """
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    command = [sys.executable, "-m", "trl.scripts.vllm_serve", "--backend", "transformers", "--model", model_path,
+               "--host", "127.0.0.1", "--port", str(port), "--log_level", "warning"]  # fmt: skip
+    with open(Path(log_dir) / "server.log", "w") as log:
+        server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            yield port
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(timeout=10)
 
 
 def run_accelerate(args: list[str], num_processes: int = 2, timeout: int = 300, cwd: str | None = None) -> str:
