@@ -340,14 +340,11 @@ def test_learning_lowers_the_divergence_on_held_out_prompts(tmp_path):
 
 def test_cli_with_yaml_config(tmp_path):
     """`trl gkd --config <yaml>`: the student trains from the teacher named in the YAML and is saved."""
-    import os
-    import subprocess
-    import sys
-
-    import yaml
     from transformers import AutoModelForCausalLM as Loader
 
     from trl.testing import get_dataset_path
+
+    from .testing_utils import run_trl_with_yaml
 
     config = {
         "model_name_or_path": STUDENT, "teacher_model_name_or_path": TEACHER, "dataset_name": get_dataset_path(),
@@ -355,11 +352,6 @@ def test_cli_with_yaml_config(tmp_path):
         "per_device_train_batch_size": 2, "save_strategy": "no", "report_to": "none", "logging_steps": 1,
         "num_processes": 1,
     }  # fmt: skip
-    (tmp_path / "gkd.yaml").write_text(yaml.safe_dump(config))
-    trl = os.path.join(os.path.dirname(sys.executable), "trl")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRL_QUIET": "1"}
-    result = subprocess.run([trl, "gkd", "--config", str(tmp_path / "gkd.yaml")], capture_output=True, text=True,
-                            timeout=300, env=env)  # fmt: skip
-    assert result.returncode == 0, result.stderr[-4000:]
+    result = run_trl_with_yaml("gkd", config, tmp_path)
     assert Loader.from_pretrained(tmp_path / "out").config.model_type == "qwen2"
     assert result.stdout.count("'loss'") == 2, result.stdout[-3000:]

@@ -44,6 +44,21 @@ def cpu_generation_server(model_path: str, log_dir: Path) -> Iterator[int]:
                 server.wait(timeout=10)
 
 
+def run_trl_with_yaml(command: str, config: dict, directory: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Write `config` to `<directory>/<command>.yaml` and run `trl <command> --config <it>`; asserts exit status 0."""
+    import yaml
+
+    path = Path(directory) / f"{command}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    trl = os.path.join(os.path.dirname(sys.executable), "trl")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRL_QUIET": "1"}
+    result = subprocess.run(
+        [trl, command, "--config", str(path)], capture_output=True, text=True, timeout=timeout, env=env
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
 def run_accelerate(args: list[str], num_processes: int = 2, timeout: int = 300, cwd: str | None = None) -> str:
     """Run `accelerate launch --num_processes N` on CPU (gloo backend) and return its combined output.
 
