@@ -43,6 +43,13 @@ def main(output_dir: str, phase: str) -> None:
     rank = trainer.accelerator.process_index
     with open(os.path.join(output_dir, f"{phase}-rank-{rank}.txt"), "w") as file:
         file.write(f"{trainer.accelerator.num_processes} {loss[0]!r}\n")
+    # Tear the process group down before the interpreter exits (as train_and_hash.py does): left to interpreter
+    # shutdown, gloo's threads were destroyed while still joinable ("terminate called without an active exception").
+    import torch
+
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -253,6 +253,13 @@ def _run_training(trainer_class, script_args, training_args, model_args, dataset
     trainer.save_model(training_args.output_dir)
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.dataset_name)
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Tear the process group down here rather than at interpreter shutdown, where gloo's threads could be
+        # destroyed while still joinable and abort the process after a successful run.
+        trainer.accelerator.wait_for_everyone()
+        trainer.accelerator.end_training()
     return trainer
 
 
