@@ -4,7 +4,8 @@
   needs (see [`BaseTrainer`]);
 - one declared loss normalisation (`loss_normalization = "tokens"` or `"examples"`), applied once;
 - a per-mode metrics store (`self._metrics`) that `log()` averages, prefixes and clears;
-- one `prediction_step` (`_predictions_from_loss`, `_eval_predictions`) and `normalized_loss` for `compute_loss`;
+- one `compute_loss` template calling the method's `_loss_and_outputs` hook, `normalized_loss` for it, and one
+  `prediction_step` (`_predictions_from_loss`, `_eval_predictions`);
 - a derived-quantities table printed when training starts and model cards (`trl.trainer.run_report`);
 - atomic checkpoints with one mechanism for extra state (`extra_state_dict()`, in `trl.trainer.checkpointing`).
 
@@ -306,6 +307,30 @@ class BaseTrainer(RunReportMixin, CheckpointingMixin, Trainer):
         if self.loss_normalization == "tokens" and num_items_in_batch is not None and across_devices:
             return loss * self.accelerator.num_processes
         return loss
+
+    # ------------------------------------------------------------------ loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The loss of a micro-batch (and, with `return_outputs=True`, what `_eval_predictions` reads).
+
+        The template of every offline trainer: it finds the mode (`"train"` or `"eval"`, from `model.training`) and
+        calls the method's one hook, [`_loss_and_outputs`], which returns `(loss, outputs)`.
+        """
+        mode = "train" if model.training else "eval"
+        loss, outputs = self._loss_and_outputs(model, inputs, mode, num_items_in_batch, return_outputs)
+        return (loss, outputs) if return_outputs else loss
+
+    def _loss_and_outputs(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        mode: str,
+        num_items_in_batch: torch.Tensor | int | None,
+        return_outputs: bool,
+    ) -> tuple[torch.Tensor, Any]:
+        """`(loss, outputs)` of a micro-batch, the hook of `compute_loss` a trainer implements; `return_outputs` says
+        whether the caller reads `outputs`. The default is `transformers.Trainer.compute_loss` (the model's own loss,
+        or `compute_loss_func` / the label smoother when set)."""
+        return Trainer.compute_loss(self, model, dict(inputs), True, num_items_in_batch)
 
     # `prediction_step` computes the loss once with `return_outputs=True` and reads the predictions from its outputs
     # (`_eval_predictions`); False keeps `Trainer.prediction_step` (logits of the model outputs).

@@ -236,14 +236,14 @@ class DPOTrainer(ReferenceModelMixin, PairedPreferenceTrainer):
         return self.compute_ref_log_probs(batch)
 
     # --------------------------------------------------------------------------------------------------- loss
-    def compute_loss(
+    def _loss_and_outputs(
         self,
         model: torch.nn.Module,
         inputs: dict[str, torch.Tensor],
-        return_outputs: bool = False,
-        num_items_in_batch: torch.Tensor | int | None = None,
-    ):
-        mode = "train" if model.training else "eval"
+        mode: str,
+        num_items_in_batch: torch.Tensor | int | None,
+        return_outputs: bool,
+    ) -> tuple[torch.Tensor, Any]:
         ref_chosen_logps, ref_rejected_logps = self._reference_logps(inputs)
         scores = self._policy_scores(model, inputs)
         loss = self._preference_loss(scores, ref_chosen_logps, ref_rejected_logps, mode)
@@ -257,9 +257,7 @@ class DPOTrainer(ReferenceModelMixin, PairedPreferenceTrainer):
             beta * (scores.rejected_logps - (0 if ref_rejected_logps is None else ref_rejected_logps)).detach()
         )
         self._log_pair_metrics(scores, chosen_rewards, rejected_rewards, mode)
-        if return_outputs:
-            return loss, {"chosen_rewards": chosen_rewards, "rejected_rewards": rejected_rewards}
-        return loss
+        return loss, {"chosen_rewards": chosen_rewards, "rejected_rewards": rejected_rewards}
 
     def _preference_loss(
         self,

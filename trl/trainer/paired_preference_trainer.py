@@ -212,21 +212,19 @@ class _ReferenceFreePairedTrainer(PairedPreferenceTrainer):
         return dataset
 
     # --------------------------------------------------------------------------------------------------- loss
-    def compute_loss(
+    def _loss_and_outputs(
         self,
         model: torch.nn.Module,
         inputs: dict[str, torch.Tensor],
-        return_outputs: bool = False,
-        num_items_in_batch: torch.Tensor | int | None = None,
-    ):
-        mode = "train" if model.training else "eval"
+        mode: str,
+        num_items_in_batch: torch.Tensor | int | None,
+        return_outputs: bool,
+    ) -> tuple[torch.Tensor, Any]:
         options = {"logits_to_keep": self._logits_to_keep_supported, "is_encoder_decoder": self.is_encoder_decoder}
         scores = paired_forward(model, inputs, **options)
         loss, chosen_rewards, rejected_rewards = self._pair_loss(scores, mode)
         loss = loss + router_aux_loss(self, scores.aux_loss, mode)
-        if return_outputs:
-            return loss, {"chosen_rewards": chosen_rewards, "rejected_rewards": rejected_rewards}
-        return loss
+        return loss, {"chosen_rewards": chosen_rewards, "rejected_rewards": rejected_rewards}
 
     def _pair_loss(self, scores: PairedScores, mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The method's loss of a batch and the `[B]` chosen and rejected rewards; logs the method's metrics."""

@@ -297,14 +297,14 @@ class PRMTrainer(BaseTrainer):
         return rows
 
     # ------------------------------------------------------------------------------------------------- loss
-    def compute_loss(
+    def _loss_and_outputs(
         self,
         model: torch.nn.Module,
         inputs: dict[str, torch.Tensor],
-        return_outputs: bool = False,
-        num_items_in_batch: torch.Tensor | int | None = None,
-    ):
-        mode = "train" if model.training else "eval"
+        mode: str,
+        num_items_in_batch: torch.Tensor | int | None,
+        return_outputs: bool,
+    ) -> tuple[torch.Tensor, Any]:
         labels_B_T = inputs["labels"]
         outputs = model(**{key: value for key, value in inputs.items() if key != "labels"})
         logits_B_T_C = outputs.logits
@@ -314,7 +314,7 @@ class PRMTrainer(BaseTrainer):
         # In evaluation, `compute_metrics` (token accuracy over the whole set by default) reports the accuracy.
         if mode == "train" or self.compute_metrics is None:
             self._log_accuracy(metrics, mode)
-        return (loss, outputs) if return_outputs else loss
+        return loss, outputs
 
     @torch.no_grad()
     def _log_accuracy(self, metrics: dict[str, torch.Tensor], mode: str) -> None:

@@ -146,14 +146,14 @@ class RewardTrainer(BaseTrainer):
         return rows
 
     # --------------------------------------------------------------------------------------------------- loss
-    def compute_loss(
+    def _loss_and_outputs(
         self,
         model: torch.nn.Module,
         inputs: dict[str, torch.Tensor],
-        return_outputs: bool = False,
-        num_items_in_batch: torch.Tensor | int | None = None,
-    ):
-        mode = "train" if model.training else "eval"
+        mode: str,
+        num_items_in_batch: torch.Tensor | int | None,
+        return_outputs: bool,
+    ) -> tuple[torch.Tensor, Any]:
         rewards_R = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits.squeeze(-1)
         half = rewards_R.shape[0] // 2
         chosen_rewards, rejected_rewards = rewards_R[:half], rewards_R[half:]
@@ -161,9 +161,7 @@ class RewardTrainer(BaseTrainer):
             chosen_rewards, rejected_rewards, inputs.get("margin"), self.args.center_rewards_coefficient
         )
         self._log_metrics(inputs, chosen_rewards.detach(), rejected_rewards.detach(), mode)
-        if return_outputs:
-            return loss, {"chosen_rewards": chosen_rewards.detach(), "rejected_rewards": rejected_rewards.detach()}
-        return loss
+        return loss, {"chosen_rewards": chosen_rewards.detach(), "rejected_rewards": rejected_rewards.detach()}
 
     @torch.no_grad()
     def _log_metrics(

@@ -282,17 +282,16 @@ class SFTTrainer(BaseTrainer):
             self._signature_columns = list(_SFT_COLUMNS)
 
     # ------------------------------------------------------------------ loss
-    def compute_loss(
+    def _loss_and_outputs(
         self,
         model: torch.nn.Module,
         inputs: dict[str, torch.Tensor],
-        return_outputs: bool = False,
-        num_items_in_batch: torch.Tensor | int | None = None,
-    ):
-        mode = "train" if model.training else "eval"
+        mode: str,
+        num_items_in_batch: torch.Tensor | int | None,
+        return_outputs: bool,
+    ) -> tuple[torch.Tensor, Any]:
         if self.compute_loss_func is not None or self.label_smoother is not None:
-            loss, outputs = super().compute_loss(model, dict(inputs), True, num_items_in_batch)
-            return (loss, outputs) if return_outputs else loss
+            return super()._loss_and_outputs(model, inputs, mode, num_items_in_batch, return_outputs)
 
         # The LM head runs only at the positions that predict a labelled token (every position when the caller wants
         # the outputs); prompt tuning's virtual tokens come first in the model's sequence and are never kept.
@@ -309,7 +308,7 @@ class SFTTrainer(BaseTrainer):
                                     num_items_in_batch)  # fmt: skip
         loss = loss + self.router_aux_loss(token.aux_loss, mode)
         self._log_token_metrics(inputs, token, mode)
-        return (loss, token.outputs) if return_outputs else loss
+        return loss, token.outputs
 
     @torch.no_grad()
     def _log_token_metrics(self, inputs: dict[str, torch.Tensor], token: TokenLogps, mode: str) -> None:

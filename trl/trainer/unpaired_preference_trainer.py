@@ -151,14 +151,14 @@ class UnpairedPreferenceTrainer(ReferenceModelMixin, BaseTrainer):
         return dataset
 
     # -------------------------------------------------------------------------------------------------- loss
-    def compute_loss(
+    def _loss_and_outputs(
         self,
         model: torch.nn.Module,
         inputs: dict[str, torch.Tensor],
-        return_outputs: bool = False,
-        num_items_in_batch: torch.Tensor | int | None = None,
-    ):
-        mode = "train" if model.training else "eval"
+        mode: str,
+        num_items_in_batch: torch.Tensor | int | None,
+        return_outputs: bool,
+    ) -> tuple[torch.Tensor, Any]:
         ref_logps, ref_kl_logps = self._reference_logps(inputs)
         scores = completion_scores(model, inputs, keep_logits=self._policy_keeps_logits)
         kl_logps = None
@@ -172,9 +172,7 @@ class UnpairedPreferenceTrainer(ReferenceModelMixin, BaseTrainer):
         loss = loss + router_aux_loss(self, scores.aux_loss, mode, getattr(self.args, "router_aux_loss_coef", None))
         rewards_B = self.args.beta * (scores.logps - ref_logps).detach()
         self._log_unpaired_metrics(labels_B, rewards_B, scores, mode)
-        if return_outputs:
-            return loss, {"rewards": rewards_B}
-        return loss
+        return loss, {"rewards": rewards_B}
 
     def _unpaired_loss(self, logps: UnpairedLogps, mode: str) -> torch.Tensor:
         """The method's scalar loss of the micro-batch."""
