@@ -72,3 +72,37 @@ def test_lower_layers_do_not_import_upper_layers(layer):
             if name.startswith(_FORBIDDEN_IMPORTS[layer]):
                 offenders.append(f"{path.name} imports {name}")
     assert offenders == []
+
+
+# The lazy packages list their names once, in their `if TYPE_CHECKING:` imports.
+def test_lazy_packages_export_their_type_checking_imports():
+    import trl.generation
+    import trl.judges
+    import trl.trainer
+    from trl.import_utils import lazy_import_structure
+
+    structure = lazy_import_structure(trl.__file__)
+    assert structure["judges"][0] == "AllTrueJudge" and "SFTTrainer" in structure["trainer"]
+    assert trl.SFTTrainer.__module__ == "trl.trainer.sft_trainer" and trl.__version__
+    # `from .judges import *` in trl/trainer/__init__.py stands for the `__all__` of trl.judges (via trl.trainer.judges).
+    assert lazy_import_structure(trl.trainer.__file__)["judges"] == trl.judges.__all__
+    assert trl.trainer.get_judge is trl.judges.get_judge and trl.trainer.PairRMJudge is trl.PairRMJudge
+    assert set(trl.generation.__all__) >= {"SamplingParams", "TransformersBackend", "VLLMClient", "base"}
+
+
+@pytest.mark.parametrize(
+    "block, message",
+    [
+        ("x = 1\n", "exactly one"),
+        ("if TYPE_CHECKING:\n    import os\n", "may hold only"),
+        ("if TYPE_CHECKING:\n    from .a import b as c\n", "no `as`"),
+        ("if TYPE_CHECKING:\n    from .a import *\n", "no literal `__all__`"),
+    ],
+)
+def test_lazy_import_structure_refuses_what_it_cannot_map(tmp_path, block, message):
+    from trl.import_utils import lazy_import_structure
+
+    (tmp_path / "a.py").write_text("b = 1\n")
+    (tmp_path / "__init__.py").write_text(block)
+    with pytest.raises(ValueError, match=message):
+        lazy_import_structure(str(tmp_path / "__init__.py"))

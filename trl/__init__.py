@@ -2,7 +2,7 @@
 
 from typing import TYPE_CHECKING
 
-from .import_utils import _LazyModule
+from .import_utils import install_lazy_module
 
 
 def _read_version() -> str:
@@ -21,94 +21,6 @@ def _read_version() -> str:
 
 
 __version__ = _read_version()
-
-_import_structure: dict[str, list[str]] = {
-    "chat_template_utils": [
-        "add_response_schema",
-        "clone_chat_template",
-        "get_training_chat_template",
-        "setup_chat_format",
-        "supports_tool_calling",
-    ],
-    "data_utils": [
-        "apply_chat_template",
-        "extract_prompt",
-        "is_conversational",
-        "is_conversational_from_value",
-        "maybe_apply_chat_template",
-        "maybe_convert_to_chatml",
-        "maybe_extract_prompt",
-        "maybe_unpair_preference_dataset",
-        "pack_dataset",
-        "prepare_multimodal_messages",
-        "truncate_dataset",
-        "unpair_preference_dataset",
-    ],
-    "judges": [
-        "AllTrueJudge",
-        "BaseBinaryJudge",
-        "BaseJudge",
-        "BasePairwiseJudge",
-        "BaseRankJudge",
-        "HfPairwiseJudge",
-        "OpenAIPairwiseJudge",
-        "PairRMJudge",
-        "RewardModelJudge",
-    ],
-    "scripts": ["DatasetMixtureConfig", "ScriptArguments", "TrlParser", "get_dataset", "init_zero_verbose"],
-    "trainer": [
-        "BCOConfig",
-        "BCOTrainer",
-        "BEMACallback",
-        "CPOConfig",
-        "CPOTrainer",
-        "DistillationConfig",
-        "DistillationTrainer",
-        "DPOConfig",
-        "DPOTrainer",
-        "FDivergenceConstants",
-        "FDivergenceType",
-        "GKDConfig",
-        "GKDTrainer",
-        "GRPOConfig",
-        "GRPOTrainer",
-        "KTOConfig",
-        "KTOTrainer",
-        "LogCompletionsCallback",
-        "ModelConfig",
-        "NashMDConfig",
-        "NashMDTrainer",
-        "ORPOConfig",
-        "ORPOTrainer",
-        "OnlineDPOConfig",
-        "OnlineDPOTrainer",
-        "PPOConfig",
-        "PPOTrainer",
-        "PRMConfig",
-        "PRMTrainer",
-        "RewardConfig",
-        "RewardTrainer",
-        "RichProgressCallback",
-        "RLOOConfig",
-        "RLOOTrainer",
-        "SFTConfig",
-        "SFTTrainer",
-        "SyncRefModelCallback",
-        "WeaveCallback",
-        "WinRateCallback",
-        "XPOConfig",
-        "XPOTrainer",
-        "get_kbit_device_map",
-        "get_peft_config",
-        "get_quantization_config",
-    ],
-    "models": [
-        "AutoModelForCausalLMWithValueHead",
-        "AutoModelForSeq2SeqLMWithValueHead",
-        "PreTrainedModelWrapper",
-        "create_reference_model",
-    ],
-}
 
 if TYPE_CHECKING:
     from .chat_template_utils import (
@@ -197,11 +109,4 @@ if TYPE_CHECKING:
         get_quantization_config,
     )
 else:
-    import sys
-
-    sys.modules[__name__] = _LazyModule(
-        __name__,
-        globals()["__file__"],
-        _import_structure,
-        extra_objects={"__version__": __version__},
-    )
+    install_lazy_module(globals(), extra_objects={"__version__": __version__})

@@ -190,6 +190,93 @@ def require(available: bool, feature: str, install: str) -> None:
         )
 
 
+def _module_source_file(from_file: str, level: int, module: str) -> str:
+    """The source file of the module that `from <level dots><module> import ...` in `from_file` names."""
+    base = os.path.dirname(from_file)
+    for _ in range(level - 1):
+        base = os.path.dirname(base)
+    path = os.path.join(base, *module.split("."))
+    return path + ".py" if os.path.isfile(path + ".py") else os.path.join(path, "__init__.py")
+
+
+def _declared_all(source_file: str) -> list[str]:
+    """The literal `__all__` of a module's source, following one `from .x import __all__` re-export."""
+    import ast
+
+    for node in ast.parse(open(source_file, encoding="utf-8").read(), source_file).body:
+        if isinstance(node, ast.Assign) and any(getattr(target, "id", None) == "__all__" for target in node.targets):
+            return list(ast.literal_eval(node.value))
+        if isinstance(node, ast.ImportFrom) and node.level and any(alias.name == "__all__" for alias in node.names):
+            return _declared_all(_module_source_file(source_file, node.level, node.module or ""))
+    raise ValueError(f"{source_file} has no literal `__all__`, which `from ... import *` in a lazy package needs.")
+
+
+def lazy_import_structure(init_file: str) -> dict[str, list[str]]:
+    """
+    The public names of a lazy package, read from the `if TYPE_CHECKING:` block of its `__init__.py`.
+
+    That block is the one list of the package's names: type checkers read its imports, and [`install_lazy_module`]
+    maps each name to the submodule it is imported from, so the two cannot disagree. `from .submodule import *`
+    stands for the names of the submodule's literal `__all__`.
+
+    Args:
+        init_file (`str`):
+            Path of the package's `__init__.py`.
+
+    Returns:
+        `dict[str, list[str]]`: Each submodule (relative to the package, e.g. `"sft_config"`) and the names imported
+        from it, in the order of the block.
+    """
+    import ast
+
+    blocks = [
+        node
+        for node in ast.parse(open(init_file, encoding="utf-8").read(), init_file).body
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+    ]
+    if len(blocks) != 1:
+        raise ValueError(f"{init_file} needs exactly one top-level `if TYPE_CHECKING:` block, not {len(blocks)}.")
+    structure: dict[str, list[str]] = {}
+    for statement in blocks[0].body:
+        if not (isinstance(statement, ast.ImportFrom) and statement.level == 1 and statement.module):
+            raise ValueError(
+                f"{init_file}:{statement.lineno}: the `if TYPE_CHECKING:` block of a lazy package may hold only "
+                "`from .submodule import Name` lines; move anything else out of it."
+            )
+        if any(alias.asname is not None for alias in statement.names):
+            raise ValueError(
+                f"{init_file}:{statement.lineno}: import each name under its own name (no `as`) in the "
+                "`if TYPE_CHECKING:` block of a lazy package."
+            )
+        names = [alias.name for alias in statement.names]
+        if names == ["*"]:
+            names = _declared_all(_module_source_file(init_file, 1, statement.module))
+        structure.setdefault(statement.module, []).extend(names)
+    return structure
+
+
+def install_lazy_module(module_globals: dict[str, Any], extra_objects: dict[str, Any] | None = None) -> None:
+    """
+    Replace the package whose `__init__.py` calls this by a [`_LazyModule`] of the names its `if TYPE_CHECKING:`
+    block imports (see [`lazy_import_structure`]).
+
+    ```python
+    if TYPE_CHECKING:
+        from .sft_config import SFTConfig
+    else:
+        install_lazy_module(globals())
+    ```
+
+    Args:
+        module_globals (`dict[str, Any]`):
+            The package's `globals()`.
+        extra_objects (`dict[str, Any]`, *optional*):
+            Attributes available without any import (e.g. `__version__`).
+    """
+    name, init_file = module_globals["__name__"], module_globals["__file__"]
+    sys.modules[name] = _LazyModule(name, init_file, lazy_import_structure(init_file), extra_objects)
+
+
 class _LazyModule(ModuleType):
     """A module whose attributes are imported from submodules on first access.
 

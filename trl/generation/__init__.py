@@ -12,23 +12,8 @@ result.completion_ids, result.logprobs, result.truncated
 
 from typing import TYPE_CHECKING
 
-from ..import_utils import _LazyModule
+from ..import_utils import install_lazy_module
 
-
-_import_structure = {
-    "base": [
-        "GenerationBackend",
-        "GenerationResult",
-        "SamplingParams",
-        "build_generation_backend",
-        "inference_param_name",
-        "iter_inference_weights",
-    ],
-    "server_backend": ["VLLMServerBackend"],
-    "transformers_backend": ["TransformersBackend", "unwrap_model_for_generation"],
-    "vllm_client": ["VLLMClient"],
-    "vllm_generation": ["VLLMGeneration"],
-}
 
 if TYPE_CHECKING:
     from .base import (
@@ -44,6 +29,4 @@ if TYPE_CHECKING:
     from .vllm_client import VLLMClient
     from .vllm_generation import VLLMGeneration
 else:
-    import sys
-
-    sys.modules[__name__] = _LazyModule(__name__, globals()["__file__"], _import_structure)
+    install_lazy_module(globals())

@@ -2,73 +2,8 @@
 
 from typing import TYPE_CHECKING
 
-from ..import_utils import _LazyModule
+from ..import_utils import install_lazy_module
 
-
-_import_structure: dict[str, list[str]] = {
-    "base_config": ["_BaseConfig"],
-    "base_trainer": ["BaseTrainer"],
-    "bco_config": ["BCOConfig"],
-    "bco_trainer": ["BCOTrainer"],
-    "callbacks": [
-        "BEMACallback",
-        "LogCompletionsCallback",
-        "RichProgressCallback",
-        "SyncRefModelCallback",
-        "WeaveCallback",
-        "WinRateCallback",
-    ],
-    "collators": [
-        "DataCollatorForLanguageModeling",
-        "DataCollatorForPreference",
-        "DataCollatorForRewardPreference",
-        "DataCollatorForUnpairedPreference",
-    ],
-    "cpo_config": ["CPOConfig"],
-    "cpo_trainer": ["CPOTrainer"],
-    "distillation_config": ["DistillationConfig"],
-    "distillation_trainer": ["DistillationTrainer"],
-    "dpo_config": ["DPOConfig", "FDivergenceConstants", "FDivergenceType"],
-    "dpo_trainer": ["DPOTrainer"],
-    "gkd_config": ["GKDConfig"],
-    "gkd_trainer": ["GKDTrainer"],
-    "grpo_config": ["GRPOConfig"],
-    "grpo_trainer": ["GRPOTrainer"],
-    "kto_config": ["KTOConfig"],
-    "kto_trainer": ["KTOTrainer"],
-    "judges": [
-        "AllTrueJudge",
-        "BaseBinaryJudge",
-        "BaseJudge",
-        "BasePairwiseJudge",
-        "BaseRankJudge",
-        "HfPairwiseJudge",
-        "OpenAIPairwiseJudge",
-        "PairRMJudge",
-        "RewardModelJudge",
-    ],
-    "model_config": ["ModelConfig"],
-    "nash_md_config": ["NashMDConfig"],
-    "nash_md_trainer": ["NashMDTrainer"],
-    "online_dpo_config": ["OnlineDPOConfig"],
-    "online_dpo_trainer": ["OnlineDPOTrainer"],
-    "orpo_config": ["ORPOConfig"],
-    "orpo_trainer": ["ORPOTrainer"],
-    "peft_utils": ["get_kbit_device_map", "get_peft_config", "get_quantization_config"],
-    "prm_config": ["PRMConfig"],
-    "prm_trainer": ["PRMTrainer"],
-    "reward_config": ["RewardConfig"],
-    "reward_trainer": ["RewardTrainer"],
-    "ppo_config": ["PPOConfig"],
-    "ppo_trainer": ["PPOTrainer"],
-    "rloo_config": ["RLOOConfig"],
-    "rloo_trainer": ["RLOOTrainer"],
-    "sft_config": ["SFTConfig"],
-    "sft_trainer": ["SFTTrainer"],
-    "utils": ["add_fused_lm_head", "disable_dropout_in_model", "ensure_master_addr_port"],
-    "xpo_config": ["XPOConfig"],
-    "xpo_trainer": ["XPOTrainer"],
-}
 
 if TYPE_CHECKING:
     from .base_config import _BaseConfig
@@ -99,17 +34,7 @@ if TYPE_CHECKING:
     from .gkd_trainer import GKDTrainer
     from .grpo_config import GRPOConfig
     from .grpo_trainer import GRPOTrainer
-    from .judges import (
-        AllTrueJudge,
-        BaseBinaryJudge,
-        BaseJudge,
-        BasePairwiseJudge,
-        BaseRankJudge,
-        HfPairwiseJudge,
-        OpenAIPairwiseJudge,
-        PairRMJudge,
-        RewardModelJudge,
-    )
+    from .judges import *  # noqa: F403  (the names of `trl.judges.__all__`)
     from .kto_config import KTOConfig
     from .kto_trainer import KTOTrainer
     from .model_config import ModelConfig
@@ -134,6 +59,4 @@ if TYPE_CHECKING:
     from .xpo_config import XPOConfig
     from .xpo_trainer import XPOTrainer
 else:
-    import sys
-
-    sys.modules[__name__] = _LazyModule(__name__, globals()["__file__"], _import_structure)
+    install_lazy_module(globals())
