@@ -65,6 +65,15 @@ class TrainerInputs:
     model_init: Callable | None = None
 
 
+@dataclass(frozen=True)
+class LossCall:
+    """What `compute_loss` was called with besides the model and the batch, for the `_loss_and_outputs` hook."""
+
+    mode: str  # "train" or "eval" (`model.training`)
+    num_items_in_batch: torch.Tensor | int | None = None  # `Trainer`'s labelled-token count (`None` in evaluation)
+    return_outputs: bool = False  # whether the caller reads the outputs (evaluation predictions)
+
+
 class BaseTrainer(RunReportMixin, CheckpointingMixin, Trainer):
     """Base class of every trl trainer, and the skeleton of their `__init__`.
 
@@ -310,27 +319,19 @@ class BaseTrainer(RunReportMixin, CheckpointingMixin, Trainer):
 
     # ------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The loss of a micro-batch (and, with `return_outputs=True`, what `_eval_predictions` reads).
+        """The loss of a micro-batch (with `return_outputs=True`, `(loss, outputs)`: what `_eval_predictions` reads).
 
-        The template of every offline trainer: it finds the mode (`"train"` or `"eval"`, from `model.training`) and
-        calls the method's one hook, [`_loss_and_outputs`], which returns `(loss, outputs)`.
+        The template of the offline trainers: the method's part is its one hook, `_loss_and_outputs(model, inputs,
+        call)`, with `call` the [`LossCall`] of this call (the mode, from `model.training`).
         """
-        mode = "train" if model.training else "eval"
-        loss, outputs = self._loss_and_outputs(model, inputs, mode, num_items_in_batch, return_outputs)
+        call = LossCall("train" if model.training else "eval", num_items_in_batch, return_outputs)
+        loss, outputs = self._loss_and_outputs(model, inputs, call)
         return (loss, outputs) if return_outputs else loss
 
-    def _loss_and_outputs(
-        self,
-        model: torch.nn.Module,
-        inputs: dict[str, torch.Tensor],
-        mode: str,
-        num_items_in_batch: torch.Tensor | int | None,
-        return_outputs: bool,
-    ) -> tuple[torch.Tensor, Any]:
-        """`(loss, outputs)` of a micro-batch, the hook of `compute_loss` a trainer implements; `return_outputs` says
-        whether the caller reads `outputs`. The default is `transformers.Trainer.compute_loss` (the model's own loss,
-        or `compute_loss_func` / the label smoother when set)."""
-        return Trainer.compute_loss(self, model, dict(inputs), True, num_items_in_batch)
+    def _loss_and_outputs(self, model: torch.nn.Module, inputs: dict, call: LossCall) -> tuple[torch.Tensor, Any]:
+        """`(loss, outputs)` of a micro-batch: the hook of `compute_loss` that a trainer implements. The default is
+        `transformers.Trainer.compute_loss` (the model's own loss, or `compute_loss_func` / the label smoother)."""
+        return Trainer.compute_loss(self, model, dict(inputs), True, call.num_items_in_batch)
 
     # `prediction_step` computes the loss once with `return_outputs=True` and reads the predictions from its outputs
     # (`_eval_predictions`); False keeps `Trainer.prediction_step` (logits of the model outputs).

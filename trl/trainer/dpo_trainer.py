@@ -40,7 +40,7 @@ from ..losses import (
     wpo_pair_weights,
     wpo_sequence_weights,
 )
-from .base_trainer import TrainerInputs
+from .base_trainer import LossCall, TrainerInputs
 from .dpo_config import DPOConfig
 from .input_checks import check_distinct_pairs
 from .model_utils import (
@@ -236,27 +236,20 @@ class DPOTrainer(ReferenceModelMixin, PairedPreferenceTrainer):
         return self.compute_ref_log_probs(batch)
 
     # --------------------------------------------------------------------------------------------------- loss
-    def _loss_and_outputs(
-        self,
-        model: torch.nn.Module,
-        inputs: dict[str, torch.Tensor],
-        mode: str,
-        num_items_in_batch: torch.Tensor | int | None,
-        return_outputs: bool,
-    ) -> tuple[torch.Tensor, Any]:
+    def _loss_and_outputs(self, model: torch.nn.Module, inputs: dict, call: LossCall) -> tuple[torch.Tensor, Any]:
         ref_chosen_logps, ref_rejected_logps = self._reference_logps(inputs)
         scores = self._policy_scores(model, inputs)
-        loss = self._preference_loss(scores, ref_chosen_logps, ref_rejected_logps, mode)
+        loss = self._preference_loss(scores, ref_chosen_logps, ref_rejected_logps, call.mode)
         if self.args.rpo_alpha is not None:
             loss = loss + self.args.rpo_alpha * scores.nll_loss
-        loss = loss + self._router_aux_loss(scores.aux_loss, mode)
+        loss = loss + self._router_aux_loss(scores.aux_loss, call.mode)
 
         beta = self.args.beta
         chosen_rewards = beta * (scores.chosen_logps - (0 if ref_chosen_logps is None else ref_chosen_logps)).detach()
         rejected_rewards = (
             beta * (scores.rejected_logps - (0 if ref_rejected_logps is None else ref_rejected_logps)).detach()
         )
-        self._log_pair_metrics(scores, chosen_rewards, rejected_rewards, mode)
+        self._log_pair_metrics(scores, chosen_rewards, rejected_rewards, call.mode)
         return loss, {"chosen_rewards": chosen_rewards, "rejected_rewards": rejected_rewards}
 
     def _preference_loss(

@@ -20,7 +20,7 @@ from datasets import Dataset, IterableDataset
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel, TrainingArguments
 
 from .base_config import _ReferenceFreePairedConfig
-from .base_trainer import BaseTrainer, TrainerInputs
+from .base_trainer import BaseTrainer, LossCall, TrainerInputs
 from .collators import DataCollatorForPreference
 from .data_preparation import _map_kwargs
 from .model_utils import accepts_logits_to_keep, get_tokenizer, load_trained_model
@@ -212,18 +212,11 @@ class _ReferenceFreePairedTrainer(PairedPreferenceTrainer):
         return dataset
 
     # --------------------------------------------------------------------------------------------------- loss
-    def _loss_and_outputs(
-        self,
-        model: torch.nn.Module,
-        inputs: dict[str, torch.Tensor],
-        mode: str,
-        num_items_in_batch: torch.Tensor | int | None,
-        return_outputs: bool,
-    ) -> tuple[torch.Tensor, Any]:
+    def _loss_and_outputs(self, model: torch.nn.Module, inputs: dict, call: LossCall) -> tuple[torch.Tensor, Any]:
         options = {"logits_to_keep": self._logits_to_keep_supported, "is_encoder_decoder": self.is_encoder_decoder}
         scores = paired_forward(model, inputs, **options)
-        loss, chosen_rewards, rejected_rewards = self._pair_loss(scores, mode)
-        loss = loss + router_aux_loss(self, scores.aux_loss, mode)
+        loss, chosen_rewards, rejected_rewards = self._pair_loss(scores, call.mode)
+        loss = loss + router_aux_loss(self, scores.aux_loss, call.mode)
         return loss, {"chosen_rewards": chosen_rewards, "rejected_rewards": rejected_rewards}
 
     def _pair_loss(self, scores: PairedScores, mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -38,7 +38,7 @@ from transformers.trainer_utils import number_of_arguments
 
 from ..data_utils import get_dataset_column_names, is_conversational
 from ..losses import token_classification_loss
-from .base_trainer import BaseTrainer, TrainerInputs
+from .base_trainer import BaseTrainer, LossCall, TrainerInputs
 from .data_preparation import _map_kwargs, first_example
 from .model_utils import (
     classification_peft_config,
@@ -297,23 +297,16 @@ class PRMTrainer(BaseTrainer):
         return rows
 
     # ------------------------------------------------------------------------------------------------- loss
-    def _loss_and_outputs(
-        self,
-        model: torch.nn.Module,
-        inputs: dict[str, torch.Tensor],
-        mode: str,
-        num_items_in_batch: torch.Tensor | int | None,
-        return_outputs: bool,
-    ) -> tuple[torch.Tensor, Any]:
+    def _loss_and_outputs(self, model: torch.nn.Module, inputs: dict, call: LossCall) -> tuple[torch.Tensor, Any]:
         labels_B_T = inputs["labels"]
         outputs = model(**{key: value for key, value in inputs.items() if key != "labels"})
         logits_B_T_C = outputs.logits
         assert logits_B_T_C.shape[:2] == labels_B_T.shape, "token logits and labels are misaligned"
-        loss, metrics = token_classification_loss(logits_B_T_C, labels_B_T, num_items_in_batch)
-        loss = self.normalized_loss(loss, num_items_in_batch)
+        loss, metrics = token_classification_loss(logits_B_T_C, labels_B_T, call.num_items_in_batch)
+        loss = self.normalized_loss(loss, call.num_items_in_batch)
         # In evaluation, `compute_metrics` (token accuracy over the whole set by default) reports the accuracy.
-        if mode == "train" or self.compute_metrics is None:
-            self._log_accuracy(metrics, mode)
+        if call.mode == "train" or self.compute_metrics is None:
+            self._log_accuracy(metrics, call.mode)
         return loss, outputs
 
     @torch.no_grad()

@@ -20,7 +20,7 @@ from datasets import Dataset, IterableDataset
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 
 from ..losses import bradley_terry_loss
-from .base_trainer import BaseTrainer
+from .base_trainer import BaseTrainer, LossCall
 from .collators import DataCollatorForRewardPreference
 from .model_utils import (
     classification_head_name,
@@ -146,21 +146,14 @@ class RewardTrainer(BaseTrainer):
         return rows
 
     # --------------------------------------------------------------------------------------------------- loss
-    def _loss_and_outputs(
-        self,
-        model: torch.nn.Module,
-        inputs: dict[str, torch.Tensor],
-        mode: str,
-        num_items_in_batch: torch.Tensor | int | None,
-        return_outputs: bool,
-    ) -> tuple[torch.Tensor, Any]:
+    def _loss_and_outputs(self, model: torch.nn.Module, inputs: dict, call: LossCall) -> tuple[torch.Tensor, Any]:
         rewards_R = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits.squeeze(-1)
         half = rewards_R.shape[0] // 2
         chosen_rewards, rejected_rewards = rewards_R[:half], rewards_R[half:]
         loss, _ = bradley_terry_loss(
             chosen_rewards, rejected_rewards, inputs.get("margin"), self.args.center_rewards_coefficient
         )
-        self._log_metrics(inputs, chosen_rewards.detach(), rejected_rewards.detach(), mode)
+        self._log_metrics(inputs, chosen_rewards.detach(), rejected_rewards.detach(), call.mode)
         return loss, {"chosen_rewards": chosen_rewards.detach(), "rejected_rewards": rejected_rewards.detach()}
 
     @torch.no_grad()

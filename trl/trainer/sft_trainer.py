@@ -25,7 +25,7 @@ from ..chat_template_utils import get_training_chat_template
 from ..data_utils import get_dataset_column_names, is_conversational
 from ..kernels import TokenLogps, token_logps
 from ..losses import supervised_loss
-from .base_trainer import BaseTrainer, TrainerInputs
+from .base_trainer import BaseTrainer, LossCall, TrainerInputs
 from .collators import DataCollatorForLanguageModeling
 from .data_preparation import (
     apply_formatting_func,
@@ -282,16 +282,9 @@ class SFTTrainer(BaseTrainer):
             self._signature_columns = list(_SFT_COLUMNS)
 
     # ------------------------------------------------------------------ loss
-    def _loss_and_outputs(
-        self,
-        model: torch.nn.Module,
-        inputs: dict[str, torch.Tensor],
-        mode: str,
-        num_items_in_batch: torch.Tensor | int | None,
-        return_outputs: bool,
-    ) -> tuple[torch.Tensor, Any]:
+    def _loss_and_outputs(self, model: torch.nn.Module, inputs: dict, call: LossCall) -> tuple[torch.Tensor, Any]:
         if self.compute_loss_func is not None or self.label_smoother is not None:
-            return super()._loss_and_outputs(model, inputs, mode, num_items_in_batch, return_outputs)
+            return super()._loss_and_outputs(model, inputs, call)
 
         # The LM head runs only at the positions that predict a labelled token (every position when the caller wants
         # the outputs); prompt tuning's virtual tokens come first in the model's sequence and are never kept.
@@ -301,13 +294,13 @@ class SFTTrainer(BaseTrainer):
             return_entropy=True,
             return_top1=True,
             chunk_size=self._logps_chunk_size,
-            logits_to_keep=self._logits_to_keep_supported and not return_outputs,
+            logits_to_keep=self._logits_to_keep_supported and not call.return_outputs,
             num_virtual_tokens=self._num_virtual_tokens,
         )
-        loss = self.normalized_loss(supervised_loss(token.logps_N, self.args.loss_type, num_items_in_batch),
-                                    num_items_in_batch)  # fmt: skip
-        loss = loss + self.router_aux_loss(token.aux_loss, mode)
-        self._log_token_metrics(inputs, token, mode)
+        loss = self.normalized_loss(supervised_loss(token.logps_N, self.args.loss_type, call.num_items_in_batch),
+                                    call.num_items_in_batch)  # fmt: skip
+        loss = loss + self.router_aux_loss(token.aux_loss, call.mode)
+        self._log_token_metrics(inputs, token, call.mode)
         return loss, token.outputs
 
     @torch.no_grad()

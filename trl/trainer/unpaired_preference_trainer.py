@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from datasets import Dataset, IterableDataset
 
-from .base_trainer import BaseTrainer, TrainerInputs
+from .base_trainer import BaseTrainer, LossCall, TrainerInputs
 from .collators import DataCollatorForUnpairedPreference
 from .model_utils import accepts_logits_to_keep, get_tokenizer
 from .paired_forward import router_aux_loss
@@ -151,14 +151,7 @@ class UnpairedPreferenceTrainer(ReferenceModelMixin, BaseTrainer):
         return dataset
 
     # -------------------------------------------------------------------------------------------------- loss
-    def _loss_and_outputs(
-        self,
-        model: torch.nn.Module,
-        inputs: dict[str, torch.Tensor],
-        mode: str,
-        num_items_in_batch: torch.Tensor | int | None,
-        return_outputs: bool,
-    ) -> tuple[torch.Tensor, Any]:
+    def _loss_and_outputs(self, model: torch.nn.Module, inputs: dict, call: LossCall) -> tuple[torch.Tensor, Any]:
         ref_logps, ref_kl_logps = self._reference_logps(inputs)
         scores = completion_scores(model, inputs, keep_logits=self._policy_keeps_logits)
         kl_logps = None
@@ -168,10 +161,12 @@ class UnpairedPreferenceTrainer(ReferenceModelMixin, BaseTrainer):
         labels_B = inputs["labels"].bool()
         assert scores.logps.shape == ref_logps.shape == labels_B.shape, "log-probs and labels are misaligned"
         logps = UnpairedLogps(scores.logps, ref_logps, kl_logps, ref_kl_logps, labels_B, inputs.get("udm_weights"))
-        loss = self._unpaired_loss(logps, mode)
-        loss = loss + router_aux_loss(self, scores.aux_loss, mode, getattr(self.args, "router_aux_loss_coef", None))
+        loss = self._unpaired_loss(logps, call.mode)
+        loss = loss + router_aux_loss(
+            self, scores.aux_loss, call.mode, getattr(self.args, "router_aux_loss_coef", None)
+        )
         rewards_B = self.args.beta * (scores.logps - ref_logps).detach()
-        self._log_unpaired_metrics(labels_B, rewards_B, scores, mode)
+        self._log_unpaired_metrics(labels_B, rewards_B, scores, call.mode)
         return loss, {"rewards": rewards_B}
 
     def _unpaired_loss(self, logps: UnpairedLogps, mode: str) -> torch.Tensor:
