@@ -80,12 +80,22 @@ def _scatter_rows(values: list[torch.Tensor], rows: torch.Tensor | None, num_row
 def softmax_statistics(
     logits_C_V: torch.Tensor, index_C: torch.Tensor, with_entropy: bool
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """`(log p(index), logsumexp, entropy or None)` of each row of already scaled logits."""
-    lse_C = logits_C_V.logsumexp(dim=-1)
-    logps_C = logits_C_V.gather(-1, index_C.unsqueeze(-1)).squeeze(-1) - lse_C
-    entropy_C = None
+    """`(log p(index), logsumexp, entropy or None)` of each row of already scaled logits.
+
+    With the entropy, one `exp` serves both: `e = exp(z - m)` (m the row maximum, set to 0 in rows whose maximum is
+    infinite, as `logsumexp` does) gives `lse = m + log sum(e)` and `H = lse - sum(e * z) / sum(e)`, with `e * z`
+    written over `e`: one block-sized temporary in all.
+    """
     if with_entropy:
-        entropy_C = lse_C - ((logits_C_V - lse_C.unsqueeze(-1)).exp() * logits_C_V).sum(dim=-1)
+        max_C = logits_C_V.amax(dim=-1)
+        max_C = max_C.masked_fill(max_C.isinf(), 0)
+        exp_C_V = torch.sub(logits_C_V, max_C.unsqueeze(-1)).exp_()
+        sum_C = exp_C_V.sum(dim=-1)
+        lse_C = sum_C.log().add_(max_C)
+        entropy_C = lse_C - exp_C_V.mul_(logits_C_V).sum(dim=-1).div_(sum_C)
+    else:
+        lse_C, entropy_C = logits_C_V.logsumexp(dim=-1), None
+    logps_C = logits_C_V.gather(-1, index_C.unsqueeze(-1)).squeeze(-1) - lse_C
     return logps_C, lse_C, entropy_C
 
 
@@ -96,12 +106,15 @@ def softmax_statistics_grad(
     grad_logps_C: torch.Tensor | None,
     grad_entropy_C: torch.Tensor | None = None,
     entropy_C: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Gradient with respect to the (scaled) logits of `sum(grad_logps * log p(index) + grad_entropy * H)`.
 
-    Works in two block-sized buffers; `logits_C_V` itself is left untouched (it may be a view of the caller's logits).
+    Works in two block-sized buffers (one without the entropy term), the first being `out` when given (a block of
+    the caller's gradient, of the logits' shape and dtype); `logits_C_V` itself is left untouched (it may be a view of
+    the caller's logits).
     """
-    logps_C_V = logits_C_V - lse_C.unsqueeze(-1)
+    logps_C_V = torch.sub(logits_C_V, lse_C.unsqueeze(-1), out=out)
     if grad_entropy_C is None:
         grad_C_V = logps_C_V.exp_().mul_(-grad_logps_C.unsqueeze(-1))
     else:
@@ -115,23 +128,31 @@ def softmax_statistics_grad(
 
 
 class _SelectiveLogSoftmaxFunction(torch.autograd.Function):
-    """Row-blocked log p(index) (and entropy) of `softmax(logits / temperature)` over the rows `rows` (all if None)."""
+    """Row-blocked log p(index) (and entropy) of `softmax(logits / temperature)` over the rows `rows` (all if None).
+
+    `entropy` is `None` (not computed), `"logged"` (computed in the same pass, not differentiable: no gradient flows
+    through it and backward never computes its term) or `"differentiable"`.
+    """
 
     @staticmethod
-    def forward(ctx, flat_logits, flat_index, rows, temperature, with_entropy):
+    def forward(ctx, flat_logits, flat_index, rows, temperature, entropy):
         num_rows = flat_logits.shape[0] if rows is None else rows.numel()
         logps, lses, entropies = [], [], []
         for start, end in _blocks(num_rows, flat_logits.shape[-1]):
             block = _scaled_block(flat_logits, rows, start, end, temperature)
             index_C = _block_index(flat_index, rows, start, end)
-            logps_C, lse_C, entropy_C = softmax_statistics(block, index_C, with_entropy)
+            logps_C, lse_C, entropy_C = softmax_statistics(block, index_C, entropy is not None)
             logps.append(logps_C)
             lses.append(lse_C)
             entropies.append(entropy_C)
         logps_N = _scatter_rows(logps, None, num_rows, flat_logits)
         lse_N = _scatter_rows(lses, None, num_rows, flat_logits)
-        entropy_N = _scatter_rows(entropies, None, num_rows, flat_logits) if with_entropy else lse_N.new_empty(0)
-        ctx.save_for_backward(flat_logits, flat_index, rows, lse_N, entropy_N)
+        entropy_N = _scatter_rows(entropies, None, num_rows, flat_logits) if entropy else lse_N.new_empty(0)
+        # Backward only needs the entropy for its gradient term.
+        saved_entropy_N = entropy_N if entropy == "differentiable" else lse_N.new_empty(0)
+        ctx.save_for_backward(flat_logits, flat_index, rows, lse_N, saved_entropy_N)
+        if entropy != "differentiable":
+            ctx.mark_non_differentiable(entropy_N)
         ctx.temperature = temperature
         ctx.set_materialize_grads(False)
         return logps_N, entropy_N
@@ -145,6 +166,8 @@ class _SelectiveLogSoftmaxFunction(torch.autograd.Function):
             return torch.zeros_like(flat_logits), None, None, None, None
         # Every row is written below unless only some rows were selected.
         grad_logits = torch.empty_like(flat_logits) if rows is None else torch.zeros_like(flat_logits)
+        # Blocks of all rows computed in the logits' dtype are written in place, without a copy.
+        in_place = rows is None and compute_dtype(flat_logits.dtype) == flat_logits.dtype
         temperature = ctx.temperature
         for start, end in _blocks(lse_N.shape[0], flat_logits.shape[-1]):
             block = _scaled_block(flat_logits, rows, start, end, temperature)
@@ -155,13 +178,14 @@ class _SelectiveLogSoftmaxFunction(torch.autograd.Function):
                 None if grad_logps_N is None else grad_logps_N[start:end],
                 None if grad_entropy_N is None else grad_entropy_N[start:end],
                 None if grad_entropy_N is None else entropy_N[start:end],
+                out=grad_logits[start:end] if in_place else None,
             )
             if temperature != 1.0:
                 grad_block.div_(temperature)
-            if rows is None:
-                grad_logits[start:end] = grad_block
-            else:
+            if rows is not None:
                 grad_logits.index_copy_(0, rows[start:end], grad_block.to(grad_logits.dtype))
+            elif not in_place:
+                grad_logits[start:end] = grad_block
         return grad_logits, None, None, None, None
 
 
@@ -203,7 +227,7 @@ def selective_log_softmax(
     _check_temperature(temperature)
     flat_logits, flat_index = _flatten(logits, index)
     rows = _selected_rows(row_mask, index.shape, logits.device)
-    logps, _ = _SelectiveLogSoftmaxFunction.apply(flat_logits, flat_index, rows, temperature, False)
+    logps, _ = _SelectiveLogSoftmaxFunction.apply(flat_logits, flat_index, rows, temperature, None)
     return _to_positions(logps, rows, flat_logits.shape[0], index.shape)
 
 
@@ -273,8 +297,7 @@ def selective_log_softmax_and_entropy(
     _check_temperature(temperature)
     flat_logits, flat_index = _flatten(logits, index)
     rows = _selected_rows(row_mask, index.shape, logits.device)
-    logps, entropy = _SelectiveLogSoftmaxFunction.apply(flat_logits, flat_index, rows, temperature, True)
-    if not entropy_requires_grad:
-        entropy = entropy.detach()
+    entropy_kind = "differentiable" if entropy_requires_grad else "logged"
+    logps, entropy = _SelectiveLogSoftmaxFunction.apply(flat_logits, flat_index, rows, temperature, entropy_kind)
     num_rows = flat_logits.shape[0]
     return _to_positions(logps, rows, num_rows, index.shape), _to_positions(entropy, rows, num_rows, index.shape)
