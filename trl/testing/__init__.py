@@ -15,6 +15,18 @@ from .tiny_models import (
     get_tiny_model_path,
 )
 from .tiny_tokenizer import TINY_TEMPLATES, build_tiny_tokenizer, get_tiny_tokenizer_path, read_chat_template
+from .tiny_vlms import (
+    VISION_DATASET_CONFIGS,
+    VLM_ARCHITECTURES,
+    build_tiny_vision_dataset,
+    build_tiny_vlm,
+    build_tiny_vlm_processor,
+    build_tiny_vlm_tokenizer,
+    get_tiny_vlm_path,
+    load_tiny_vlm,
+    load_tiny_vlm_processor,
+    make_tiny_image,
+)
 
 
 __all__ = [
@@ -24,12 +36,22 @@ __all__ = [
     "TINY_ARCHITECTURES",
     "TINY_TEMPLATES",
     "TOKEN_CLASSIFICATION_ARCHITECTURES",
+    "VISION_DATASET_CONFIGS",
+    "VLM_ARCHITECTURES",
     "build_tiny_model",
     "build_tiny_tokenizer",
+    "build_tiny_vision_dataset",
+    "build_tiny_vlm",
+    "build_tiny_vlm_processor",
+    "build_tiny_vlm_tokenizer",
     "get_cache_dir",
     "get_dataset_path",
     "get_tiny_model_path",
     "get_tiny_tokenizer_path",
+    "get_tiny_vlm_path",
     "load_test_dataset",
+    "load_tiny_vlm",
+    "load_tiny_vlm_processor",
+    "make_tiny_image",
     "read_chat_template",
 ]
