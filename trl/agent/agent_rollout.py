@@ -1,0 +1,285 @@
+"""What the online trainers' rollout asks of agent training: tools, environments or a user `rollout_func`.
+
+[`AgentRollout`] is the one object the [`~trl.trainer.rollout_engine.Rollout`] talks to when a trainer is given
+`tools`, `environment_factory` or `rollout_func`:
+
+1. `prepare(rows)`: environments are reset (their text joins the prompt) and the tool schemas go into each row's
+   `tools` column, which the chat template renders.
+2. `generate(rows, prompt_ids, num_generations, generate_fn)`: the tool loop ([`~trl.agent.run_tool_loop`]), or the
+   user's `rollout_func`, in place of one plain generation. It returns an [`AgentOutput`]: the completion ids, the
+   `tool_mask` (1 on the model's tokens), the completions as messages, the extra reward-function columns
+   (`environments`, the `rollout_func`'s own fields) and which rollouts failed.
+3. `fail_rows(rewards_B_F, failed_B)`: failed rollouts get no reward (NaN), hence a zero advantage; their
+   `tool_mask` is all zeros, so they are not trained.
+4. `log(log_metric, mode, gather)`: `tools/call_frequency` (calls per completion), `tools/failure_frequency`
+   (failed calls per call), `tools/malformed_frequency` (unparsable calls per completion),
+   `tools/mean_iterations` and `environments/failed_rollouts` (a count per generation batch).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..data_utils import is_conversational
+from ..import_utils import TRLExperimentalWarning
+from .environments import EnvironmentPool, environment_tools
+from .multi_turn import run_tool_loop
+from .tool_calls import tool_name, tool_schemas
+from .tool_runner import ToolRunner
+
+
+__all__ = ["AgentOutput", "AgentRollout", "validate_rollout_output"]
+
+_WARNED: set[str] = set()
+
+
+def warn_experimental(feature: str) -> None:
+    """Warn once per process that an agent feature is experimental (as the reference does)."""
+    if feature not in _WARNED:
+        _WARNED.add(feature)
+        warnings.warn(
+            f"`{feature}` is experimental: its interface may change in a later version of trl.",
+            TRLExperimentalWarning,
+            stacklevel=3,
+        )
+
+
+@dataclass
+class AgentOutput:
+    """The completions of one generation batch (this process's rows)."""
+
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    truncated: list[bool]
+    sampler_logps: list[list[float]] | None
+    tool_mask: list[list[int]] | None = None
+    completions: list[Any] | None = None
+    reward_columns: dict[str, list] = field(default_factory=dict)
+
+
+def validate_rollout_output(output: Any, num_prompts: int, max_completion_length: int) -> dict[str, list]:
+    """Check what a `rollout_func` returned: a dict with `prompt_ids` and `completion_ids` (one list of token ids
+    per prompt), optional `logprobs` and `tool_mask` aligned with `completion_ids`, and extra fields (one value
+    per prompt) passed on to the reward functions. Completions longer than `max_completion_length` are cut."""
+    if not isinstance(output, dict):
+        raise ValueError(
+            f"rollout_func must return a dict with 'prompt_ids', 'completion_ids' and optionally 'logprobs', got "
+            f"{type(output).__name__}."
+        )
+    for key in ("prompt_ids", "completion_ids"):
+        if key not in output:
+            raise ValueError(f"rollout_func's output has no {key!r}; it returned the keys {sorted(output)}.")
+    for key, values in output.items():
+        if not isinstance(values, (list, tuple)) or len(values) != num_prompts:
+            count = len(values) if isinstance(values, (list, tuple)) else type(values).__name__
+            raise ValueError(
+                f"rollout_func's {key!r} must hold one entry per prompt ({num_prompts}), got {count}. It receives "
+                "each prompt as many times as it has completions (num_generations in a row) and returns one "
+                "completion per prompt it received."
+            )
+    checked = {key: list(values) for key, values in output.items()}
+    for key in ("prompt_ids", "completion_ids"):
+        for index, ids in enumerate(checked[key]):
+            if not isinstance(ids, (list, tuple)) or not all(isinstance(token, int) for token in ids):
+                raise ValueError(f"rollout_func's {key}[{index}] must be a list of token ids (ints), got {ids!r}.")
+    for key in ("logprobs", "tool_mask"):
+        for index, values in enumerate(checked.get(key) or []):
+            if values is None or len(values) != len(checked["completion_ids"][index]):
+                raise ValueError(
+                    f"rollout_func's {key}[{index}] must have one value per completion token "
+                    f"({len(checked['completion_ids'][index])}), got {None if values is None else len(values)}."
+                )
+    for key in ("completion_ids", "logprobs", "tool_mask"):
+        if key in checked:
+            checked[key] = [list(values)[:max_completion_length] for values in checked[key]]
+    return checked
+
+
+class AgentRollout:
+    """Tools, environments or a `rollout_func` for the rollout of an online trainer.
+
+    Args:
+        args (`GRPOConfig`-like):
+            Reads `max_tool_calling_iterations`, `max_completion_length` and `chat_template_kwargs`.
+        processing_class:
+            The tokenizer or processor (renders the tool turns, parses the calls).
+        tools (`list[Callable]` or `None`, *optional*, defaults to `None`):
+            Sync or async functions with type hints and a docstring.
+        environment_factory (`Callable`, `dict[str, Callable]` or `None`, *optional*, defaults to `None`):
+            See [`~trl.agent.EnvironmentPool`].
+        rollout_func (`Callable` or `None`, *optional*, defaults to `None`):
+            `rollout_func(prompts, trainer) -> dict` (see [`validate_rollout_output`]); it replaces generation.
+        trainer (*optional*):
+            Passed to `rollout_func`.
+    """
+
+    def __init__(
+        self,
+        args: Any,
+        processing_class: Any,
+        tools: list[Callable] | None = None,
+        environment_factory: Any = None,
+        rollout_func: Callable | None = None,
+        trainer: Any = None,
+    ):
+        if rollout_func is not None and (tools or environment_factory is not None):
+            raise ValueError(
+                "rollout_func replaces generation, so it cannot be combined with tools or environment_factory: "
+                "run the tools inside your rollout_func, or drop rollout_func."
+            )
+        if rollout_func is not None and not callable(rollout_func):
+            raise ValueError("rollout_func must be a callable `rollout_func(prompts, trainer) -> dict`.")
+        if tools is not None and (not isinstance(tools, (list, tuple)) or not all(callable(t) for t in tools)):
+            raise ValueError(
+                "tools must be a list of Python functions (sync or async) with type hints and docstrings."
+            )
+        for feature, value in (("tools", tools), ("environment_factory", environment_factory)):
+            if value:
+                warn_experimental(feature)
+        if rollout_func is not None:
+            warn_experimental("rollout_func")
+        self.args, self.processing_class, self.trainer = args, processing_class, trainer
+        self.tools = list(tools or [])
+        self.schemas = tool_schemas(self.tools)
+        self.runner = ToolRunner(self.tools)
+        self.environments = EnvironmentPool(environment_factory) if environment_factory is not None else None
+        if self.environments is not None:
+            clashes = {tool_name(tool) for tool in self.tools} & {
+                schema["function"]["name"] for schemas in self.environments.schemas.values() for schema in schemas
+            }
+            if clashes:
+                raise ValueError(f"Tools and environment methods share the names {sorted(clashes)}: rename them.")
+        self.rollout_func = rollout_func
+        self._stats: dict[str, float] = {}
+        self._environments: list[Any] | None = None
+
+    @property
+    def uses_tools(self) -> bool:
+        return bool(self.tools) or self.environments is not None
+
+    def reward_functions(self) -> list[Callable]:
+        """Extra reward functions: `get_reward()` of the environments that define it (weight 1 each)."""
+        if self.environments is None:
+            return []
+        return [self.environments.reward_function(name) for name in self.environments.reward_names()]
+
+    # ----------------------------------------------------------------------------------------------- rollout
+    def prepare(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The rows to render: environments reset (their text in the prompt), the tool schemas in `tools`. The
+        batch's environments are kept for `generate` and the rewards."""
+        self._environments = None
+        if not self.uses_tools:
+            return rows
+        if self.environments is not None:
+            rows, self._environments = self.environments.start(rows)
+        prepared = []
+        for row in rows:
+            if not is_conversational({"prompt": row.get("prompt")}):
+                raise ValueError(
+                    "Tool calling needs conversational prompts (a list of {'role', 'content'} messages), got "
+                    f"{row.get('prompt')!r}. Convert the prompts, e.g. [{{'role': 'user', 'content': prompt}}]."
+                )
+            prepared.append({**row, "tools": [*(row.get("tools") or []), *self.schemas]})
+        return prepared
+
+    def generate(
+        self,
+        rows: list[dict[str, Any]],
+        prompt_ids: list[list[int]],
+        num_generations: int,
+        generate_fn: Callable,
+        eos_token_ids: list[int],
+    ) -> AgentOutput:
+        """The completions of `rows` (already `prepare`d and tokenized into `prompt_ids`).
+
+        `generate_fn(prompt_ids, num_generations, max_tokens) -> (completion_ids, truncated, sampler_logps)`
+        samples plain completions (the rollout's backend, on its random stream)."""
+        if self.rollout_func is not None:
+            return self._user_rollout(rows, eos_token_ids)
+        environments = self._environments
+        tools = None
+        if environments is not None:
+            own = {tool_name(tool): tool for tool in self.tools}
+            tools = [{**own, **{tool_name(t): t for t in environment_tools(env)}} for env in environments]
+        result = run_tool_loop(
+            self.processing_class,
+            [row["prompt"] for row in rows],
+            prompt_ids,
+            generate_fn,
+            self.runner,
+            num_generations=num_generations,
+            max_completion_length=self.args.max_completion_length,
+            max_iterations=self.args.max_tool_calling_iterations,
+            eos_token_ids=eos_token_ids,
+            tools_per_rollout=tools,
+            schemas_per_rollout=[row["tools"] for row in rows],
+            chat_template_kwargs=self.args.chat_template_kwargs,
+        )
+        self._stats = {
+            "tools/call_frequency": result.tool_calls / max(len(rows), 1),
+            "tools/failure_frequency": result.tool_failures / result.tool_calls if result.tool_calls else 0.0,
+            "tools/malformed_frequency": result.malformed / max(len(rows), 1),
+            "tools/mean_iterations": sum(result.iterations) / max(len(rows), 1),
+        }
+        columns = {"environments": environments} if environments is not None else {}
+        return AgentOutput(
+            list(prompt_ids),
+            result.completion_ids,
+            result.truncated,
+            result.sampler_logps,
+            result.tool_mask,
+            result.completions,
+            columns,
+        )
+
+    def failed_rows(self, count: int) -> list[bool]:
+        """Which rollouts of the batch failed (an environment raised in `reset()` or `get_reward()`); call after
+        scoring."""
+        if self.environments is None or self._environments is None:
+            return [False] * count
+        return self.environments.failed_rows(self._environments)
+
+    def _user_rollout(self, rows: list[dict[str, Any]], eos_token_ids: list[int]) -> AgentOutput:
+        prompts = [row["prompt"] for row in rows]
+        output = validate_rollout_output(
+            self.rollout_func(prompts, self.trainer), len(prompts), self.args.max_completion_length
+        )
+        completion_ids = output.pop("completion_ids")
+        eos = set(eos_token_ids)
+        truncated = [not ids or ids[-1] not in eos for ids in completion_ids]
+        extra = {key: value for key, value in output.items() if key not in ("prompt_ids", "logprobs", "tool_mask")}
+        return AgentOutput(
+            output["prompt_ids"],
+            completion_ids,
+            truncated,
+            output.get("logprobs"),
+            output.get("tool_mask"),
+            None,
+            extra,
+        )
+
+    # ------------------------------------------------------------------------------------------- afterwards
+    @staticmethod
+    def fail_rows(rewards_B_F: torch.Tensor, failed_B: torch.Tensor) -> torch.Tensor:
+        """Rewards with the rows of failed rollouts set to NaN (no function scores them: zero advantage)."""
+        if failed_B.any():
+            rewards_B_F = rewards_B_F.clone()
+            rewards_B_F[failed_B] = float("nan")
+        return rewards_B_F
+
+    def log(self, log_metric: Callable, mode: str, failed_count: int) -> None:
+        """Log the batch's tool metrics (means of this process) and the failed rollouts (all processes)."""
+        for name, value in self._stats.items():
+            log_metric(name, value, mode)
+        if self.environments is not None:
+            log_metric("environments/failed_rollouts", failed_count, mode)
+        self._stats = {}
+
+    def close(self) -> None:
+        if self.environments is not None:
+            self.environments.close()
