@@ -98,11 +98,28 @@ def test_every_training_command_has_grouped_help(command, tmp_path, monkeypatch)
     assert f"usage: trl {command.name} " in text and "--output_dir" in text
 
 
-def test_help_is_cached_and_then_imports_no_torch(tmp_path, monkeypatch):
+def test_help_without_a_current_table_entry_is_cached(tmp_path, monkeypatch):
+    from trl.scripts import help as help_module
+
     monkeypatch.setenv("TRL_CLI_CACHE", str(tmp_path))
-    first = command_help("dpo", "trl.scripts.dpo")  # builds the cache entry
+    monkeypatch.setattr(help_module, "_load_table", lambda: {})  # as if the table were stale
+    first = command_help("dpo", "trl.scripts.dpo")  # builds the parser, writes the cache entry
     assert "DPOConfig: the method's own options" in first and "--beta" in first
     assert len(list(tmp_path.glob("dpo-short-*.txt"))) == 1
+
+    def no_import(name):
+        raise AssertionError(f"imported {name} although the help was cached")
+
+    monkeypatch.setattr(help_module.importlib, "import_module", no_import)
+    assert command_help("dpo", "trl.scripts.dpo") == first
+
+
+def test_uncached_help_renders_from_the_table_without_torch(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRL_CLI_CACHE", str(tmp_path))
+    monkeypatch.setenv("COLUMNS", "120")
+    from trl.scripts.dpo import make_parser
+
+    expected = format_grouped_help(make_parser(prog="trl dpo"))
     code = (
         "import sys\nfrom trl.cli import main\n"
         "try:\n    main(['dpo', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
@@ -110,7 +127,8 @@ def test_help_is_cached_and_then_imports_no_torch(tmp_path, monkeypatch):
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.startswith(first) and "IMPORTED False False" in run.stdout
+    assert run.stdout.startswith(expected) and "IMPORTED False False" in run.stdout
+    assert list(tmp_path.iterdir()) == []  # nothing to cache: the table answered
 
 
 # ---------------------------------------------------------------------------------------------- --dataset_name

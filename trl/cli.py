@@ -9,8 +9,9 @@ profile shipped in `trl/accelerate_configs/` or a config file), or an accelerate
 `accelerate config`. Other commands (`env`, `vllm-serve`) always run in this process.
 
 `trl <command> --help` prints the arguments grouped (the script's, the method's own config fields, the model's,
-the most used training arguments) and `--help-all` every inherited training argument too; both are cached on disk
-after the first call, so they do not import torch again (`trl/scripts/help.py`).
+the most used training arguments) and `--help-all` every inherited training argument too; both render from a table
+of the parsers' arguments without importing torch, or from a disk cache when the table is out of date
+(`trl/scripts/help.py`).
 
 Adding a command is one entry in `COMMANDS`: a training script module exposes
 `make_parser(subparsers=None, prog=None)` and `main(script_args, training_args, model_args, dataset_args)`; an

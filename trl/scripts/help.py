@@ -1,10 +1,15 @@
-"""`trl <command> --help`: the arguments of a training command in groups, cached on disk so it answers fast.
+"""`trl <command> --help`: the arguments of a training command in groups, rendered without importing torch.
 
-Building a training parser imports `transformers.TrainingArguments`, hence torch (several seconds). The help text
-only changes with the trl sources and the installed transformers / peft / accelerate, so the first call writes it to
-`$XDG_CACHE_HOME/trl/cli/` (`~/.cache/trl/cli/`; the `TRL_CLI_CACHE` environment variable picks another folder) under
-a key made of those versions, the modification times of the trl files the text comes from (the scripts, the CLI and
-every `*config*.py` module) and the terminal width; later calls print the file without importing transformers.
+Building a training parser imports `transformers.TrainingArguments`, hence torch (several seconds). The help text is
+rendered instead from `help_table.json` next to this file: every training command's arguments (option strings,
+metavar, choices and help text with its default), written by `python -m trl.scripts.help --write-table` from the real
+parsers. An entry is used only while it is current: the installed transformers and torch are those it was written
+with and the trl files its parser is built from (the script, the parser, the config and argument dataclasses) hash to
+the recorded digests; `tests/test_cli_help_table.py` fails when the committed table is out of date.
+
+Otherwise the parser is built and the text is cached in `$XDG_CACHE_HOME/trl/cli/` (`~/.cache/trl/cli/`; the
+`TRL_CLI_CACHE` environment variable picks another folder) under a key made of the package versions, the
+modification times of the trl files the text comes from and the terminal width; later calls print the file.
 
 Groups, in order: the script's arguments (dataset and command options), the method's own config fields (those of
 `<Method>Config` that `TrainingArguments` lacks), the model options (`ModelConfig`), then the inherited
@@ -21,6 +26,7 @@ import json
 import os
 import shutil
 import tempfile
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
@@ -28,6 +34,9 @@ from pathlib import Path
 CACHE_ENV = "TRL_CLI_CACHE"
 _TRL_DIR = Path(__file__).resolve().parent.parent
 _FORMAT_VERSION = 1
+TABLE_PATH = Path(__file__).with_name("help_table.json")
+# The installed packages whose versions the parsers of the table depend on.
+_TABLE_PACKAGES = ("transformers", "torch")
 
 # The inherited `TrainingArguments` shown by `--help` (in this order, those the config has); `--help-all` shows all.
 COMMON_TRAINING_ARGUMENTS = (
@@ -120,6 +129,9 @@ def command_help(command: str, module_name: str, everything: bool = False) -> st
         everything (`bool`, *optional*, defaults to `False`):
             List every inherited training argument (`--help-all`).
     """
+    text = help_from_table(command, everything)
+    if text is not None:
+        return text
     path = cache_dir() / f"{command}-{'all' if everything else 'short'}-{cache_key(command, everything)}.txt"
     try:
         return path.read_text()
@@ -151,6 +163,11 @@ def argument_groups(parser, everything: bool = False) -> list[tuple[str, list[ar
         everything (`bool`, *optional*, defaults to `False`):
             Keep every inherited training argument, not only [`COMMON_TRAINING_ARGUMENTS`].
     """
+    return _titled_groups(*_owned_actions(parser), everything)
+
+
+def _owned_actions(parser) -> tuple[list[str], dict[str, list[argparse.Action]]]:
+    """The names of the script, config and model classes, and every action of the parser under its group."""
     from transformers import TrainingArguments
 
     script_class, config_class, model_class, *others = parser.dataclass_types
@@ -167,20 +184,28 @@ def argument_groups(parser, everything: bool = False) -> list[tuple[str, list[ar
         if isinstance(action, argparse._HelpAction) or action.dest not in owner:
             continue
         groups[owner[action.dest]].append(action)
+    return [script_class.__name__, config_class.__name__, model_class.__name__], groups
+
+
+def _titled_groups(
+    class_names: list[str], groups: dict[str, list[argparse.Action]], everything: bool
+) -> list[tuple[str, list[argparse.Action]]]:
+    script_name, config_name, model_name = class_names
+    inherited = groups["inherited"]
     hidden = 0
     if not everything:
         order = {name: index for index, name in enumerate(COMMON_TRAINING_ARGUMENTS)}
-        shown = [action for action in groups["inherited"] if action.dest in order]
-        hidden = len({action.dest for action in groups["inherited"]}) - len({action.dest for action in shown})
-        groups["inherited"] = sorted(shown, key=lambda action: order[action.dest])
+        shown = [action for action in inherited if action.dest in order]
+        hidden = len({action.dest for action in inherited}) - len({action.dest for action in shown})
+        inherited = sorted(shown, key=lambda action: order[action.dest])
     inherited_title = "training arguments inherited from transformers.TrainingArguments"
     if hidden:
         inherited_title += f" (the most used; {hidden} more with --help-all)"
     return [
-        (f"script arguments ({script_class.__name__}; `datasets:` mixtures in the YAML config)", groups["script"]),
-        (f"{config_class.__name__}: the method's own options", groups["config"]),
-        (f"model options ({model_class.__name__})", groups["model"]),
-        (inherited_title, groups["inherited"]),
+        (f"script arguments ({script_name}; `datasets:` mixtures in the YAML config)", groups["script"]),
+        (f"{config_name}: the method's own options", groups["config"]),
+        (f"model options ({model_name})", groups["model"]),
+        (inherited_title, inherited),
     ]
 
 
@@ -216,13 +241,129 @@ def format_grouped_help(parser, everything: bool = False) -> str:
         everything (`bool`, *optional*, defaults to `False`):
             List every inherited training argument.
     """
-    formatter = _Formatter(parser.prog, width=_width(), max_help_position=32)
+    return _render(parser.prog, parser.description, argument_groups(parser, everything))
+
+
+def _render(prog: str, description: str, groups: list[tuple[str, list[argparse.Action]]]) -> str:
+    formatter = _Formatter(prog, width=_width(), max_help_position=32)
     formatter.add_usage(
-        f"{parser.prog} [--config CONFIG.yaml] [options]  (-h: this help, --help-all: every argument)", None, []
+        f"{prog} [--config CONFIG.yaml] [options]  (-h: this help, --help-all: every argument)", None, []
     )
-    formatter.add_text(parser.description)
-    for title, actions in argument_groups(parser, everything):
+    formatter.add_text(description)
+    for title, actions in groups:
         formatter.start_section(title)
         formatter.add_arguments(actions)
         formatter.end_section()
     return formatter.format_help().rstrip() + "\n\n" + LAUNCH_NOTE
+
+
+# ---------------------------------------------------------------------------------------------- the help table
+def help_from_table(command: str, everything: bool = False) -> str | None:
+    """
+    The help of `command` rendered from `help_table.json`, or `None` when the table has no current entry for it.
+
+    Args:
+        command (`str`):
+            The command name, e.g. `"sft"`.
+        everything (`bool`, *optional*, defaults to `False`):
+            List every inherited training argument (`--help-all`).
+    """
+    table = _load_table()
+    entry = table.get("commands", {}).get(command)
+    if entry is None or table.get("format") != _FORMAT_VERSION or table.get("versions") != _installed_versions():
+        return None
+    if entry["sources"] != {path: _digest(path) for path in entry["sources"]}:
+        return None
+    records = table["actions"]
+    groups = {
+        name: [_action_from_record(records[index]) for index in indices] for name, indices in entry["groups"].items()
+    }
+    return _render(f"trl {command}", entry["description"], _titled_groups(entry["classes"], groups, everything))
+
+
+@lru_cache
+def _load_table() -> dict:
+    try:
+        return json.loads(TABLE_PATH.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _installed_versions() -> dict[str, str]:
+    return {name: _version(name) for name in _TABLE_PACKAGES}
+
+
+def _digest(relative_path: str) -> str | None:
+    try:
+        return hashlib.sha256((_TRL_DIR / relative_path).read_bytes()).hexdigest()[:16]
+    except OSError:
+        return None
+
+
+def _action_record(action: argparse.Action, prog: str) -> list:
+    """What the formatter reads of an action; the help text is expanded (default included) and `%`-escaped."""
+    text = action.help
+    if text and text.strip():
+        text = _Formatter(prog)._expand_help(action).replace("%", "%%")
+    choices = None if action.choices is None else [str(choice) for choice in action.choices]
+    return [action.option_strings, action.dest, action.nargs, action.metavar, choices, text]
+
+
+def _action_from_record(record: list) -> argparse.Action:
+    option_strings, dest, nargs, metavar, choices, text = record
+    return argparse.Action(option_strings, dest, nargs=nargs, choices=choices, help=text, metavar=metavar)
+
+
+def _parser_sources(parser, module_name: str) -> list[str]:
+    """The trl files a training parser is built from, relative to the package: the script, the parser modules and
+    every trl class in the MRO of its dataclasses."""
+    import inspect
+
+    here = Path(__file__).parent
+    files = {importlib.import_module(module_name).__file__, here / "parser.py", here / "training_script.py"}
+    for dataclass_type in parser.dataclass_types:
+        files.update(inspect.getsourcefile(cls) for cls in dataclass_type.__mro__ if cls.__module__.startswith("trl."))
+    return sorted(str(Path(file).resolve().relative_to(_TRL_DIR)) for file in files)
+
+
+def build_table() -> dict:
+    """The help table of every training command of `trl.cli.COMMANDS`, built from their real parsers."""
+    from ..cli import COMMANDS
+
+    records: list[list] = []
+    index_of: dict[str, int] = {}
+    commands = {}
+    for command in (command for command in COMMANDS if command.training):
+        parser = importlib.import_module(command.module).make_parser(prog=f"trl {command.name}")
+        class_names, groups = _owned_actions(parser)
+        indices = {}
+        for name, actions in groups.items():
+            indices[name] = []
+            for record in (_action_record(action, parser.prog) for action in actions):
+                key = json.dumps(record)
+                indices[name].append(index_of.setdefault(key, len(records)))
+                if index_of[key] == len(records):
+                    records.append(record)
+        sources = {path: _digest(path) for path in _parser_sources(parser, command.module)}
+        commands[command.name] = {
+            "description": parser.description,
+            "classes": class_names,
+            "sources": sources,
+            "groups": indices,
+        }
+    return {"format": _FORMAT_VERSION, "versions": _installed_versions(), "commands": commands, "actions": records}
+
+
+def write_table(path: Path = TABLE_PATH) -> None:
+    """Write [`build_table`] to `path` (`help_table.json` next to this module)."""
+    path.write_text(json.dumps(build_table(), indent=0, sort_keys=True) + "\n")
+    _load_table.cache_clear()
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--write-table"]:
+        raise SystemExit("usage: python -m trl.scripts.help --write-table")
+    write_table()
+    print(f"wrote {TABLE_PATH}")
