@@ -27,7 +27,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, TrainingArguments
 
 from ..losses import (
     LOSS_AGGREGATIONS,
@@ -41,8 +40,7 @@ from ..losses import (
 from ..losses.policy import sampler_correction_weights
 from .base_trainer import TrainerInputs
 from .grpo_config import GRPOConfig
-from .model_utils import model_name_of, to_config
-from .rollout import OnlineTrainer, RewardFunc, RolloutBatch
+from .rollout import OnlineTrainer, RolloutBatch
 
 
 class GRPOTrainer(OnlineTrainer):
@@ -78,6 +76,7 @@ class GRPOTrainer(OnlineTrainer):
     """
 
     _config_class = GRPOConfig
+    _running_state = {"entropy_coef": "_entropy_coef"}  # saved in checkpoints (see `OnlineTrainer`)
     _tag_names = ["trl", "grpo"]
     _name = "GRPO"
     _paper = {
@@ -91,47 +90,17 @@ class GRPOTrainer(OnlineTrainer):
         ),
     }
 
-    def __init__(
-        self,
-        model: str | PreTrainedModel,
-        reward_funcs: RewardFunc | list[RewardFunc] | None = None,
-        args: GRPOConfig | TrainingArguments | None = None,
-        train_dataset: Any = None,
-        eval_dataset: Any = None,
-        processing_class: Any = None,
-        reward_processing_classes: Any = None,
-        callbacks: list | None = None,
-        optimizers: tuple = (None, None),
-        quantization_config: Any = None,
-        peft_config: Any = None,
-        tools: list | None = None,
-        rollout_func: Any = None,
-        environment_factory: Any = None,
-    ):
-        args = to_config(args, GRPOConfig, model_name_of(model), self._name)
-        _reject_agent_features(args, tools, rollout_func, environment_factory)
-        if reward_funcs is None:
-            raise ValueError("GRPOTrainer needs reward_funcs: reward functions, reward models or reward model ids.")
-        self._entropy_coef = args.entropy_coef
-        self._step_entropies: list[float] = []
-        super().__init__(
-            model,
-            reward_funcs,
-            args,
-            train_dataset,
-            eval_dataset,
-            processing_class,
-            reward_processing_classes,
-            callbacks,
-            optimizers,
-            quantization_config,
-            peft_config,
-        )
-
     def _resolve_options(self, model: Any, processing_class: Any, args: GRPOConfig, inputs: TrainerInputs) -> None:
         super()._resolve_options(model, processing_class, args, inputs)
         # The options of every `policy_loss` call, read once from the config (loss type, clipping, KL, SAPO/VESPO).
         self.loss_options = PolicyLossOptions.from_config(args)
+        self._entropy_coef = args.entropy_coef  # adapted after every optimizer step under use_adaptive_entropy
+        self._step_entropies: list[float] = []
+
+    def _validate(self, args: GRPOConfig, inputs: TrainerInputs) -> None:
+        super()._validate(args, inputs)
+        if args.max_tool_calling_iterations is not None:
+            raise ValueError("max_tool_calling_iterations only applies with tools, which are not supported: unset it.")
 
     # ----------------------------------------------------------------------------------------------- rollout
     @property
@@ -241,14 +210,6 @@ class GRPOTrainer(OnlineTrainer):
             self._entropy_coef = min(max(self._entropy_coef + step, args.entropy_coef_min), args.entropy_coef_max)
         self._step_entropies = []
 
-    # ------------------------------------------------------------------------------------------- checkpoint
-    def _rollout_state_dict(self) -> dict[str, Any]:
-        return {**super()._rollout_state_dict(), "entropy_coef": self._entropy_coef}
-
-    def _load_rollout_state_dict(self, state: dict[str, Any]) -> None:
-        super()._load_rollout_state_dict(state)
-        self._entropy_coef = state.get("entropy_coef", self._entropy_coef)
-
     def _derived_quantities(self) -> dict[str, Any]:
         args = self.args
         rows = super()._derived_quantities()
@@ -256,18 +217,3 @@ class GRPOTrainer(OnlineTrainer):
         rows["advantage scaling"] = f"{args.scale_rewards} ({args.multi_objective_aggregation})"
         rows["beta (KL)"] = args.beta
         return rows
-
-
-def _reject_agent_features(args: GRPOConfig, tools: Any, rollout_func: Any, environment_factory: Any) -> None:
-    for name, value in (
-        ("tools", tools),
-        ("rollout_func", rollout_func),
-        ("environment_factory", environment_factory),
-    ):
-        if value is not None:
-            raise ValueError(
-                f"`{name}` (agent training) is not supported by this version of GRPOTrainer. Score tool use with a "
-                "reward function instead, or remove it."
-            )
-    if args.max_tool_calling_iterations is not None:
-        raise ValueError("max_tool_calling_iterations only applies with tools, which are not supported: unset it.")

@@ -25,9 +25,8 @@ import torch
 
 from ..generation.transformers_backend import TransformersBackend, unwrap_model_for_generation
 from ..losses import aggregate_rewards, sequence_logps
-from .base_trainer import BaseTrainer, TrainerInputs
+from .base_trainer import TrainerInputs
 from .judge_scoring import JudgeScorer
-from .model_utils import prepare_auxiliary_model
 from .reward_scoring import RewardScorer
 from .rollout import OnlineTrainer
 from .rollout_engine import Rollout, RolloutBatch
@@ -75,26 +74,28 @@ class OnlinePreferenceTrainer(OnlineTrainer):
                     f"{type(self).__name__} does not use {name}: evaluation generates pairs and reports the loss and "
                     "the method's metrics (eval_*). Remove it, or score completions with a callback."
                 )
-        self._reward_funcs, self._reward_processing_classes, self._judge = (
-            reward_funcs,
-            reward_processing_classes,
-            judge,
-        )
-        self._data_collator_given = data_collator is not None
-        BaseTrainer.__init__(
-            self, model=model, args=args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-            processing_class=processing_class, callbacks=callbacks, optimizers=optimizers, peft_config=peft_config,
-            ref_model=ref_model,
+        self._judge, self._data_collator_given = judge, data_collator is not None
+        super().__init__(
+            model, reward_funcs, args, train_dataset, eval_dataset, processing_class, reward_processing_classes,
+            callbacks, optimizers, None, peft_config, ref_model=ref_model,
         )  # fmt: skip
 
     # ------------------------------------------------------------------------------------- skeleton steps
     def _validate(self, args: Any, inputs: TrainerInputs) -> None:
         super()._validate(args, inputs)
-        name = type(self).__name__
         if self._data_collator_given:
             raise ValueError(
-                f"{name} tokenizes the prompts itself (the rollout renders and pads them): remove data_collator."
+                f"{type(self).__name__} tokenizes the prompts itself (the rollout renders and pads them): remove "
+                "data_collator."
             )
+        if inputs.ref_model is not None and not isinstance(inputs.ref_model, str) and inputs.ref_model is inputs.model:
+            raise ValueError(
+                "`model` and `ref_model` are the same object, so the reference would move with every update. Pass "
+                "ref_model=None (a frozen copy is made, or the adapters are disabled under PEFT), or a separate model."
+            )
+
+    def _validate_scoring(self, args: Any) -> None:
+        name = type(self).__name__
         if self._reward_funcs is None and self._judge is None:
             if args.judge is not None:
                 self._judge = _judge_by_name(args)
@@ -112,11 +113,6 @@ class OnlinePreferenceTrainer(OnlineTrainer):
             )
         if self._judge is not None and args.reward_weights is not None:
             raise ValueError("reward_weights weigh reward functions; a judge was given. Unset reward_weights.")
-        if inputs.ref_model is not None and not isinstance(inputs.ref_model, str) and inputs.ref_model is inputs.model:
-            raise ValueError(
-                "`model` and `ref_model` are the same object, so the reference would move with every update. Pass "
-                "ref_model=None (a frozen copy is made, or the adapters are disabled under PEFT), or a separate model."
-            )
 
     def _setup_auxiliary_models(self, model: Any, args: Any, inputs: TrainerInputs) -> dict[str, Any]:
         if self._judge is not None:
@@ -125,11 +121,7 @@ class OnlinePreferenceTrainer(OnlineTrainer):
             scorer = RewardScorer(
                 self._reward_funcs, self._reward_processing_classes, args.reward_weights, args.model_init_kwargs
             )
-        if inputs.ref_model is not None:
-            ref_model = prepare_auxiliary_model(inputs.ref_model, args)
-        else:
-            ref_model = self._setup_ref(model, args)
-        return {"ref_model": ref_model, "reward_scorer": scorer}
+        return {"ref_model": self._setup_ref(model, args, inputs.ref_model), "reward_scorer": scorer}
 
     def _setup_rollout(self) -> Rollout:
         rollout = super()._setup_rollout()

@@ -41,7 +41,6 @@ from transformers.utils import ModelOutput
 
 from ..losses import clipped_value_loss, gae_advantages, masked_whiten, policy_loss
 from ..losses.ppo import kl_penalized_rewards
-from ..models.utils import create_reference_model
 from .base_trainer import BaseTrainer, TrainerInputs
 from .model_utils import accepts_logits_to_keep, is_peft_model, load_trained_model, prepare_auxiliary_model
 from .ppo_config import PPOConfig
@@ -138,6 +137,7 @@ class PPOTrainer(OnlineTrainer):
     """
 
     _config_class = PPOConfig
+    _running_state = {"episode": "_episode"}  # saved in checkpoints (see `OnlineTrainer`)
     _requires_train_dataset = True
     _CUMULATIVE_METRICS = BaseTrainer._CUMULATIVE_METRICS | {"episode"}
     _tag_names = ["trl", "ppo"]
@@ -174,20 +174,12 @@ class PPOTrainer(OnlineTrainer):
             )
         if reward_model is None or value_model is None:
             raise ValueError("PPOTrainer needs a reward_model and a value_model (sequence classifiers, num_labels=1).")
-        self._value_model, self._reward_input, self._episode = value_model, reward_model, 0
+        self._value_model, self._episode = value_model, 0
         self._start_time: float | None = None
-        BaseTrainer.__init__(
-            self,
-            model=model,
-            args=args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            peft_config=peft_config,
-            ref_model=ref_model,
-        )
+        super().__init__(
+            model, reward_model, args, train_dataset, eval_dataset, processing_class, None, callbacks, optimizers,
+            None, peft_config, ref_model=ref_model,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------------------------- skeleton steps
     def _validate(self, args: PPOConfig, inputs: TrainerInputs) -> None:
@@ -222,12 +214,8 @@ class PPOTrainer(OnlineTrainer):
 
     def _setup_auxiliary_models(self, model: PolicyAndValueWrapper, args: PPOConfig, inputs: TrainerInputs):
         """The reference (a frozen copy, the given model, or none under PEFT) and the reward scorer."""
-        ref_model = inputs.ref_model
-        if ref_model is None and not is_peft_model(model.policy):
-            ref_model = create_reference_model(model.policy)
-        if ref_model is not None:
-            ref_model = prepare_auxiliary_model(ref_model, args)
-        reward = self._reward_input
+        ref_model = self._setup_ref(model.policy, args, inputs.ref_model)
+        reward = self._reward_funcs
         if isinstance(reward, str | torch.nn.Module):
             reward = prepare_auxiliary_model(reward, args, auto_class=AutoModelForSequenceClassification)
         return {"ref_model": ref_model, "reward_scorer": RewardScorer([reward])}
@@ -248,7 +236,7 @@ class PPOTrainer(OnlineTrainer):
             args.max_steps = args.num_total_batches * args.num_ppo_epochs
 
     # --------------------------------------------------------------------------------------------- rollout
-    def _uses_reference(self) -> bool:
+    def _uses_reference(self, args: PPOConfig) -> bool:
         return True  # the KL of the rewards and `objective/kl` are measured even when kl_coef = 0
 
     def _needs_old_logps(self, mode: str) -> bool:
@@ -375,13 +363,6 @@ class PPOTrainer(OnlineTrainer):
                 f"{resume_from_checkpoint} has no value_model/model.safetensors: it is not a PPO checkpoint."
             )
         wrapper.value_model.load_state_dict(load_file(value_file), strict=False)
-
-    def _rollout_state_dict(self) -> dict[str, Any]:
-        return {**super()._rollout_state_dict(), "episode": self._episode}
-
-    def _load_rollout_state_dict(self, state: dict[str, Any]) -> None:
-        super()._load_rollout_state_dict(state)
-        self._episode = state.get("episode", self._episode)
 
     def _derived_quantities(self) -> dict[str, Any]:
         args = self.args

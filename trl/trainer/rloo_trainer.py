@@ -19,11 +19,9 @@ function returned `None`) get a zero advantage and are left out of their sibling
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, TrainingArguments
 
 from ..losses import (
     PolicyLossOptions,
@@ -34,19 +32,8 @@ from ..losses import (
     sequence_kl,
 )
 from .base_trainer import TrainerInputs
-from .model_utils import model_name_of, to_config
 from .rloo_config import RLOOConfig
-from .rollout import OnlineTrainer, RewardFunc, RolloutBatch
-
-
-# Keyword arguments of the trl <= 0.21 RLOOTrainer: old name -> new name (None: no longer used).
-_DEPRECATED_KWARGS = {
-    "config": "args",
-    "reward_model": "reward_funcs",
-    "policy": "model",
-    "ref_policy": None,
-    "data_collator": None,
-}
+from .rollout import OnlineTrainer, RolloutBatch
 
 
 class RLOOTrainer(OnlineTrainer):
@@ -74,12 +61,23 @@ class RLOOTrainer(OnlineTrainer):
             Used when `model` is a string.
         peft_config (`PeftConfig` or `None`, *optional*, defaults to `None`):
             Adapter configuration; the reference is then the base model with adapters disabled.
+        tools, rollout_func, environment_factory:
+            Agent training hooks (after the reference's parameters, shared with [`GRPOTrainer`]); not supported by
+            this version (a `ValueError` when set).
         **deprecated_kwargs:
             trl <= 0.21 names: `config` (→ `args`), `reward_model` (→ `reward_funcs`), `policy` (→ `model`);
             `ref_policy` and `data_collator` are no longer used. Each warns.
     """
 
     _config_class = RLOOConfig
+    # Keyword arguments of the trl <= 0.21 RLOOTrainer: old name -> new name (None: no longer used).
+    _deprecated_init_kwargs = {
+        "config": "args",
+        "reward_model": "reward_funcs",
+        "policy": "model",
+        "ref_policy": None,
+        "data_collator": None,
+    }
     _tag_names = ["trl", "rloo"]
     _name = "RLOO"
     _paper = {
@@ -92,43 +90,6 @@ class RLOOTrainer(OnlineTrainer):
             '{\\"{U}}st{\\"{u}}n and Sara Hooker},\n    year         = 2024,\n    booktitle    = {ACL 2024},\n}'
         ),
     }
-
-    def __init__(
-        self,
-        model: str | PreTrainedModel | None = None,
-        reward_funcs: RewardFunc | list[RewardFunc] | None = None,
-        args: RLOOConfig | TrainingArguments | None = None,
-        train_dataset: Any = None,
-        eval_dataset: Any = None,
-        processing_class: Any = None,
-        reward_processing_classes: Any = None,
-        callbacks: list | None = None,
-        optimizers: tuple = (None, None),
-        quantization_config: Any = None,
-        peft_config: Any = None,
-        **deprecated_kwargs: Any,
-    ):
-        given = {"args": args, "reward_funcs": reward_funcs, "model": model}
-        given = _apply_deprecated_kwargs(given, deprecated_kwargs)
-        model, reward_funcs = given["model"], given["reward_funcs"]
-        if model is None:
-            raise ValueError("RLOOTrainer needs a model (an id, a path or a PreTrainedModel).")
-        if reward_funcs is None:
-            raise ValueError("RLOOTrainer needs reward_funcs: reward functions, reward models or reward model ids.")
-        args = to_config(given["args"], RLOOConfig, model_name_of(model), self._name)
-        super().__init__(
-            model,
-            reward_funcs,
-            args,
-            train_dataset,
-            eval_dataset,
-            processing_class,
-            reward_processing_classes,
-            callbacks,
-            optimizers,
-            quantization_config,
-            peft_config,
-        )
 
     def _resolve_options(self, model: Any, processing_class: Any, args: RLOOConfig, inputs: TrainerInputs) -> None:
         super()._resolve_options(model, processing_class, args, inputs)
@@ -190,24 +151,3 @@ class RLOOTrainer(OnlineTrainer):
         rows["beta (KL in the reward)"] = self.args.beta
         rows["normalize advantages"] = self.args.normalize_advantages
         return rows
-
-
-def _apply_deprecated_kwargs(given: dict[str, Any], deprecated: dict[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(deprecated) - set(_DEPRECATED_KWARGS))
-    if unknown:
-        raise TypeError(f"RLOOTrainer got unexpected keyword arguments {unknown}.")
-    for old, value in deprecated.items():
-        new = _DEPRECATED_KWARGS[old]
-        if new is None:
-            warnings.warn(
-                f"`{old}` is no longer used by RLOOTrainer and is ignored: the reference model is a frozen copy of "
-                "the policy (or the base model under PEFT) and prompts are collated internally. Remove it.",
-                FutureWarning,
-                stacklevel=3,
-            )
-            continue
-        warnings.warn(f"`{old}` is deprecated; use `{new}` instead.", FutureWarning, stacklevel=3)
-        if given[new] is not None:
-            raise ValueError(f"Both `{old}` and `{new}` were given; pass only `{new}`.")
-        given[new] = value
-    return given

@@ -30,7 +30,7 @@ import os
 import time
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from transformers import PreTrainedModel
@@ -49,14 +49,25 @@ from .rollout_utils import RolloutSampler, policy_inputs, used_columns
 from .utils import identity, use_adapter
 
 
+if TYPE_CHECKING:
+    from datasets import Dataset, IterableDataset
+    from peft import PeftConfig
+    from transformers import BitsAndBytesConfig, PreTrainedTokenizerBase, TrainerCallback, TrainingArguments
+
 __all__ = ["OnlineTrainer", "RewardFunc", "Rollout", "RolloutBatch"]
+
+
+def _rollout_view(name: str, doc: str) -> property:
+    """A read-only trainer property for the attribute `name` of its [`Rollout`]."""
+    return property(lambda self: getattr(self.rollout, name), doc=doc)
 
 
 # ------------------------------------------------------------------------------------------------- trainer
 class OnlineTrainer(BaseTrainer):
     """Base class of the online trainers: everything but the advantage and the loss.
 
-    A subclass sets `_name`, `_tag_names`, `_paper`, implements `_compute_advantages(rewards_B_F, rollout, mode)`
+    Its `__init__` has the reference's GRPO signature (RLOO's is its first part), shared by both; a subclass sets
+    `_name`, `_tag_names`, `_paper`, `_deprecated_init_kwargs` (trl <= 0.21 names), implements `_compute_advantages(rewards_B_F, rollout, mode)`
     (the global advantages `[B_global]`, logging its metrics) and `compute_loss`, and may override
     `_needs_old_logps(mode)`, `_wants_sampler_logps()` and `_extra_rollout_tensors(rollout, mode)`.
 
@@ -75,36 +86,79 @@ class OnlineTrainer(BaseTrainer):
     # Rows kept together when the generation batch is shuffled into micro-batches (2: the pairs of pairwise losses).
     _buffer_group_size = 1
 
+    # trl <= 0.21 keyword arguments a subclass still accepts: old name -> new name (`None`: ignored, with a warning).
+    _deprecated_init_kwargs: dict[str, str | None] = {}
+
     def __init__(
         self,
-        model: str | PreTrainedModel,
-        reward_funcs: RewardFunc | list[RewardFunc],
-        args: Any,
-        train_dataset: Any = None,
-        eval_dataset: Any = None,
-        processing_class: Any = None,
-        reward_processing_classes: Any = None,
-        callbacks: list | None = None,
-        optimizers: tuple = (None, None),
-        quantization_config: Any = None,
-        peft_config: Any = None,
+        model: str | PreTrainedModel | None = None,
+        reward_funcs: RewardFunc | list[RewardFunc] | None = None,
+        args: TrainingArguments | None = None,
+        train_dataset: Dataset | IterableDataset | None = None,
+        eval_dataset: Dataset | IterableDataset | dict[str, Dataset | IterableDataset] | None = None,
+        processing_class: PreTrainedTokenizerBase | None = None,
+        reward_processing_classes: PreTrainedTokenizerBase | list[PreTrainedTokenizerBase | None] | None = None,
+        callbacks: list[TrainerCallback] | None = None,
+        optimizers: tuple[torch.optim.Optimizer | None, torch.optim.lr_scheduler.LambdaLR | None] = (None, None),
+        quantization_config: BitsAndBytesConfig | None = None,
+        peft_config: PeftConfig | None = None,
+        tools: list[Any] | None = None,
+        rollout_func: Any = None,
+        environment_factory: Any = None,
+        *,
+        ref_model: str | PreTrainedModel | None = None,
+        **deprecated_kwargs: Any,
     ):
-        self._reward_funcs, self._reward_processing_classes = reward_funcs, reward_processing_classes
+        # The reference's GRPO / RLOO signature (RLOO's ends at `peft_config`); PPO and the online preference trainers
+        # keep their own and call this with `ref_model`. The agent-training hooks are checked in `_validate`.
+        given = self._apply_deprecated_kwargs({"args": args, "reward_funcs": reward_funcs, "model": model},
+                                              deprecated_kwargs)  # fmt: skip
+        if given["model"] is None:
+            raise ValueError(f"{type(self).__name__} needs a model (an id, a path or a PreTrainedModel).")
+        self._reward_funcs, self._reward_processing_classes = given["reward_funcs"], reward_processing_classes
+        self._agent_features = {
+            "tools": tools,
+            "rollout_func": rollout_func,
+            "environment_factory": environment_factory,
+        }
         super().__init__(
-            model=model,
-            args=args,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            peft_config=peft_config,
-            quantization_config=quantization_config,
-        )
+            given["model"], given["args"], train_dataset=train_dataset, eval_dataset=eval_dataset,
+            processing_class=processing_class, callbacks=callbacks, optimizers=optimizers,
+            quantization_config=quantization_config, peft_config=peft_config, ref_model=ref_model,
+        )  # fmt: skip
+
+    def _apply_deprecated_kwargs(self, given: dict[str, Any], deprecated: dict[str, Any]) -> dict[str, Any]:
+        """`given` with the values of the trl <= 0.21 names of `_deprecated_init_kwargs` moved to the new names."""
+        name = type(self).__name__
+        unknown = sorted(set(deprecated) - set(self._deprecated_init_kwargs))
+        if unknown:
+            raise TypeError(f"{name} got unexpected keyword arguments {unknown}.")
+        for old, value in deprecated.items():
+            new = self._deprecated_init_kwargs[old]
+            if new is None:
+                warnings.warn(
+                    f"`{old}` is no longer used by {name} and is ignored: the reference model is a frozen copy of "
+                    "the policy (or the base model under PEFT) and prompts are collated internally. Remove it.",
+                    FutureWarning,
+                    stacklevel=3,
+                )
+                continue
+            warnings.warn(f"`{old}` is deprecated; use `{new}` instead.", FutureWarning, stacklevel=3)
+            if given[new] is not None:
+                raise ValueError(f"Both `{old}` and `{new}` were given; pass only `{new}`.")
+            given[new] = value
+        return given
 
     # ------------------------------------------------------------------------------------- skeleton steps
     def _validate(self, args: Any, inputs: TrainerInputs) -> None:
         super()._validate(args, inputs)
+        self._validate_scoring(args)
+        for feature, value in self._agent_features.items():
+            if value is not None:
+                raise ValueError(
+                    f"`{feature}` (agent training) is not supported by this version of {type(self).__name__}. Score "
+                    "tool use with a reward function instead, or remove it."
+                )
         if inputs.train_dataset is not None and not hasattr(inputs.train_dataset, "__len__"):
             raise ValueError(
                 "Online trainers need a train_dataset with a length (each prompt is repeated num_generations times by "
@@ -127,6 +181,13 @@ class OnlineTrainer(BaseTrainer):
                 "and to W&B / Trackio. Unset log_completions_hub_repo."
             )
 
+    def _validate_scoring(self, args: Any) -> None:
+        """Check how completions are scored (part of `_validate`): by default, reward functions are required."""
+        if self._reward_funcs is None:
+            raise ValueError(
+                f"{type(self).__name__} needs reward_funcs: reward functions, reward models or reward model ids."
+            )
+
     def _setup_model(self, model: str | PreTrainedModel, args: Any, quantization_config: Any) -> PreTrainedModel:
         model = super()._setup_model(model, args, quantization_config)
         if getattr(args, "cast_lm_head_to_fp32", False):
@@ -138,14 +199,18 @@ class OnlineTrainer(BaseTrainer):
         reward_scorer = RewardScorer(
             self._reward_funcs, self._reward_processing_classes, args.reward_weights, args.model_init_kwargs
         )
-        return {"ref_model": self._setup_ref(model, args), "reward_scorer": reward_scorer}
+        return {"ref_model": self._setup_ref(model, args, inputs.ref_model), "reward_scorer": reward_scorer}
 
-    @staticmethod
-    def _setup_ref(model: Any, args: Any) -> Any:
-        """A frozen copy of the policy (eval mode, dropout off) when the method uses a reference (`beta != 0`); none
-        under PEFT (the reference is the base model with adapters disabled) or without KL."""
-        if args.beta == 0.0:
+    def _setup_ref(self, model: Any, args: Any, ref_model: Any = None) -> Any:
+        """The reference model: `ref_model` when one is given (an id, a path or a model), else a frozen copy of the
+        policy (eval mode, dropout off) when the method uses a reference (see `_uses_reference`); none under PEFT
+        (the reference is the base model with adapters disabled) or without a reference."""
+        if not self._uses_reference(args):
+            if ref_model is not None:
+                raise ValueError("A ref_model was given but beta=0.0 uses no reference: set beta or drop ref_model.")
             return None
+        if ref_model is not None:
+            return prepare_auxiliary_model(ref_model, args)
         if is_peft_model(model):
             if args.sync_ref_model:
                 raise ValueError(
@@ -186,25 +251,20 @@ class OnlineTrainer(BaseTrainer):
             self.accelerator,
             pad_token_id=self.pad_token_id,
             old_logps_fn=lambda batch: self._batched_logps(self.model, batch),
-            ref_logps_fn=self._ref_logps if self._uses_reference() else None,
+            ref_logps_fn=self._ref_logps if self._uses_reference(self.args) else None,
             sampler_logps=self._wants_sampler_logps(),
             log_metric=self.log_metric,
         )
 
-    @property
-    def generation_backend(self) -> Any:
-        """The rollout's [`~trl.generation.GenerationBackend`]."""
-        return self.rollout.backend
-
-    @property
-    def _buffer(self) -> Any:
-        """The rollout's generation buffer (earlier trainer attribute, read by the checkpoint tests)."""
-        return self.rollout.buffer
-
-    @property
-    def _generation_rng(self) -> Any:
-        """The rollout's generation random stream (earlier trainer attribute, read by the checkpoint tests)."""
-        return self.rollout.rng
+    # Read-only views of the rollout's state (`_buffer` and `_generation_rng`: earlier trainer attributes, read by
+    # the checkpoint tests).
+    generation_backend = _rollout_view("backend", "The rollout's [`~trl.generation.GenerationBackend`].")
+    _buffer = _rollout_view("buffer", "The rollout's generation buffer.")
+    _generation_rng = _rollout_view("rng", "The rollout's generation random stream.")
+    _cycle = _rollout_view("cycle", "Micro-steps fed by one generation batch.")
+    _on_policy = _rollout_view(
+        "on_policy", "Whether the log-probs of the generating policy equal the current ones ([`Rollout.on_policy`])."
+    )
 
     def _set_signature_columns_if_needed(self) -> None:
         # With remove_unused_columns=True only what prompt rendering reads is kept (reward functions then receive no
@@ -241,16 +301,6 @@ class OnlineTrainer(BaseTrainer):
         return RolloutSampler(eval_dataset, mini_repeat_count=self.args.num_generations_eval, shuffle=False)
 
     # ------------------------------------------------------------------------------------------ training step
-    @property
-    def _cycle(self) -> int:
-        """Micro-steps fed by one generation batch."""
-        return self.rollout.cycle
-
-    @property
-    def _on_policy(self) -> bool:
-        """Whether the log-probs of the generating policy equal the current ones (see [`Rollout.on_policy`])."""
-        return self.rollout.on_policy
-
     def training_step(self, model: torch.nn.Module, inputs: Any, num_items_in_batch: Any = None) -> torch.Tensor:
         timer = self.rollout.timer
         start, rollout_before = time.perf_counter(), timer.total()
@@ -307,9 +357,9 @@ class OnlineTrainer(BaseTrainer):
         """Per-row tensors a method adds to the local batch (e.g. importance-sampling weights); none by default."""
         return {}
 
-    def _uses_reference(self) -> bool:
-        """Whether the rollout computes reference log-probs (`ref_logps`); by default when `beta != 0`."""
-        return self.args.beta != 0.0
+    def _uses_reference(self, args: Any) -> bool:
+        """Whether the method uses a reference model (the rollout computes `ref_logps`); by default when `beta != 0`."""
+        return args.beta != 0.0
 
     def _needs_old_logps(self, mode: str) -> bool:
         """Whether the rollout computes the generating policy's log-probs (`old_logps`)."""
@@ -427,13 +477,18 @@ class OnlineTrainer(BaseTrainer):
         return loss.mean().detach(), None, None
 
     # ------------------------------------------------------------------------------------ checkpoint state
+    # A method's running values saved with the rollout state: state key -> attribute (e.g. an adaptive coefficient).
+    _running_state: dict[str, str] = {}
+
     def _rollout_state_dict(self) -> dict[str, Any]:
         """What a resumed run needs to continue exactly: the rollout's state (micro-step counter, buffered
-        micro-batches, generation random state, token count); methods add their own running values."""
-        return self.rollout.state_dict()
+        micro-batches, generation random state, token count) and the method's `_running_state` values."""
+        return {**self.rollout.state_dict(), **{key: getattr(self, name) for key, name in self._running_state.items()}}
 
     def _load_rollout_state_dict(self, state: dict[str, Any]) -> None:
         self.rollout.load_state_dict(state)
+        for key, name in self._running_state.items():
+            setattr(self, name, state.get(key, getattr(self, name)))
 
     def extra_state_dict(self) -> dict[str, Any]:
         return {**super().extra_state_dict(), "rollout": self._rollout_state_dict()}
@@ -486,7 +541,7 @@ class OnlineTrainer(BaseTrainer):
         return rows
 
     def _reference_description(self) -> str:
-        if self.args.beta == 0.0:
+        if not self._uses_reference(self.args):
             return "none (beta = 0)"
         if self.ref_model is None:
             return "base model (adapters disabled)"

@@ -117,28 +117,18 @@ class RolloutSampler(RepeatSampler):
             Repeats of each generation batch (`steps_per_generation × num_iterations`).
         shuffle (`bool`, *optional*, defaults to `True`):
             Shuffle the prompts, with a new order every epoch.
-        seed (`int`, *optional*, defaults to `0`):
-            Seed of the order.
+        seed (`int` or `None`, *optional*, defaults to `None`):
+            Seed of the order (`None`: 0).
     """
 
-    def __init__(
-        self,
-        data_source: Sequence,
-        mini_repeat_count: int,
-        batch_size: int = 1,
-        repeat_count: int = 1,
-        shuffle: bool = True,
-        seed: int = 0,
-    ):
-        super().__init__(data_source, mini_repeat_count, batch_size, repeat_count, shuffle, seed)
-        self.epoch = 0
+    epoch = 0  # set by `set_epoch` (Trainer calls it at the start of every epoch)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
         if self.shuffle:
-            self.generator.manual_seed(self.seed + self.epoch)
+            self.generator.manual_seed((self.seed or 0) + self.epoch)
         return super().__iter__()
 
 
