@@ -10,7 +10,7 @@ is collective too (DeepSpeed ZeRO-3 gathers parameters on every rank), so every 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .base import GenerationBackend, GenerationResult, SamplingParams, check_prompts, iter_inference_weights
 from .vllm_client import VLLMClient
@@ -28,48 +28,31 @@ class VLLMServerBackend(GenerationBackend):
     Args:
         accelerator (`accelerate.Accelerator` or `None`, *optional*, defaults to `None`):
             The trainer's accelerator; `None` for a single process.
-        base_url (`str` or `None`, *optional*, defaults to `None`):
-            Server URL; takes priority over `host` and `server_port`.
-        host (`str`, *optional*, defaults to `"0.0.0.0"`):
-            Server address.
-        server_port (`int`, *optional*, defaults to `8000`):
-            Server port.
-        group_port (`int`, *optional*, defaults to `51216`):
-            NCCL group port (vLLM server).
         server_timeout (`float`, *optional*, defaults to `240.0`):
-            Seconds to wait for the server to come up.
-        request_timeout (`float`, *optional*, defaults to `600.0`):
-            Seconds one generation or weight-update request may take before a `TimeoutError`.
+            Seconds to wait for the server to come up (the client's `connection_timeout`).
         guided_decoding_regex (`str` or `None`, *optional*, defaults to `None`):
             Constrain completions to this regular expression (vLLM server only).
         client ([`VLLMClient`] or `None`, *optional*, defaults to `None`):
             An existing client to use instead of creating one.
+        **client_kwargs:
+            Where and how to reach the server, as [`VLLMClient`] takes them: `base_url` (takes priority over `host`
+            and `server_port`), `host`, `server_port`, `group_port` (NCCL, vLLM server) and `request_timeout`
+            (seconds one generation or weight-update request may take).
     """
 
     def __init__(
         self,
         accelerator: Accelerator | None = None,
-        base_url: str | None = None,
-        host: str = "0.0.0.0",
-        server_port: int = 8000,
-        group_port: int = 51216,
         server_timeout: float = 240.0,
-        request_timeout: float = 600.0,
         guided_decoding_regex: str | None = None,
         client: VLLMClient | None = None,
+        **client_kwargs: Any,
     ):
         self.accelerator = accelerator
         self.guided_decoding_regex = guided_decoding_regex
         self.client = None
         if self._is_main:
-            self.client = client or VLLMClient(
-                base_url,
-                host,
-                server_port,
-                group_port,
-                connection_timeout=server_timeout,
-                request_timeout=request_timeout,
-            )
+            self.client = client or VLLMClient(connection_timeout=server_timeout, **client_kwargs)
             self.client.init_communicator(device=accelerator.device if accelerator is not None else 0)
         self.provides_logprobs = True
 
