@@ -433,6 +433,17 @@ def test_cli_script_trains_with_named_and_model_rewards(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- client / server
+def test_generation_kwargs_select_the_decode_loop(tmp_path):
+    # No config field names the transformers backend's decode loop: "auto" takes the lean loop for a supported model
+    # unless `generation_kwargs` holds a key beyond `seed` / `cache_implementation`, which needs `model.generate`.
+    lean = make_trainer(tmp_path / "lean", generation_kwargs={"seed": 3})
+    lean.train()
+    assert lean.generation_backend.last_decode_loop == "lean"
+    generate = make_trainer(tmp_path / "generate", generation_kwargs={"use_cache": True})
+    generate.train()
+    assert generate.generation_backend.last_decode_loop == "generate"
+
+
 def test_server_generation_with_weight_sync(tmp_path):
     """Generation on a `trl vllm-serve --backend transformers` server; the trained weights reach the server."""
     from trl.generation.vllm_client import VLLMClient
