@@ -55,20 +55,11 @@ class OpenAIEndpoints:
         prompt_ids = self._tokenize(prompt, None, "prompt")
         sampling = self._openai_sampling(body, body.get("max_tokens"), with_logprobs, prompt_ids, "max_tokens")
         result = self._run(prompt_ids, sampling, None, None, None)
-        as_ids = bool(body.get("return_tokens_as_token_ids"))
-        choices = []
-        for index, completion in enumerate(result.completion_ids):
-            choice = {
-                "index": index,
-                "text": self._decode(completion),
-                "logprobs": self._completion_logprobs(completion, result.logprobs[index], as_ids)
-                if with_logprobs
-                else None,
-                "finish_reason": result.finish_reasons[index],
-            }
-            if body.get("return_token_ids"):
+        logprobs_format = self._completion_logprobs if with_logprobs else None
+        choices = self._choices(body, result, logprobs_format, lambda ids: {"text": self._decode(ids)})
+        if body.get("return_token_ids"):
+            for index, (choice, completion) in enumerate(zip(choices, result.completion_ids)):
                 choice.update(prompt_token_ids=prompt_ids[index // sampling.n], token_ids=completion)
-            choices.append(choice)
         return self._openai_answer("cmpl", "text_completion", choices, prompt_ids, result)
 
     def v1_chat_completions(self, body: dict) -> dict:
@@ -87,22 +78,29 @@ class OpenAIEndpoints:
         name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
         sampling = self._openai_sampling(body, body.get(name), with_logprobs, prompt_ids, name)
         result = self._run(prompt_ids, sampling, None, None, None)
-        as_ids = bool(body.get("return_tokens_as_token_ids"))
-        choices = []
-        for index, completion in enumerate(result.completion_ids):
-            choice = {
-                "index": index,
-                "message": {"role": "assistant", "content": self._decode(completion)},
-                "logprobs": self._chat_logprobs(completion, result.logprobs[index], as_ids) if with_logprobs else None,
-                "finish_reason": result.finish_reasons[index],
-            }
-            if body.get("return_token_ids"):
+        message = lambda ids: {"message": {"role": "assistant", "content": self._decode(ids)}}  # noqa: E731
+        choices = self._choices(body, result, self._chat_logprobs if with_logprobs else None, message)
+        if body.get("return_token_ids"):
+            for choice, completion in zip(choices, result.completion_ids):
                 choice["token_ids"] = completion
-            choices.append(choice)
         answer = self._openai_answer("chatcmpl", "chat.completion", choices, prompt_ids, result)
         if body.get("return_token_ids"):
             answer["prompt_token_ids"] = prompt_ids[0]
         return answer
+
+    def _choices(self, body: dict, result: GenerationResult, logprobs_format, content) -> list[dict]:
+        """One OpenAI choice per completion: its `content(ids)` (text or message), log-probs in `logprobs_format`
+        (`None`: not asked for) and finish reason."""
+        as_ids = bool(body.get("return_tokens_as_token_ids"))
+        return [
+            {
+                "index": index,
+                **content(completion),
+                "logprobs": logprobs_format(completion, result.logprobs[index], as_ids) if logprobs_format else None,
+                "finish_reason": result.finish_reasons[index],
+            }
+            for index, completion in enumerate(result.completion_ids)
+        ]
 
     def _check_openai(self, body: dict) -> None:
         model = optional(body, "model", str, "the served model's id")

@@ -292,21 +292,9 @@ class VLLMClient:
             `dict`: `prompt_ids` (one per prompt), `completion_ids`, `logprobs` (`list[list[float | None]]` or
             `None`) and `finish_reasons` (one per completion, prompt-major).
         """
-        payload = {
-            "prompts": prompts,
-            "images": [pil_to_base64(image) if image is not None else None for image in images] if images else None,
-            "n": n,
-            "repetition_penalty": repetition_penalty,
-            "temperature": temperature,
-            "top_p": top_p,
-            "top_k": top_k,
-            "min_p": min_p,
-            "max_tokens": max_tokens,
-            "truncate_prompt_tokens": truncate_prompt_tokens,
-            "guided_decoding_regex": guided_decoding_regex,
-            "generation_kwargs": generation_kwargs or {},
-            "logprobs": logprobs,
-        }
+        payload = _sampling_fields(locals())
+        images = [pil_to_base64(image) if image is not None else None for image in images] if images else None
+        payload.update(prompts=prompts, images=images, truncate_prompt_tokens=truncate_prompt_tokens)
         return self._post("/generate/", payload)
 
     def chat(
@@ -348,22 +336,11 @@ class VLLMClient:
             from transformers.utils import get_json_schema
 
             tools = [get_json_schema(tool) if callable(tool) else tool for tool in tools]
-        payload = {
-            "messages": [to_openai_messages(conversation) for conversation in messages],
-            "n": n,
-            "repetition_penalty": repetition_penalty,
-            "temperature": temperature,
-            "top_p": top_p,
-            "top_k": top_k,
-            "min_p": min_p,
-            "max_tokens": max_tokens,
-            "logprobs": logprobs,
-            "guided_decoding_regex": guided_decoding_regex,
-            "generation_kwargs": generation_kwargs or {},
-            "chat_template_kwargs": chat_template_kwargs or {},
-            "tools": tools or None,
-            "chat_template": chat_template,
-        }
+        payload = _sampling_fields(locals())
+        payload["messages"] = [to_openai_messages(conversation) for conversation in messages]
+        payload.update(
+            chat_template_kwargs=chat_template_kwargs or {}, tools=tools or None, chat_template=chat_template
+        )
         return self._post("/chat/", payload)
 
     def get_sequence_logprobs(
@@ -545,6 +522,16 @@ class VLLMClient:
             self._post("/close_communicator/", timeout=min(_HEALTH_TIMEOUT * 2, self.request_timeout))
         if isinstance(communicator, _NcclCommunicator):
             communicator.close()
+
+
+_SAMPLING_FIELDS = ("n", "repetition_penalty", "temperature", "top_p", "top_k", "min_p", "max_tokens", "logprobs")
+
+
+def _sampling_fields(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The fields `/generate/` and `/chat/` share, from the arguments (`locals()`) of `generate` or `chat`."""
+    fields = {name: arguments[name] for name in _SAMPLING_FIELDS}
+    fields.update(guided_decoding_regex=arguments["guided_decoding_regex"])
+    return {**fields, "generation_kwargs": arguments["generation_kwargs"] or {}}
 
 
 def _http_error(error: urllib.error.HTTPError, method: str, url: str) -> Exception:
