@@ -18,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trl.generation import SamplingParams, TransformersBackend, VLLMServerBackend, build_generation_backend
+from trl.generation.client_wire import vocabulary_fingerprint
 from trl.generation.vllm_client import (
     VLLMClient,
     decode_tensor,
@@ -186,6 +187,9 @@ def test_unknown_flags_reach_vllm_llm(monkeypatch):
     server_engines._vllm_worker(args, 0, 12345, connection)
     (kwargs,) = created
     assert (kwargs["model"], kwargs["max_num_seqs"], kwargs["dtype"]) == ("m", 8, "float16")
+    assert (kwargs["model_impl"], kwargs["gpu_memory_utilization"], kwargs["max_model_len"]) == ("vllm", 0.9, None)
+    assert kwargs["worker_extension_cls"] == "trl.generation.server_engines.WeightSyncWorkerExtension"
+    assert {"revision", "tensor_parallel_size", "enforce_eager", "kv_cache_dtype", "trust_remote_code"} <= set(kwargs)
 
 
 def test_transformers_backend_refuses_unknown_flags_before_loading():
@@ -291,12 +295,23 @@ def test_client_fails_fast_when_no_server_listens():
 # ------------------------------------------------------------------------------------------------- live server
 
 
-def test_health_world_size_and_info(server, client, model_path):
+def test_vllm_engine_refuses_to_score_at_another_temperature():
+    """vLLM's `prompt_logprobs` ignore the temperature: the engine says so instead of answering temperature-1 scores."""
+    from trl.generation.server_engines import RequestError, VLLMEngine
+
+    engine = object.__new__(VLLMEngine)  # no worker: the check comes first
+    with pytest.raises(RequestError, match="temperature 1 only.*--backend transformers"):
+        engine.sequence_logprobs([[1, 2, 3]], [1], 1, 0.5)
+
+
+def test_health_world_size_and_info(server, client, model_path, tokenizer):
     with urllib.request.urlopen(f"{server}/health/", timeout=5) as response:
         assert json.loads(response.read()) == {"status": "ok"}
     assert client.get_world_size() == 1
     info = client.get_server_info()
     assert (info["backend"], info["weight_transport"], info["model"]) == ("transformers", "http", model_path)
+    assert info["vocabulary"] == vocabulary_fingerprint(tokenizer)
+    assert info["vocabulary"]["size"] == len(tokenizer.get_vocab())
     assert VLLMClient(base_url=server + "/").base_url == server  # a trailing slash is fine
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import hashlib
+import json
 import math
 from collections.abc import Iterator
 from io import BytesIO
@@ -106,6 +108,21 @@ def _token_id(token: str) -> int:
             f"Token {token!r} is not an id: request the log-probs with `return_tokens_as_token_ids=True`."
         )
     return int(token.removeprefix("token_id:"))
+
+
+def vocabulary_fingerprint(tokenizer) -> dict[str, Any]:
+    """
+    `{"size", "sha256"}` of a tokenizer's vocabulary (every `token -> id` pair): two tokenizers with the same
+    fingerprint map every token to the same id. `trl vllm-serve` reports it in `/get_server_info/`, so a trainer
+    can check that a served teacher shares its student's tokenizer.
+
+    Args:
+        tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
+            The tokenizer.
+    """
+    pairs = sorted(tokenizer.get_vocab().items())
+    digest = hashlib.sha256(json.dumps(pairs, ensure_ascii=False).encode()).hexdigest()
+    return {"size": len(pairs), "sha256": digest}
 
 
 def encode_tensor(tensor: torch.Tensor) -> dict[str, Any]:

@@ -114,6 +114,7 @@ class ServerApp(OpenAIEndpoints):
         self._local = threading.local()
         self.vocab_size = max(len(tokenizer), getattr(engine, "vocab_size", None) or 0)
         self.templates = None
+        self._vocabulary: dict | None = None
         if self.policy.allow_request_chat_template:
             from trl.generation.chat_template_sandbox import ChatTemplateSandbox
 
@@ -209,8 +210,19 @@ class ServerApp(OpenAIEndpoints):
             "world_size": self.engine.world_size,
             "weight_transport": self.engine.weight_transport,
             "max_model_len": self.engine.max_model_len,
+            "vocabulary": self.vocabulary(),
             "limits": self.policy.describe(),
         }
+
+    def vocabulary(self) -> dict:
+        """The served tokenizer's [`~trl.generation.client_wire.vocabulary_fingerprint`] (computed once): a trainer
+        distilling from this server checks that its student shares the tokenizer."""
+        if self._vocabulary is None:
+            from trl.generation.client_wire import vocabulary_fingerprint
+
+            with self.tokenizer_lock:
+                self._vocabulary = vocabulary_fingerprint(self.tokenizer)
+        return self._vocabulary
 
     # ------------------------------------------------------------------ request checks
 

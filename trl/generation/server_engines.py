@@ -268,6 +268,12 @@ class VLLMEngine:
         )
 
     def sequence_logprobs(self, sequences, prompt_lengths, top_logprobs, temperature) -> dict[str, list]:
+        if temperature != 1.0:
+            # vLLM computes `prompt_logprobs` from the raw logits: a temperature would be silently ignored.
+            raise RequestError(
+                f"`temperature` = {temperature}: vLLM scores sequences (`prompt_logprobs`) at temperature 1 only. "
+                "Distil with temperature=1.0 from this server, or serve the teacher with `--backend transformers`."
+            )
         items = list(zip(sequences, prompt_lengths))
         chunks = chunk_list(items, len(self.connections))
         padded = [chunk or [([0, 0], 1)] for chunk in chunks]
@@ -301,6 +307,11 @@ class VLLMEngine:
                 process.terminate()
 
 
+# `vllm.LLM` arguments taken from the server arguments of the same name.
+_LLM_ARGUMENTS = ("model", "revision", "tensor_parallel_size", "gpu_memory_utilization", "enforce_eager", "dtype")
+_LLM_ARGUMENTS += ("enable_prefix_caching", "kv_cache_dtype", "max_model_len", "trust_remote_code")
+
+
 def _vllm_worker(args: ScriptArguments, dp_rank: int, master_port: int, connection) -> None:
     """One data-parallel worker: builds its `vllm.LLM`, then serves commands from the pipe until shutdown."""
     os.environ["VLLM_DP_RANK"] = str(dp_rank)
@@ -310,19 +321,10 @@ def _vllm_worker(args: ScriptArguments, dp_rank: int, master_port: int, connecti
     from vllm import LLM
 
     # Flags trl does not define go to the engine as they are, and win over trl's own settings of the same name.
-    engine_kwargs = dict(
-        model=args.model,
-        revision=args.revision,
-        tensor_parallel_size=args.tensor_parallel_size,
-        gpu_memory_utilization=args.gpu_memory_utilization,
-        enforce_eager=args.enforce_eager,
-        dtype=args.dtype,
-        enable_prefix_caching=args.enable_prefix_caching,
-        kv_cache_dtype=args.kv_cache_dtype,
-        max_model_len=args.max_model_len,
-        worker_extension_cls="trl.generation.server_engines.WeightSyncWorkerExtension",
-        trust_remote_code=args.trust_remote_code,
+    engine_kwargs = {name: getattr(args, name) for name in _LLM_ARGUMENTS}
+    engine_kwargs.update(
         model_impl=args.vllm_model_impl,
+        worker_extension_cls="trl.generation.server_engines.WeightSyncWorkerExtension",
     )
     engine_kwargs.update(engine_kwargs_from_flags(args.vllm_engine_args or []))
     llm = LLM(**engine_kwargs)
@@ -389,6 +391,7 @@ def _worker_generate(llm, prompts: list[dict], sampling_kwargs: dict, regex: str
 def _worker_sequence_logprobs(llm, items: list, top_logprobs: int, temperature: float) -> dict[str, list]:
     from vllm import SamplingParams as VLLMSamplingParams
 
+    # vLLM caps `prompt_logprobs` at its `max_logprobs` (20 unless the server is started with `--max_logprobs N`).
     params = VLLMSamplingParams(max_tokens=1, temperature=temperature, prompt_logprobs=top_logprobs)
     outputs = llm.generate([{"prompt_token_ids": list(seq)} for seq, _ in items], params, use_tqdm=False)
     answer = {"logprobs": [], "logprob_token_ids": [], "actual_logprobs": [], "actual_token_ids": []}

@@ -70,9 +70,13 @@ class DistillationConfig(_BaseConfig):
         Keyword arguments for `AutoModelForCausalLM.from_pretrained` of a teacher given as a string; it keeps its
         checkpoint's dtype unless `dtype` is set here.
     use_teacher_server (`bool`, *optional*, defaults to `False`):
-        Score with a teacher on a vLLM server instead of a local model. Not supported yet: setting it is an error.
+        Score with a teacher served by `trl vllm-serve` instead of a local model (none is loaded): the server returns
+        the teacher's log-probs of the completion tokens. The server only gives top-k log-probs, so `beta=0` needs
+        `loss_top_k > 0` (the teacher's top-k), and `beta > 0` needs `loss_top_k=1` with
+        `reverse_kl_top_1_mode="sampled"`; `use_liger_kernel` is not supported. The connection waits at most
+        `vllm_server_timeout` seconds and sends `$TRL_VLLM_SERVER_API_KEY` as the API key when it is set.
     teacher_model_server_url (`str` or `None`, *optional*, defaults to `None`):
-        Base URL of that server.
+        Base URL of that server (e.g. `"http://localhost:8000"`); required with `use_teacher_server=True`.
 
     > Parameters that control on-policy generation
 
@@ -156,7 +160,7 @@ class DistillationConfig(_BaseConfig):
     teacher_model_init_kwargs: dict[str, Any] | str | None = field(
         default=None, metadata={"help": "from_pretrained kwargs of a teacher given as a string (dict or JSON)."}
     )
-    use_teacher_server: bool = field(default=False, metadata={"help": "Score with a vLLM teacher server."})
+    use_teacher_server: bool = field(default=False, metadata={"help": "Score with a trl vllm-serve teacher."})
     teacher_model_server_url: str | None = field(default=None, metadata={"help": "URL of the teacher server."})
 
     num_generations: int = field(default=1, metadata={"help": "Completions per prompt."})
@@ -220,12 +224,39 @@ class DistillationConfig(_BaseConfig):
         if self.vllm_sync_frequency < 1:
             raise ValueError(f"vllm_sync_frequency must be at least 1, got {self.vllm_sync_frequency}.")
 
-    def _check_unsupported(self) -> None:
-        if self.use_teacher_server:
+    def _check_teacher_server(self) -> None:
+        """What a teacher server can serve: top-k log-probs and the log-prob of the token in the sequence."""
+        if not self.use_teacher_server:
+            return
+        if not (self.teacher_model_server_url or "").strip():
             raise ValueError(
-                "use_teacher_server=True (teacher log-probs from a vLLM server) is not supported by this "
-                "DistillationTrainer yet; load the teacher locally (teacher_model= or teacher_model_name_or_path)."
+                "teacher_model_server_url must be set when use_teacher_server=True: the base URL of the "
+                "`trl vllm-serve` server hosting the teacher (e.g. 'http://localhost:8000')."
             )
+        if self.use_liger_kernel:
+            raise ValueError(
+                "use_liger_kernel=True is not supported with use_teacher_server=True: the Liger loss needs a local "
+                "teacher model. Set use_liger_kernel=False."
+            )
+        if self.beta == 0 and self.loss_top_k < 1:
+            raise ValueError(
+                f"loss_top_k must be positive with use_teacher_server=True and beta=0 (got {self.loss_top_k}): the "
+                "server only returns the teacher's top-k log-probs, not the full vocabulary. Set loss_top_k to K > 0."
+            )
+        if self.reverse_kl_top_1_mode == "argmax":
+            raise ValueError(
+                "reverse_kl_top_1_mode='argmax' is not supported with use_teacher_server=True: the server cannot "
+                "score the student's arg-max tokens. Use reverse_kl_top_1_mode='sampled'."
+            )
+        if self.beta > 0 and self.loss_top_k != 1:
+            raise ValueError(
+                f"loss_top_k must be 1 with use_teacher_server=True and beta={self.beta} > 0 (got "
+                f"{self.loss_top_k}): with a server, the reverse and JSD terms are only implemented on the top-1 "
+                "support. Set loss_top_k=1, or beta=0 for the forward KL on the teacher's top-k."
+            )
+
+    def _check_unsupported(self) -> None:
+        self._check_teacher_server()
         if self.num_generations != 1:
             raise ValueError(
                 f"num_generations={self.num_generations} is not supported: DistillationTrainer samples one completion "

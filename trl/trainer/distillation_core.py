@@ -29,6 +29,7 @@ from ..kernels import token_logps
 from ..losses import distillation_loss
 from ..models.utils import prepare_ref_model
 from .completions_callback import LogCompletionsCallback
+from .distillation_teacher_server import TeacherServer, teacher_server_divergence
 from .model_utils import accepts_logits_to_keep, get_tokenizer, prepare_auxiliary_model
 from .rollout_utils import GenerationRNG, pad_rows, policy_inputs
 
@@ -118,7 +119,7 @@ class DistillationMixin:
     the extra checkpoint state. The subclass stores the `teacher_model` argument as `self._teacher_arg` before
     `BaseTrainer.__init__`, and provides `_sampling_params()` and the config fields `lmbda`, `beta`, `temperature`,
     `teacher_model_init_kwargs` (and optionally `seq_kd`, `loss_top_k`, `loss_add_tail`, `reverse_kl_top_1_mode`,
-    `teacher_model_revision`, `log_completions`, `log_completions_steps`).
+    `teacher_model_revision`, `log_completions`, `log_completions_steps`, `use_teacher_server`).
 
     Class attributes: `_self_teacher_allowed` (no teacher at all means the teacher is the student itself, GKD's
     `teacher_model_name_or_path=None`; otherwise it is an error) and `_student_token_metrics` (the student's forward
@@ -137,6 +138,14 @@ class DistillationMixin:
     def _validate_teacher(self, args: Any) -> None:
         teacher = self._teacher_arg
         path = getattr(args, "teacher_model_name_or_path", None)
+        if getattr(args, "use_teacher_server", False):
+            if teacher is not None or path is not None:
+                warnings.warn(
+                    f"use_teacher_server=True: the teacher at {args.teacher_model_server_url} scores the completions, "
+                    "so the local teacher (`teacher_model` / `teacher_model_name_or_path`) is not loaded.",
+                    stacklevel=3,
+                )
+            return
         if teacher is None and path is None and not self._self_teacher_allowed:
             raise ValueError(
                 f"{type(self).__name__} needs a teacher: pass `teacher_model=` (a model or its id / path) or set "
@@ -154,7 +163,9 @@ class DistillationMixin:
 
     def _setup_teacher(self, model: Any, args: Any) -> torch.nn.Module | None:
         """The frozen teacher (eval mode, dropout off), loaded with `teacher_model_init_kwargs` from a string; `None`
-        when the teacher is the student itself."""
+        when the teacher is the student itself; a [`TeacherServer`] with `use_teacher_server=True`."""
+        if getattr(args, "use_teacher_server", False):
+            return TeacherServer.connect(args)
         teacher = self._teacher_arg if self._teacher_arg is not None else args.teacher_model_name_or_path
         if teacher is None:
             if getattr(args, "disable_dropout", False):
@@ -172,12 +183,17 @@ class DistillationMixin:
             init_kwargs.setdefault("revision", revision)
         return prepare_auxiliary_model(teacher, args, init_kwargs)
 
-    def _setup_distillation(self, teacher: torch.nn.Module | None) -> None:
-        """After `Trainer.__init__`: check the vocabularies, place the teacher (the student itself when `None`),
-        build the generation backends, the random streams and the completions table."""
+    def _setup_distillation(self, teacher: torch.nn.Module | TeacherServer | None) -> None:
+        """After `Trainer.__init__`: check the vocabularies, place the teacher (the student itself when `None`; no
+        model with a [`TeacherServer`]), build the generation backends, the random streams and the completions
+        table."""
         student = self.accelerator.unwrap_model(self.model)
         self._self_teacher = teacher is None
-        if self._self_teacher:
+        self.teacher_server = teacher if isinstance(teacher, TeacherServer) else None
+        if self.teacher_server is not None:
+            self.teacher_server.check_server(self.processing_class)
+            self.teacher_model = None
+        elif self._self_teacher:
             self.teacher_model = self.model
         else:
             check_same_vocabulary(student, teacher, self.processing_class, teacher_tokenizer_of(teacher, self.args))
@@ -185,13 +201,19 @@ class DistillationMixin:
         tokenizer = get_tokenizer(self.processing_class)
         ids = {"pad_token_id": self.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
         self.generation_backend = build_generation_backend(self.args, self.model, self.accelerator, **ids)
-        plain = SimpleNamespace(use_vllm=False)
-        self.teacher_generation_backend = build_generation_backend(plain, self.teacher_model, self.accelerator, **ids)
+        self.teacher_generation_backend = None  # no sequence-level KD from a teacher server
+        if self.teacher_model is not None:
+            plain = SimpleNamespace(use_vllm=False)
+            self.teacher_generation_backend = build_generation_backend(
+                plain, self.teacher_model, self.accelerator, **ids
+            )
         self._coin = random.Random(self.args.seed)
         self._generation_rng = GenerationRNG(self.args.seed, self.accelerator.process_index, self.accelerator.device)
         self._synced_step = -1
         self._student_keeps_logits = accepts_logits_to_keep(self.accelerator.unwrap_model(self.model))
-        self._teacher_keeps_logits = accepts_logits_to_keep(self.accelerator.unwrap_model(self.teacher_model))
+        self._teacher_keeps_logits = self.teacher_model is not None and accepts_logits_to_keep(
+            self.accelerator.unwrap_model(self.teacher_model)
+        )
         self.recorded_completions: dict[str, list] = {}
         if getattr(self.args, "log_completions", False) and not self._logs_completions:
             self.add_callback(LogCompletionsCallback(self))
@@ -289,23 +311,35 @@ class DistillationMixin:
         student = token_logps(
             model, batch, return_entropy=metrics, return_top1=metrics, logits_to_keep=self._student_keeps_logits
         )
-        teacher = self._teacher_logps(model, batch)
+        if self.teacher_server is not None:
+            teacher = self.teacher_server.score(
+                inputs["prompt_ids"], inputs["prompt_mask"], rows["completion_ids"], rows["completion_mask"]
+            )
+            loss, divergence_N = teacher_server_divergence(
+                student.logits, teacher, self.args.beta, self.args.temperature, self.args.loss_add_tail
+            )
+        else:
+            teacher = self._teacher_logps(model, batch)
+            loss, divergence_N = self._local_divergence(student, teacher, rows["completion_ids"][student.mask])
+        loss = loss + self.router_aux_loss(student.aux_loss, mode)
+        self._log_student_metrics(batch, student, mode)
+        self._log_distillation_metrics(student, teacher, divergence_N, mode)
+        return (loss, student.outputs) if return_outputs else loss
+
+    def _local_divergence(self, student: Any, teacher: Any, sampled_ids_N: torch.Tensor):
+        """[`~trl.losses.distillation_loss`] of the student's and a local teacher's logits."""
         vocab = min(student.logits.shape[-1], teacher.logits.shape[-1])  # same tokenizer, padded embeddings
         assert student.mask.shape == teacher.mask.shape, "student and teacher scored different positions"
-        loss, divergence_N = distillation_loss(
+        return distillation_loss(
             student.logits[:, :vocab],
             teacher.logits[:, :vocab],
             beta=self.args.beta,
             temperature=self.args.temperature,
             top_k=getattr(self.args, "loss_top_k", 0),
             add_tail=getattr(self.args, "loss_add_tail", True),
-            sampled_ids_N=rows["completion_ids"][student.mask],
+            sampled_ids_N=sampled_ids_N,
             reverse_top_1_mode=getattr(self.args, "reverse_kl_top_1_mode", "sampled"),
         )
-        loss = loss + self.router_aux_loss(student.aux_loss, mode)
-        self._log_student_metrics(batch, student, mode)
-        self._log_distillation_metrics(student, teacher, divergence_N, mode)
-        return (loss, student.outputs) if return_outputs else loss
 
     @torch.no_grad()
     def _teacher_logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Any:
