@@ -2,7 +2,8 @@
 share: `TRUNCATION_MODES` / `check_truncation_mode`, `resolve_pad_to_multiple_of` (also importable from
 `trl.trainer.sft_config`), and the family bases `_ReferenceFreePairedConfig` (CPO, ORPO; also from
 `trl.trainer.orpo_config`) and `_UnpairedPreferenceConfig` (KTO, BCO; also from `trl.trainer.kto_config`), and
-the field mixins `_ModelLoadingFields` (the offline configs) and `_ReferenceSyncFields` (DPO, KTO)."""
+the field mixins `_ModelLoadingFields` (the offline configs), `_ReferenceSyncFields` (DPO, KTO) and
+`_PreferenceLengthFields` (DPO and both preference families)."""
 
 from __future__ import annotations
 
@@ -164,18 +165,8 @@ class _ModelLoadingFields:
 class _ReferenceSyncFields:
     r"""
     Reference-model fields shared by [`DPOConfig`] and [`KTOConfig`] (a mixin listed before the config's base; each
-    config documents them in its own docstring).
-
-    precompute_ref_batch_size (`int` or `None`, *optional*, defaults to `None`):
-        Per-device batch size of the reference log-prob precomputation. Defaults to `per_device_train_batch_size`
-        (training data) and `per_device_eval_batch_size` (evaluation data).
-    sync_ref_model (`bool`, *optional*, defaults to `False`):
-        TR-DPO (arXiv 2404.09656): every `ref_model_sync_steps` steps, move the reference towards the policy,
-        `θ_ref ← α·θ + (1−α)·θ_ref` with `α = ref_model_mixup_alpha`.
-    ref_model_mixup_alpha (`float`, *optional*, defaults to `0.6`):
-        α of TR-DPO.
-    ref_model_sync_steps (`int`, *optional*, defaults to `512`):
-        Steps between two TR-DPO updates.
+    config documents them in its own docstring): `precompute_ref_batch_size` and TR-DPO's (arXiv 2404.09656)
+    `sync_ref_model`, `ref_model_mixup_alpha` and `ref_model_sync_steps`.
     """
 
     precompute_ref_batch_size: int | None = field(
@@ -187,7 +178,53 @@ class _ReferenceSyncFields:
 
 
 @dataclass
-class _ReferenceFreePairedConfig(_ModelLoadingFields, _BaseConfig):
+class _PreferenceLengthFields:
+    r"""
+    Data fields shared by the preference configs ([`DPOConfig`], the `_ReferenceFreePairedConfig` and
+    `_UnpairedPreferenceConfig` families; a mixin listed before the config's base, each config documents them in its
+    own docstring), and their one check, `_check_preference_lengths`.
+
+    dataset_num_proc (`int` or `None`, *optional*, defaults to `None`):
+        Processes used to tokenise the dataset.
+    max_prompt_length, max_completion_length, max_length (`int` or `None`):
+        Token limits of the prompt, the completion and the whole row (`None`: no limit of that kind).
+    label_pad_token_id (`int`, *optional*, defaults to `-100`):
+        Kept for compatibility with the 0.x API: completion tokens are tracked with a mask.
+    """
+
+    dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes used to tokenize the dataset."})
+    max_prompt_length: int | None = field(
+        default=None, metadata={"help": "Maximum prompt length in tokens; None (the default): no separate limit."}
+    )
+    max_completion_length: int | None = field(default=None, metadata={"help": "Keep the first N completion tokens."})
+    max_length: int | None = field(default=1024, metadata={"help": "Maximum prompt + completion length."})
+    label_pad_token_id: int = field(default=-100, metadata={"help": "Kept for compatibility (unused)."})
+
+    def _check_preference_lengths(self, padding_value_is_deprecated: bool = True) -> None:
+        """Warn about the 0.x fields that do nothing here, then check `truncation_mode`, the token limits and
+        `beta`; called by each config's `__post_init__` (the warnings point at the config's construction)."""
+        if padding_value_is_deprecated and self.padding_value is not None:
+            warnings.warn(
+                "`padding_value` is deprecated: set `tokenizer.pad_token` instead.", FutureWarning, stacklevel=4
+            )
+        if self.label_pad_token_id != -100:
+            warnings.warn(
+                "`label_pad_token_id` has no effect: completion tokens are tracked with a mask, not with padded "
+                "labels. Remove it from your configuration.",
+                UserWarning,
+                stacklevel=4,
+            )
+        check_truncation_mode(self.truncation_mode)
+        for name in ("max_length", "max_prompt_length", "max_completion_length"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be a positive number of tokens, got {value}; use None for no limit.")
+        if not self.beta > 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}.")
+
+
+@dataclass
+class _ReferenceFreePairedConfig(_PreferenceLengthFields, _ModelLoadingFields, _BaseConfig):
     r"""
     Fields shared by the configurations of the reference-free paired trainers ([`CPOConfig`], [`ORPOConfig`]).
 
@@ -239,41 +276,22 @@ class _ReferenceFreePairedConfig(_ModelLoadingFields, _BaseConfig):
         default=None, metadata={"help": "Whether the model is an encoder-decoder (None: read from its config)."}
     )
     disable_dropout: bool = field(default=True, metadata={"help": "Disable dropout in the model."})
-    dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes used to tokenize the dataset."})
-    max_prompt_length: int | None = field(
-        default=None, metadata={"help": "Maximum prompt length in tokens; None (the default): no separate limit."}
-    )
-    max_completion_length: int | None = field(default=None, metadata={"help": "Keep the first N completion tokens."})
-    max_length: int | None = field(default=1024, metadata={"help": "Maximum prompt + completion length."})
     truncation_mode: str = field(
         default="keep_end",
         metadata={"help": "Part of a long prompt to keep: keep_end or keep_start.", "choices": list(TRUNCATION_MODES)},
     )
     padding_value: int | None = field(default=None, metadata={"help": "Pad id (None: the tokenizer's pad token)."})
-    label_pad_token_id: int = field(default=-100, metadata={"help": "Kept for compatibility (unused)."})
     beta: float = field(default=0.1, metadata={"help": "Weight of the preference term."})
     generate_during_eval: bool = field(default=False, metadata={"help": "Log generations to W&B at evaluation."})
 
     def __post_init__(self):
         super().__post_init__()
-        if self.label_pad_token_id != -100:
-            warnings.warn(
-                "`label_pad_token_id` has no effect: completion tokens are tracked with a mask, not with padded "
-                "labels. Remove it from your configuration.",
-                UserWarning,
-                stacklevel=3,
-            )
-        check_truncation_mode(self.truncation_mode)
-        for name in ("max_length", "max_prompt_length", "max_completion_length"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be a positive number of tokens, got {value}; use None for no limit.")
-        if not self.beta > 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}.")
+        # `padding_value` is the pad id of these trainers' collator, not a deprecated field.
+        self._check_preference_lengths(padding_value_is_deprecated=False)
 
 
 @dataclass
-class _UnpairedPreferenceConfig(_ModelLoadingFields, _BaseConfig):
+class _UnpairedPreferenceConfig(_PreferenceLengthFields, _ModelLoadingFields, _BaseConfig):
     r"""
     Fields shared by the configurations of the unpaired preference trainers ([`KTOConfig`], [`BCOConfig`]).
 
@@ -338,18 +356,11 @@ class _UnpairedPreferenceConfig(_ModelLoadingFields, _BaseConfig):
     is_encoder_decoder: bool | None = field(default=None, metadata={"help": "Only decoder-only models (True raises)."})
 
     # data
-    dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes used to tokenize the dataset."})
-    max_prompt_length: int | None = field(
-        default=None, metadata={"help": "Maximum prompt length in tokens; None (the default): no separate limit."}
-    )
-    max_completion_length: int | None = field(default=None, metadata={"help": "Keep the first N completion tokens."})
-    max_length: int | None = field(default=1024, metadata={"help": "Maximum prompt + completion length."})
     truncation_mode: str = field(
         default="keep_end",
         metadata={"help": "Which end of a long prompt to keep.", "choices": list(TRUNCATION_MODES)},
     )
     padding_value: int | None = field(default=None, metadata={"help": "Deprecated: set tokenizer.pad_token."})
-    label_pad_token_id: int = field(default=-100, metadata={"help": "Kept for compatibility (unused)."})
 
     # loss and evaluation
     beta: float = field(default=0.1, metadata={"help": "Inverse temperature beta."})
@@ -357,21 +368,4 @@ class _UnpairedPreferenceConfig(_ModelLoadingFields, _BaseConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.padding_value is not None:
-            warnings.warn(
-                "`padding_value` is deprecated: set `tokenizer.pad_token` instead.", FutureWarning, stacklevel=3
-            )
-        if self.label_pad_token_id != -100:
-            warnings.warn(
-                "`label_pad_token_id` has no effect: completion tokens are tracked with a mask, not with padded "
-                "labels. Remove it from your configuration.",
-                UserWarning,
-                stacklevel=3,
-            )
-        if not self.beta > 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}.")
-        check_truncation_mode(self.truncation_mode)
-        for name in ("max_length", "max_prompt_length", "max_completion_length"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive, got {value}; use None to disable that truncation.")
+        self._check_preference_lengths()

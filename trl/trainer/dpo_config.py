@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -11,8 +10,8 @@ from .base_config import (
     TRUNCATION_MODES,
     _BaseConfig,
     _ModelLoadingFields,
+    _PreferenceLengthFields,
     _ReferenceSyncFields,
-    check_truncation_mode,
     resolve_pad_to_multiple_of,
 )
 
@@ -56,7 +55,7 @@ class FDivergenceConstants:
 
 
 @dataclass
-class DPOConfig(_ReferenceSyncFields, _ModelLoadingFields, _BaseConfig):
+class DPOConfig(_ReferenceSyncFields, _PreferenceLengthFields, _ModelLoadingFields, _BaseConfig):
     r"""
     Configuration class for the [`DPOTrainer`].
 
@@ -195,13 +194,10 @@ class DPOConfig(_ReferenceSyncFields, _ModelLoadingFields, _BaseConfig):
     )
 
     # data
-    dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes used to tokenize the dataset."})
     tools: list[Any] | None = field(default=None, metadata={"help": "Tools (JSON schemas) for the chat template."})
     max_prompt_length: int | None = field(
         default=None, metadata={"help": "Keep the last N prompt tokens; None (the default): no separate prompt limit."}
     )
-    max_completion_length: int | None = field(default=None, metadata={"help": "Keep the first N completion tokens."})
-    max_length: int | None = field(default=1024, metadata={"help": "Maximum prompt + completion length."})
     truncation_mode: str = field(
         default="keep_start", metadata={"help": "keep_start or keep_end.", "choices": list(TRUNCATION_MODES)}
     )
@@ -211,7 +207,6 @@ class DPOConfig(_ReferenceSyncFields, _ModelLoadingFields, _BaseConfig):
     )
     pad_token: str | None = field(default=None, metadata={"help": "Deprecated: set tokenizer.pad_token instead."})
     padding_value: int | None = field(default=None, metadata={"help": "Deprecated: set tokenizer.pad_token."})
-    label_pad_token_id: int = field(default=-100, metadata={"help": "Kept for compatibility (unused)."})
 
     # loss
     loss_type: list[str] = field(
@@ -244,17 +239,7 @@ class DPOConfig(_ReferenceSyncFields, _ModelLoadingFields, _BaseConfig):
         else:
             self.loss_type = list(self.loss_type)
         self.f_divergence_type = getattr(self.f_divergence_type, "value", self.f_divergence_type)
-        if self.padding_value is not None:
-            warnings.warn(
-                "`padding_value` is deprecated: set `tokenizer.pad_token` instead.", FutureWarning, stacklevel=2
-            )
-        if self.label_pad_token_id != -100:
-            warnings.warn(
-                "`label_pad_token_id` has no effect: completion tokens are tracked with a mask, not with padded "
-                "labels. Remove it from your configuration.",
-                UserWarning,
-                stacklevel=2,
-            )
+        self._check_preference_lengths()
         self._validate()
 
     def _validate(self) -> None:
@@ -266,11 +251,6 @@ class DPOConfig(_ReferenceSyncFields, _ModelLoadingFields, _BaseConfig):
                 f"Got {len(self.loss_weights)} loss_weights for {len(self.loss_type)} loss types {self.loss_type}: "
                 "give exactly one weight per loss type, in the same order."
             )
-        check_truncation_mode(self.truncation_mode)
-        for name in ("max_length", "max_prompt_length", "max_completion_length"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise ValueError(f"{name} must be positive, got {value}; use None to disable that truncation.")
         if self.ld_alpha is not None and not 0 <= self.ld_alpha <= 1:
             raise ValueError(f"ld_alpha must be in [0, 1], got {self.ld_alpha}.")
         if self.rpo_alpha is not None and self.rpo_alpha < 0:
@@ -307,8 +287,6 @@ class DPOConfig(_ReferenceSyncFields, _ModelLoadingFields, _BaseConfig):
 
         from ..losses import preference_loss
 
-        if not self.beta > 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}.")
         zeros = torch.zeros(2)
         lengths = torch.ones(2)
         for loss_type in self.loss_type:

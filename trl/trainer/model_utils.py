@@ -96,17 +96,7 @@ def load_trained_model(
     Published checkpoints are mostly bf16, and `from_pretrained` keeps the checkpoint's dtype; in bf16 weights small
     optimizer updates round away, so some tensors never change. Mixed precision comes from `bf16=True` instead.
     `dtype="auto"` in `model_init_kwargs` keeps the checkpoint's dtype. Reference, teacher and reward models are frozen
-    and keep using [`load_model`].
-
-    Args:
-        model_id (`str`):
-            Hub id or local path.
-        args (`TrainingArguments`):
-            The trainer config; `model_init_kwargs` and `trust_remote_code` are read if present.
-        auto_class (`type`, *optional*, defaults to `AutoModelForCausalLM`):
-            The auto class to load with.
-        **overrides:
-            Extra `from_pretrained` arguments that take precedence (e.g. `num_labels=1`).
+    and keep using [`load_model`], whose arguments this function takes.
     """
     kwargs = resolve_model_init_kwargs(getattr(args, "model_init_kwargs", None))
     # An explicit `dtype=None` means "no choice made", as it did before transformers 5 made `"auto"` the default.
