@@ -110,10 +110,13 @@ def test_padding_and_out_of_vocabulary_ids_leave_the_support():
 def test_first_step_loss_equals_a_local_teacher_of_the_same_weights(tmp_path, teacher_url):
     """Training from the server gives the local teacher's losses (on-policy, same sampled completions), with no
     teacher model in the trainer, and changes every student parameter."""
-    dataset = load_test_dataset("conversational_prompt_only")
-    served = DistillationTrainer(STUDENT, args=server_config(tmp_path / "s", teacher_url), train_dataset=dataset)
+    data = {"train_dataset": load_test_dataset("conversational_prompt_only")}
+    data["eval_dataset"] = load_test_dataset("conversational_prompt_completion", split="test")
+    served = DistillationTrainer(STUDENT, args=server_config(tmp_path / "s", teacher_url), **data)
     assert served.teacher_model is None and isinstance(served.teacher_server, TeacherServer)
-    local = DistillationTrainer(STUDENT, TEACHER, args=make_config(tmp_path / "l"), train_dataset=dataset)
+    local = DistillationTrainer(STUDENT, TEACHER, args=make_config(tmp_path / "l"), **data)
+    evaluations = [trainer.evaluate() for trainer in (served, local)]  # the dataset completions: no sampling
+    assert evaluations[0]["eval_loss"] == pytest.approx(evaluations[1]["eval_loss"], rel=1e-4)
     before = snapshot(served.model)
     served.train()
     local.train()
@@ -170,3 +173,21 @@ def test_a_vllm_teacher_server_needs_temperature_one():
     TeacherServer(client, beta=1.0, top_k=1, temperature=1.0).check_server(None)  # no vocabulary reported: no check
     with pytest.raises(ValueError, match="temperature=0.7: the vLLM teacher server at http://gpu-host:8000"):
         TeacherServer(client, beta=1.0, top_k=1, temperature=0.7).check_server(None)
+
+
+def test_cli_with_a_teacher_server(tmp_path, teacher_url):
+    """`trl distillation --config <yaml>` with `use_teacher_server: true` and no local teacher."""
+    from trl.testing import get_dataset_path
+
+    from .testing_utils import run_trl_with_yaml
+
+    config = {
+        "model_name_or_path": STUDENT, "use_teacher_server": True, "teacher_model_server_url": teacher_url,
+        "dataset_name": get_dataset_path(), "dataset_config": "conversational_prompt_only",
+        "output_dir": str(tmp_path / "out"), "max_steps": 2, "max_completion_length": 4, "max_length": 64,
+        "per_device_train_batch_size": 2, "save_strategy": "no", "report_to": "none", "logging_steps": 1,
+        "num_processes": 1, "vllm_server_timeout": 60,
+    }  # fmt: skip
+    result = run_trl_with_yaml("distillation", config, tmp_path)
+    assert (tmp_path / "out" / "model.safetensors").exists()
+    assert result.stdout.count("'loss'") == 2, result.stdout[-3000:]
