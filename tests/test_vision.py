@@ -88,3 +88,134 @@ def test_tiny_vision_datasets(config_name):
 def test_tiny_vision_dataset_rejects_unknown_config():
     with pytest.raises(ValueError, match="conversational_language_modeling"):
         build_tiny_vision_dataset("standard_language_modeling")
+
+
+# --------------------------------------------------------------------------------------------------------- collators
+from trl.chat_template_utils import get_training_chat_template  # noqa: E402
+from trl.testing import build_tiny_tokenizer, build_tiny_vlm_processor  # noqa: E402
+from trl.trainer.vision_collators import (  # noqa: E402
+    DataCollatorForVisionLanguageModeling,
+    DataCollatorForVisionPreference,
+    DataCollatorForVisionUnpairedPreference,
+    check_vision_example,
+    image_token_ids,
+)
+
+
+@pytest.fixture(scope="module")
+def processors():
+    return {arch: build_tiny_vlm_processor(arch) for arch in VLM_ARCHITECTURES}
+
+
+def _rows(config_name, num_images=1, num_rows=3):
+    dataset = build_tiny_vision_dataset(config_name, num_rows=num_rows, num_images=num_images)
+    return [dataset[i] for i in range(num_rows)]
+
+
+def _labelled_text(processor, labels_row):
+    return processor.tokenizer.decode(labels_row[labels_row != -100])
+
+
+@pytest.mark.parametrize("arch", VLM_ARCHITECTURES)
+@pytest.mark.parametrize("num_images", [1, 2])
+def test_vision_lm_collator_assistant_only(processors, arch, num_images):
+    processor = processors[arch]
+    collator = DataCollatorForVisionLanguageModeling(
+        processor, assistant_only_loss=True, chat_template=get_training_chat_template(processor)
+    )
+    batch = collator(_rows("conversational_language_modeling", num_images))
+    assert VISION_KEYS[arch] <= set(batch)
+    assert batch["labels"].shape == batch["input_ids"].shape
+    eos = processor.tokenizer.eos_token
+    expected = (
+        ["Red.", "Green.", "Blue."] if num_images == 1 else ["Red and green.", "Green and blue.", "Blue and yellow."]
+    )
+    for row, answer in zip(batch["labels"], expected):
+        assert _labelled_text(processor, row).strip() == answer + eos
+    # One image's worth of image tokens per image, none of them labelled.
+    image_ids = torch.tensor(sorted(image_token_ids(processor)))
+    is_image = torch.isin(batch["input_ids"], image_ids)
+    assert is_image.sum(dim=1).min() >= num_images
+    assert (batch["labels"][is_image] == -100).all()
+
+
+@pytest.mark.parametrize("arch", VLM_ARCHITECTURES)
+def test_vision_lm_collator_trains_on_every_text_token_by_default(processors, arch):
+    processor = processors[arch]
+    batch = DataCollatorForVisionLanguageModeling(processor)(_rows("conversational_language_modeling"))
+    text = _labelled_text(processor, batch["labels"][0])
+    assert "What colour is the picture?" in text and "Red." in text
+    # Padding is never labelled.
+    assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+
+
+@pytest.mark.parametrize("arch", VLM_ARCHITECTURES)
+@pytest.mark.parametrize("completion_only_loss", [True, False])
+def test_vision_prompt_completion_collator(processors, arch, completion_only_loss):
+    processor = processors[arch]
+    collator = DataCollatorForVisionLanguageModeling(
+        processor, completion_only_loss=completion_only_loss, pad_to_multiple_of=16
+    )
+    batch = collator(_rows("conversational_prompt_completion", num_images=2))
+    assert batch["input_ids"].shape[1] % 16 == 0
+    assert VISION_KEYS[arch] <= set(batch)
+    text = _labelled_text(processor, batch["labels"][1])
+    assert "Green and blue." in text
+    assert ("colours" in text) is not completion_only_loss
+    # The padded rows keep their tokens at the start (right padding).
+    assert (batch["attention_mask"][:, 0] == 1).all()
+
+
+@pytest.mark.parametrize("arch", ["qwen2-vl", "llava", "gemma3"])
+def test_vision_collator_max_length_never_cuts_images(processors, arch):
+    processor = processors[arch]
+    rows = _rows("conversational_prompt_completion")
+    full = DataCollatorForVisionLanguageModeling(processor)(rows)
+    image_ids = torch.tensor(sorted(image_token_ids(processor)))
+    last_image = int(torch.isin(full["input_ids"], image_ids).nonzero()[:, 1].max())
+    cut = DataCollatorForVisionLanguageModeling(processor, max_length=last_image + 2)(rows)
+    assert cut["input_ids"].shape[1] == last_image + 2
+    assert torch.equal(cut["input_ids"], full["input_ids"][:, : last_image + 2])
+    with pytest.raises(ValueError, match="would cut the image tokens"):
+        DataCollatorForVisionLanguageModeling(processor, max_length=last_image)(rows)
+
+
+def test_vision_collator_needs_a_processor():
+    with pytest.raises(ValueError, match="AutoProcessor"):
+        DataCollatorForVisionLanguageModeling(build_tiny_tokenizer())
+
+
+def test_check_vision_example_names_the_fix(processors):
+    example = _rows("conversational_language_modeling", num_rows=1)[0]
+    with pytest.raises(ValueError, match="cannot process images"):
+        check_vision_example(example, build_tiny_tokenizer(), "SFTTrainer")
+    with pytest.raises(ValueError, match="conversational data only"):
+        check_vision_example({"images": example["images"], "text": "A red square."}, processors["llava"], "SFTTrainer")
+    check_vision_example(example, processors["llava"], "SFTTrainer")
+
+
+@pytest.mark.parametrize("arch", VLM_ARCHITECTURES)
+def test_vision_preference_collator(processors, arch):
+    processor = processors[arch]
+    batch = DataCollatorForVisionPreference(processor)(_rows("conversational_preference", num_rows=2))
+    assert batch["input_ids"].shape[0] == 4 and VISION_KEYS[arch] <= set(batch)
+    completions = [processor.tokenizer.decode(row[mask.bool()]) for row, mask in
+                   zip(batch["input_ids"], batch["completion_mask"])]  # fmt: skip
+    assert [c.strip().split(".")[0] for c in completions] == ["Red", "Green", "Blue", "Yellow"]
+    # Chosen and rejected rows of a pair share their prompt and image tensors.
+    prompt_0 = batch["input_ids"][0][~batch["completion_mask"][0].bool() & batch["attention_mask"][0].bool()]
+    prompt_2 = batch["input_ids"][2][~batch["completion_mask"][2].bool() & batch["attention_mask"][2].bool()]
+    assert torch.equal(prompt_0, prompt_2)
+
+
+@pytest.mark.parametrize("arch", ["qwen2-vl", "idefics3"])
+def test_vision_unpaired_preference_collator(processors, arch):
+    processor = processors[arch]
+    batch = DataCollatorForVisionUnpairedPreference(processor)(_rows("conversational_unpaired_preference"))
+    assert batch["labels"].tolist() == [True, False, True]
+    assert {f"kl_{key}" for key in VISION_KEYS[arch]} <= set(batch)
+    kl = [processor.tokenizer.decode(row[mask.bool()]) for row, mask in
+          zip(batch["kl_input_ids"], batch["kl_completion_mask"])]  # fmt: skip
+    own = [processor.tokenizer.decode(row[mask.bool()]) for row, mask in
+           zip(batch["input_ids"], batch["completion_mask"])]  # fmt: skip
+    assert kl == own[1:] + own[:1]
