@@ -33,7 +33,16 @@ from .tool_calls import tool_name, tool_schemas
 from .tool_runner import ToolRunner
 
 
-__all__ = ["AgentOutput", "AgentRollout", "validate_rollout_output"]
+__all__ = [
+    "AGENT_FEATURES",
+    "AgentOutput",
+    "AgentRollout",
+    "build_agent",
+    "check_agent_features",
+    "environment_prompts",
+    "validate_rollout_output",
+    "with_environment_rewards",
+]
 
 _WARNED: set[str] = set()
 
@@ -60,6 +69,15 @@ class AgentOutput:
     tool_mask: list[list[int]] | None = None
     completions: list[Any] | None = None
     reward_columns: dict[str, list] = field(default_factory=dict)
+
+    def scored_rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The rows with the extra reward-function columns (`environments`, a `rollout_func`'s own fields)."""
+        if not self.reward_columns:
+            return rows
+        return [
+            {**row, **{key: values[index] for key, values in self.reward_columns.items()}}
+            for index, row in enumerate(rows)
+        ]
 
 
 def validate_rollout_output(output: Any, num_prompts: int, max_completion_length: int) -> dict[str, list]:
@@ -214,7 +232,7 @@ class AgentRollout:
             self.runner,
             num_generations=num_generations,
             max_completion_length=self.args.max_completion_length,
-            max_iterations=self.args.max_tool_calling_iterations,
+            max_iterations=getattr(self.args, "max_tool_calling_iterations", None),
             eos_token_ids=eos_token_ids,
             tools_per_rollout=tools,
             schemas_per_rollout=[row["tools"] for row in rows],
@@ -264,22 +282,119 @@ class AgentRollout:
         )
 
     # ------------------------------------------------------------------------------------------- afterwards
-    @staticmethod
-    def fail_rows(rewards_B_F: torch.Tensor, failed_B: torch.Tensor) -> torch.Tensor:
-        """Rewards with the rows of failed rollouts set to NaN (no function scores them: zero advantage)."""
-        if failed_B.any():
-            rewards_B_F = rewards_B_F.clone()
-            rewards_B_F[failed_B] = float("nan")
-        return rewards_B_F
+    def finish(
+        self,
+        output: AgentOutput,
+        tensors: dict[str, torch.Tensor],
+        rewards_B_F: torch.Tensor,
+        accelerator: Any,
+        log_metric: Callable,
+        mode: str,
+    ) -> torch.Tensor:
+        """After scoring: mask the tool glue and the failed rollouts out of the loss, give failed rollouts no reward
+        (NaN, hence a zero advantage) and log the batch's metrics. Returns the rewards.
 
-    def log(self, log_metric: Callable, mode: str, failed_count: int) -> None:
-        """Log the batch's tool metrics (means of this process) and the failed rollouts (all processes)."""
+        `tensors["completion_mask"]` becomes the mask of the trained tokens (the model's own, in rollouts that did
+        not fail); `tensors["completion_attention_mask"]` keeps every real completion token, which the log-prob
+        forward passes attend to; `tensors["tool_mask"]` is the mask of the model's tokens."""
+        mask_B_C = tensors["completion_mask"]
+        failed_B = torch.tensor(self.failed_rows(mask_B_C.shape[0]), dtype=torch.bool, device=mask_B_C.device)
+        if output.tool_mask is not None or failed_B.any():
+            width = mask_B_C.shape[1]
+            lengths_B = tensors["completion_lengths"]
+            tensors["completion_attention_mask"] = (
+                torch.arange(width, device=lengths_B.device) < lengths_B[:, None]
+            ).long()
+        if output.tool_mask is not None:
+            tool_mask_B_C = torch.zeros_like(mask_B_C)
+            for row, values in enumerate(output.tool_mask):
+                tool_mask_B_C[row, : len(values)] = torch.as_tensor(values, dtype=mask_B_C.dtype)
+            tensors["tool_mask"] = tool_mask_B_C
+            mask_B_C = mask_B_C * tool_mask_B_C
+        tensors["completion_mask"] = mask_B_C * (~failed_B).long()[:, None]
+        failed_global_B = accelerator.gather(failed_B)
+        if failed_global_B.any():
+            rewards_B_F = rewards_B_F.clone()
+            rewards_B_F[failed_global_B] = float("nan")
         for name, value in self._stats.items():
             log_metric(name, value, mode)
         if self.environments is not None:
-            log_metric("environments/failed_rollouts", failed_count, mode)
+            log_metric("environments/failed_rollouts", int(failed_global_B.sum()), mode)
         self._stats = {}
+        return rewards_B_F
 
     def close(self) -> None:
         if self.environments is not None:
             self.environments.close()
+
+
+# ------------------------------------------------------------------------------------------- trainer side
+AGENT_FEATURES = ("tools", "rollout_func", "environment_factory")
+
+
+def check_agent_features(args: Any, features: dict[str, Any], train_dataset: Any) -> None:
+    """The checks of the agent arguments that need no model (a trainer's `_validate`), with the fix in each error."""
+    tools, rollout_func, environment_factory = (features.get(name) for name in AGENT_FEATURES)
+    iterations = getattr(args, "max_tool_calling_iterations", None)
+    if iterations is not None and not tools and environment_factory is None:
+        raise ValueError("max_tool_calling_iterations only applies with tools or environment_factory: unset it.")
+    if iterations is not None and iterations < 1:
+        raise ValueError(f"max_tool_calling_iterations must be at least 1 (or None), got {iterations}.")
+    if rollout_func is not None and (tools or environment_factory is not None):
+        raise ValueError(
+            "rollout_func replaces generation, so it cannot be combined with tools or environment_factory: run the "
+            "tools inside your rollout_func, or drop rollout_func."
+        )
+    if train_dataset is None and environment_factory is not None and args.max_steps <= 0:
+        raise ValueError(
+            "Without a train_dataset the environments' reset() supplies the prompts and the run has no length: set "
+            "max_steps (e.g. max_steps=100), or pass a train_dataset."
+        )
+
+
+def build_agent(args: Any, features: dict[str, Any], trainer: Any = None) -> AgentRollout | None:
+    """The [`AgentRollout`] of a trainer's agent arguments, or `None` when none is set."""
+    if all(features.get(name) is None for name in AGENT_FEATURES):
+        return None
+    return AgentRollout(
+        args,
+        None,
+        tools=features.get("tools"),
+        environment_factory=features.get("environment_factory"),
+        rollout_func=features.get("rollout_func"),
+        trainer=trainer,
+    )
+
+
+def with_environment_rewards(
+    reward_funcs: Any, reward_processing_classes: Any, args: Any, agent: AgentRollout | None
+) -> tuple[list, Any]:
+    """The reward functions (and their processing classes) with the environments' `get_reward()` sources appended,
+    weight 1 each (added to `args.reward_weights` when it is set)."""
+    funcs = [] if reward_funcs is None else list(reward_funcs) if isinstance(reward_funcs, list) else [reward_funcs]
+    extra = agent.reward_functions() if agent is not None else []
+    if not funcs and not extra:
+        raise ValueError(
+            "No reward source: pass reward_funcs, or give the environment class a `get_reward(self) -> float` method."
+        )
+    if not extra:
+        return reward_funcs, reward_processing_classes
+    if args.reward_weights is not None and len(args.reward_weights) == len(funcs):
+        args.reward_weights = [*args.reward_weights, *[1.0] * len(extra)]
+    if reward_processing_classes is not None:
+        classes = (
+            reward_processing_classes if isinstance(reward_processing_classes, list) else [reward_processing_classes]
+        )
+        reward_processing_classes = [*classes, *[None] * len(extra)]
+    return funcs + extra, reward_processing_classes
+
+
+def environment_prompts() -> Any:
+    """An endless streaming dataset of empty user prompts, for environments whose `reset()` supplies the prompt."""
+    from datasets import IterableDataset
+
+    def rows():
+        while True:
+            yield {"prompt": [{"role": "user", "content": ""}]}
+
+    return IterableDataset.from_generator(rows)

@@ -151,6 +151,8 @@ class EnvironmentPool:
         started = []
         for row, environment in zip(rows, environments, strict=True):
             row = dict(row)
+            if row.get("prompt") is None:  # a dataset without prompts: reset() supplies them
+                row["prompt"] = [{"role": "user", "content": ""}]
             text = None
             if callable(getattr(environment, "reset", None)):
                 try:
