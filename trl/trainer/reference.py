@@ -27,8 +27,6 @@ import torch
 from datasets import Dataset
 from torch.utils.data import DataLoader
 
-# The policy, scored as the reference, runs in eval mode (dropout off) and gets its mode back afterwards.
-from ..generation.transformers_backend import _eval_mode
 from ..models.utils import create_reference_model, prepare_ref_model
 from .callbacks import SyncRefModelCallback
 from .data_preparation import map_datasets
@@ -336,3 +334,14 @@ class ReferenceModelMixin:
         )
         completions = output[:, inputs["input_ids"].shape[1] :]
         return get_tokenizer(self.processing_class).batch_decode(completions, skip_special_tokens=True)
+
+
+@contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Run `model` in eval mode inside the block and restore its mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
