@@ -219,3 +219,36 @@ def test_vision_unpaired_preference_collator(processors, arch):
     own = [processor.tokenizer.decode(row[mask.bool()]) for row, mask in
            zip(batch["input_ids"], batch["completion_mask"])]  # fmt: skip
     assert kl == own[1:] + own[:1]
+
+
+# ------------------------------------------------------------------------------------------------- loading by name
+def test_vision_model_ids_load_with_the_image_text_to_text_class_and_a_processor():
+    from types import SimpleNamespace
+
+    from trl.testing import get_tiny_model_path
+    from trl.trainer.model_utils import load_model, load_processing_class
+
+    args = SimpleNamespace(model_init_kwargs=None, trust_remote_code=False)
+    path = get_tiny_vlm_path("llava")
+    assert type(load_model(path, args)).__name__ == "LlavaForConditionalGeneration"
+    assert type(load_processing_class(path, args)).__name__ == "LlavaProcessor"
+    # Text models keep their causal-LM class and tokenizer.
+    text_path = get_tiny_model_path("qwen2")
+    assert type(load_model(text_path, args)).__name__ == "Qwen2ForCausalLM"
+    assert not hasattr(load_processing_class(text_path, args), "image_processor")
+
+
+def test_unbuildable_processor_names_the_fix(monkeypatch):
+    from types import SimpleNamespace
+
+    import transformers
+
+    from trl.trainer.model_utils import load_processing_class
+
+    def fail(*args, **kwargs):
+        raise OSError("Can't load video processor")
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", fail)
+    args = SimpleNamespace(model_init_kwargs=None, trust_remote_code=False)
+    with pytest.raises(ValueError, match="pass it as `processing_class`"):
+        load_processing_class(get_tiny_vlm_path("llava"), args)

@@ -16,6 +16,7 @@ from transformers.utils import logging
 
 from ..import_utils import is_peft_available, require
 from .input_checks import check_model_path
+from .vision_models import auto_class_for, is_vision_language_model_id, load_processor
 
 
 logger = logging.get_logger(__name__)
@@ -85,6 +86,7 @@ def load_model(model_id: str, args: Any, auto_class: Any = AutoModelForCausalLM,
     )
     kwargs.update(overrides)
     check_model_path(model_id)
+    auto_class = auto_class_for(model_id, auto_class, kwargs)
     return auto_class.from_pretrained(model_id, **kwargs)
 
 
@@ -115,11 +117,14 @@ def check_model_init_kwargs_unused(model: Any, args: Any) -> None:
 
 
 def load_processing_class(model_id: str, args: Any, **kwargs: Any):
-    """Load the tokenizer of `model_id`, honouring `revision` from `model_init_kwargs` and `trust_remote_code`."""
+    """Load the tokenizer of `model_id` (its `AutoProcessor` for a vision-language model), honouring `revision` from
+    `model_init_kwargs` and `trust_remote_code`."""
     init_kwargs = getattr(args, "model_init_kwargs", None) or {}
     if "revision" in init_kwargs:
         kwargs.setdefault("revision", init_kwargs["revision"])
     kwargs.setdefault("trust_remote_code", getattr(args, "trust_remote_code", False))
+    if is_vision_language_model_id(model_id, **kwargs):
+        return load_processor(model_id, **kwargs)
     return AutoTokenizer.from_pretrained(model_id, **kwargs)
 
 

@@ -137,6 +137,62 @@ def image_token_ids(processor: Any) -> set[int]:
     return {int(i) for i in ids}
 
 
+# The model inputs a vision batch adds to `input_ids` / `attention_mask`, passed on to the forward pass.
+VISION_INPUT_KEYS = (
+    "pixel_values",
+    "image_grid_thw",
+    "pixel_attention_mask",
+    "image_sizes",
+    "token_type_ids",
+    "mm_token_type_ids",
+)
+# The raw columns the vision collators read: `Trainer` must not drop them as unknown to `model.forward`.
+VISION_COLUMNS = ("images", "image", "messages", "prompt", "completion", "chosen", "rejected", "label")
+
+
+def vision_inputs(batch: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The image inputs of a batch (the keys of `VISION_INPUT_KEYS` it has, read under `prefix`, e.g. `"kl_"`)."""
+    return {key: batch[prefix + key] for key in VISION_INPUT_KEYS if prefix + key in batch}
+
+
+def prepare_vision_dataset(
+    dataset: Any, processing_class: Any, trainer_name: str, packing: bool = False, padding_free: bool = False
+) -> bool:
+    """Whether `dataset` is a vision dataset, after checking that it can be trained on as one.
+
+    Vision datasets are not tokenised ahead of time (the vision collators process each batch), so a trainer returns
+    such a dataset unchanged when this is `True`.
+
+    Args:
+        dataset (`Dataset` or `IterableDataset`):
+            The data.
+        processing_class (`PreTrainedTokenizerBase` or `ProcessorMixin`):
+            The trainer's processing class; images need a processor.
+        trainer_name (`str`):
+            Named in error messages.
+        packing (`bool`, *optional*, defaults to `False`):
+            Whether packing was asked for (not supported with images).
+        padding_free (`bool`, *optional*, defaults to `False`):
+            Whether padding-free batches were asked for (not supported with images).
+
+    Raises:
+        `ValueError`: for images with a text tokenizer, standard-format image data, packing or padding-free.
+    """
+    from ..data_utils import get_dataset_column_names
+    from .data_preparation import first_example
+
+    if not is_vision_dataset(get_dataset_column_names(dataset)):
+        return False
+    check_vision_example(first_example(dataset), processing_class, trainer_name)
+    if packing or padding_free:
+        option = "packing=True" if packing else "padding_free=True"
+        raise ValueError(
+            f"{option} is not supported with images: packed or flattened rows would mix the image features of "
+            f"several examples, which vision-language models cannot tell apart. Set {option.split('=')[0]}=False."
+        )
+    return True
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Batches
 # --------------------------------------------------------------------------------------------------------------------
