@@ -587,3 +587,33 @@ def test_wpo_weights_by_hand():
     torch.testing.assert_close(
         wpo_pair_weights(torch.tensor([0.5, 1.2]), torch.tensor([0.8, 1.2])), torch.tensor([0.4, 1.0])
     )
+
+
+def test_assembled_losses_keep_the_shared_signature_and_python_call_rules():
+    """Every paired loss is its formula behind one shared signature: the four log-prob inputs (references default
+    to None), keyword-only `beta`, then its own options; f-divergence options exactly for F_DIVERGENCE_LOSS_TYPES
+    (besides sft, which accepts any divergence through `preference_loss`). Calls bind like a Python function."""
+    import inspect
+
+    shared = ["chosen_logps", "rejected_logps", "ref_chosen_logps", "ref_rejected_logps", "beta"]
+    for loss_type, fn in PREFERENCE_LOSSES.items():
+        parameters = inspect.signature(fn).parameters
+        assert list(parameters)[:5] == shared, loss_type
+        assert (
+            parameters["ref_chosen_logps"].default is None
+            and parameters["beta"].kind is inspect.Parameter.KEYWORD_ONLY
+        )
+        has_divergence = "f_divergence_type" in parameters
+        assert has_divergence == (loss_type in F_DIVERGENCE_LOSS_TYPES - {"sft"}), loss_type
+        assert fn.__name__.endswith("_loss") and fn.__doc__
+    args = (t(POLICY_C), t(POLICY_R), t(REF_C), t(REF_R))
+    by_keyword = sigmoid_loss(
+        chosen_logps=args[0], rejected_logps=args[1], ref_chosen_logps=args[2], ref_rejected_logps=args[3], beta=BETA
+    )
+    torch.testing.assert_close(by_keyword.losses, sigmoid_loss(*args, beta=BETA).losses, rtol=0, atol=0)
+    with pytest.raises(TypeError, match=r"sigmoid_loss\(\) got an unexpected keyword argument 'bogus'"):
+        sigmoid_loss(*args, beta=BETA, bogus=1)
+    with pytest.raises(TypeError, match="sigmoid_loss"):
+        sigmoid_loss(*args, BETA)  # beta is keyword-only
+    with pytest.raises(TypeError, match="beta"):
+        ipo_loss(*args)

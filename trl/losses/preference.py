@@ -21,7 +21,6 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
-from enum import Enum
 
 import torch
 import torch.nn.functional as F
@@ -30,13 +29,7 @@ import torch.nn.functional as F
 from .preference_pairs import EXO_DEFAULT_EPSILON as EXO_DEFAULT_EPSILON
 from .preference_pairs import F_DIVERGENCE_TYPES as F_DIVERGENCE_TYPES
 from .preference_pairs import PreferenceLossOutput as PreferenceLossOutput
-from .preference_pairs import (
-    _check_inputs,
-    _check_smoothing,
-    _normalise_by_length,
-    _pair,
-    _smoothed_logistic,
-)
+from .preference_pairs import _Pair, _smoothed_logistic, paired_loss
 from .preference_pairs import capped_exp as capped_exp
 from .preference_pairs import f_divergence_scores as f_divergence_scores
 from .simpo import alphapo_reward as alphapo_reward
@@ -44,26 +37,24 @@ from .simpo import simpo_loss as simpo_loss
 
 
 # ------------------------------------------------------------------------------------- the DPO loss family
-# Shared arguments of every function below (documented once here):
+# Each loss below is written as its formula `name_loss(pair, beta, *, <own options>)` of the batch's log-ratio pair;
+# `paired_loss` makes it the public function (same name and docstring) with the shared arguments, documented once
+# here:
 #     chosen_logps, rejected_logps (`torch.Tensor` of shape `[B]`): policy sequence log-probs.
 #     ref_chosen_logps, ref_rejected_logps (`torch.Tensor` of shape `[B]` or `None`): reference sequence log-probs;
 #         `None` means reference-free (log π_ref = 0).
 #     beta (`float`): inverse temperature β > 0 (IPO's τ, the hinge's inverse margin).
-#     f_divergence_type, f_alpha_divergence_coef: see `f_divergence_scores`; only the losses that take them accept a
-#         divergence other than reverse KL.
+#     f_divergence_type, f_alpha_divergence_coef: see `f_divergence_scores`; only the losses declared with
+#         `divergence=True` take them (after their own options) and score the log-ratios with them.
 
 
-def sigmoid_loss(
-    chosen_logps: torch.Tensor,
-    rejected_logps: torch.Tensor,
-    ref_chosen_logps: torch.Tensor | None = None,
-    ref_rejected_logps: torch.Tensor | None = None,
-    *,
-    beta: float,
-    label_smoothing: float = 0.0,
-    f_divergence_type: str | Enum = "reverse_kl",
-    f_alpha_divergence_coef: float = 0.5,
-) -> PreferenceLossOutput:
+def _check_discopop_tau(arguments: Mapping[str, object]) -> None:
+    if not arguments["discopop_tau"] > 0:
+        raise ValueError(f"discopop_tau must be > 0, got {arguments['discopop_tau']}.")
+
+
+@paired_loss(divergence=True, smoothing=(0.5, True))
+def sigmoid_loss(pair: _Pair, beta: float, *, label_smoothing: float = 0.0) -> torch.Tensor:
     """DPO: `−logσ(βΔ)` (arXiv 2305.18290); with `ε > 0`, conservative DPO `−(1−ε)logσ(βΔ) − ε·logσ(−βΔ)` (cDPO).
 
     At initialisation (policy = reference) the loss is `ln 2`.
@@ -86,24 +77,11 @@ def sigmoid_loss(
         f_alpha_divergence_coef (`float`, *optional*, defaults to `0.5`):
             α of the α-divergence.
     """
-    _check_smoothing(label_smoothing, "sigmoid", upper=0.5, inclusive=True)
-    pair = _pair(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
-    pair = pair.scored(f_divergence_type, f_alpha_divergence_coef)
-    return pair.output(beta, _smoothed_logistic(beta * pair.delta, label_smoothing))
+    return _smoothed_logistic(beta * pair.delta, label_smoothing)
 
 
-def sigmoid_norm_loss(
-    chosen_logps: torch.Tensor,
-    rejected_logps: torch.Tensor,
-    ref_chosen_logps: torch.Tensor | None = None,
-    ref_rejected_logps: torch.Tensor | None = None,
-    *,
-    beta: float,
-    chosen_lengths: torch.Tensor | None = None,
-    rejected_lengths: torch.Tensor | None = None,
-    f_divergence_type: str | Enum = "reverse_kl",
-    f_alpha_divergence_coef: float = 0.5,
-) -> PreferenceLossOutput:
+@paired_loss(divergence=True, lengths="required")
+def sigmoid_norm_loss(pair: _Pair, beta: float) -> torch.Tensor:
     """Length-normalised DPO: `−logσ(β·(h(r_c)/|y_c| − h(r_r)/|y_r|))` (Tülu 3, arXiv 2411.15124).
 
     Args:
@@ -114,47 +92,20 @@ def sigmoid_norm_loss(
 
     The other arguments are those of [`sigmoid_loss`].
     """
-    pair = _pair(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
-    pair = pair.scored(f_divergence_type, f_alpha_divergence_coef)
-    if chosen_lengths is None or rejected_lengths is None:
-        raise ValueError(
-            "loss_type='sigmoid_norm' needs chosen_lengths and rejected_lengths (completion token counts)."
-        )
-    pair = _normalise_by_length(pair, chosen_lengths, rejected_lengths, "sigmoid_norm")
-    return pair.output(beta, -F.logsigmoid(beta * pair.delta))
+    return -F.logsigmoid(beta * pair.delta)
 
 
-def hinge_loss(
-    chosen_logps: torch.Tensor,
-    rejected_logps: torch.Tensor,
-    ref_chosen_logps: torch.Tensor | None = None,
-    ref_rejected_logps: torch.Tensor | None = None,
-    *,
-    beta: float,
-    f_divergence_type: str | Enum = "reverse_kl",
-    f_alpha_divergence_coef: float = 0.5,
-) -> PreferenceLossOutput:
+@paired_loss(divergence=True)
+def hinge_loss(pair: _Pair, beta: float) -> torch.Tensor:
     """Hinge loss of SLiC / RSO: `relu(1 − βΔ)`, β being the inverse margin (arXiv 2305.10425, 2309.06657).
 
     Arguments are those of [`sigmoid_loss`] (no label smoothing).
     """
-    pair = _pair(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
-    pair = pair.scored(f_divergence_type, f_alpha_divergence_coef)
-    return pair.output(beta, torch.relu(1 - beta * pair.delta))
+    return torch.relu(1 - beta * pair.delta)
 
 
-def ipo_loss(
-    chosen_logps: torch.Tensor,
-    rejected_logps: torch.Tensor,
-    ref_chosen_logps: torch.Tensor | None = None,
-    ref_rejected_logps: torch.Tensor | None = None,
-    *,
-    beta: float,
-    chosen_lengths: torch.Tensor | None = None,
-    rejected_lengths: torch.Tensor | None = None,
-    f_divergence_type: str | Enum = "reverse_kl",
-    f_alpha_divergence_coef: float = 0.5,
-) -> PreferenceLossOutput:
+@paired_loss(divergence=True, lengths="optional")
+def ipo_loss(pair: _Pair, beta: float) -> torch.Tensor:
     """IPO: `(Δ̄ − 1/(2β))²`, β being the paper's τ (arXiv 2310.12036, Eq. 17).
 
     `Δ̄` is computed from **per-token-averaged** log-ratios, as the reference implementation does (the paper's
@@ -170,23 +121,11 @@ def ipo_loss(
 
     The other arguments are those of [`sigmoid_loss`].
     """
-    pair = _pair(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
-    pair = pair.scored(f_divergence_type, f_alpha_divergence_coef)
-    pair = _normalise_by_length(pair, chosen_lengths, rejected_lengths, "ipo")
-    return pair.output(beta, (pair.delta - 1 / (2 * beta)) ** 2)
+    return (pair.delta - 1 / (2 * beta)) ** 2
 
 
-def exo_pair_loss(
-    chosen_logps: torch.Tensor,
-    rejected_logps: torch.Tensor,
-    ref_chosen_logps: torch.Tensor | None = None,
-    ref_rejected_logps: torch.Tensor | None = None,
-    *,
-    beta: float,
-    label_smoothing: float = 0.0,
-    f_divergence_type: str | Enum = "reverse_kl",
-    f_alpha_divergence_coef: float = 0.5,
-) -> PreferenceLossOutput:
+@paired_loss(divergence=True, smoothing=(1.0, False))
+def exo_pair_loss(pair: _Pair, beta: float, *, label_smoothing: float = 0.0) -> torch.Tensor:
     """EXO (pairwise): `KL(p_θ || p_ε)` with `p_θ = softmax(β·[h(r_c), h(r_r)])` and `p_ε = [1−ε, ε]` (arXiv 2402.00856,
     Eq. 16): `σ(βΔ)(logσ(βΔ) − log(1−ε)) + σ(−βΔ)(logσ(−βΔ) − log ε)`.
 
@@ -196,46 +135,25 @@ def exo_pair_loss(
 
     The other arguments are those of [`sigmoid_loss`].
     """
-    _check_smoothing(label_smoothing, "exo_pair", upper=1.0, inclusive=False)
     epsilon = label_smoothing or EXO_DEFAULT_EPSILON
-    pair = _pair(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
-    pair = pair.scored(f_divergence_type, f_alpha_divergence_coef)
     z = beta * pair.delta
-    losses = torch.sigmoid(z) * (F.logsigmoid(z) - math.log1p(-epsilon)) + torch.sigmoid(-z) * (
+    return torch.sigmoid(z) * (F.logsigmoid(z) - math.log1p(-epsilon)) + torch.sigmoid(-z) * (
         F.logsigmoid(-z) - math.log(epsilon)
     )
-    return pair.output(beta, losses)
 
 
-def nca_pair_loss(
-    chosen_logps: torch.Tensor,
-    rejected_logps: torch.Tensor,
-    ref_chosen_logps: torch.Tensor | None = None,
-    ref_rejected_logps: torch.Tensor | None = None,
-    *,
-    beta: float,
-) -> PreferenceLossOutput:
+@paired_loss()
+def nca_pair_loss(pair: _Pair, beta: float) -> torch.Tensor:
     """NCA (pairwise): `−logσ(βr_c) − ½·logσ(−βr_c) − ½·logσ(−βr_r)` (arXiv 2402.05369). At initialisation: `2 ln 2`.
 
     Arguments are those of [`sigmoid_loss`] (reverse KL only).
     """
-    pair = _pair(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
     chosen, rejected = beta * pair.chosen_logratios, beta * pair.rejected_logratios
-    losses = -F.logsigmoid(chosen) - 0.5 * F.logsigmoid(-chosen) - 0.5 * F.logsigmoid(-rejected)
-    return pair.output(beta, losses)
+    return -F.logsigmoid(chosen) - 0.5 * F.logsigmoid(-chosen) - 0.5 * F.logsigmoid(-rejected)
 
 
-def robust_loss(
-    chosen_logps: torch.Tensor,
-    rejected_logps: torch.Tensor,
-    ref_chosen_logps: torch.Tensor | None = None,
-    ref_rejected_logps: torch.Tensor | None = None,
-    *,
-    beta: float,
-    label_smoothing: float = 0.0,
-    f_divergence_type: str | Enum = "reverse_kl",
-    f_alpha_divergence_coef: float = 0.5,
-) -> PreferenceLossOutput:
+@paired_loss(divergence=True, smoothing=(0.5, False))
+def robust_loss(pair: _Pair, beta: float, *, label_smoothing: float = 0.0) -> torch.Tensor:
     """Robust DPO: `[−(1−ε)·logσ(βΔ) + ε·logσ(−βΔ)] / (1 − 2ε)`, an unbiased loss under label flips with probability
     ε (arXiv 2403.00409, Eq. 6). At initialisation: `ln 2` for every ε.
 
@@ -245,25 +163,12 @@ def robust_loss(
 
     The other arguments are those of [`sigmoid_loss`].
     """
-    _check_smoothing(label_smoothing, "robust", upper=0.5, inclusive=False)
-    pair = _pair(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
-    pair = pair.scored(f_divergence_type, f_alpha_divergence_coef)
     z = beta * pair.delta
-    losses = (-(1 - label_smoothing) * F.logsigmoid(z) + label_smoothing * F.logsigmoid(-z)) / (
-        1 - 2 * label_smoothing
-    )
-    return pair.output(beta, losses)
+    return (-(1 - label_smoothing) * F.logsigmoid(z) + label_smoothing * F.logsigmoid(-z)) / (1 - 2 * label_smoothing)
 
 
-def bco_pair_loss(
-    chosen_logps: torch.Tensor,
-    rejected_logps: torch.Tensor,
-    ref_chosen_logps: torch.Tensor | None = None,
-    ref_rejected_logps: torch.Tensor | None = None,
-    *,
-    beta: float,
-    reward_shift: float | torch.Tensor = 0.0,
-) -> PreferenceLossOutput:
+@paired_loss()
+def bco_pair_loss(pair: _Pair, beta: float, *, reward_shift: float | torch.Tensor = 0.0) -> PreferenceLossOutput:
     """BCO (pairwise): `−logσ(βr_c − δ) − logσ(−(βr_r − δ))` (arXiv 2404.04656), δ being the running mean of the
     implicit rewards.
 
@@ -277,41 +182,25 @@ def bco_pair_loss(
 
     The other arguments are those of [`sigmoid_loss`] (reverse KL only).
     """
-    pair = _pair(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
     delta = reward_shift.detach() if isinstance(reward_shift, torch.Tensor) else reward_shift
     chosen, rejected = beta * pair.chosen_logratios, beta * pair.rejected_logratios
     losses = -F.logsigmoid(chosen - delta) - F.logsigmoid(-(rejected - delta))
-    reward_mean = torch.cat([chosen, rejected]).mean().detach()
-    return pair.output(beta, losses, reward_mean=reward_mean)
+    return pair.output(beta, losses, reward_mean=torch.cat([chosen, rejected]).mean().detach())
 
 
-def sppo_hard_loss(
-    chosen_logps: torch.Tensor,
-    rejected_logps: torch.Tensor,
-    ref_chosen_logps: torch.Tensor | None = None,
-    ref_rejected_logps: torch.Tensor | None = None,
-    *,
-    beta: float,
-) -> PreferenceLossOutput:
+@paired_loss()
+def sppo_hard_loss(pair: _Pair, beta: float) -> torch.Tensor:
     """SPPO with hard labels: `(r_c − 1/(2β))² + (r_r + 1/(2β))²` (arXiv 2405.00675, Eq. 4.7 with the win
     probability set to 1 for the chosen and 0 for the rejected completion). At initialisation: `1/(2β²)`.
 
     Arguments are those of [`sigmoid_loss`] (reverse KL only).
     """
-    pair = _pair(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
     target = 1 / (2 * beta)
-    return pair.output(beta, (pair.chosen_logratios - target) ** 2 + (pair.rejected_logratios + target) ** 2)
+    return (pair.chosen_logratios - target) ** 2 + (pair.rejected_logratios + target) ** 2
 
 
-def aot_loss(
-    chosen_logps: torch.Tensor,
-    rejected_logps: torch.Tensor,
-    ref_chosen_logps: torch.Tensor | None = None,
-    ref_rejected_logps: torch.Tensor | None = None,
-    *,
-    beta: float,
-    label_smoothing: float = 0.0,
-) -> PreferenceLossOutput:
+@paired_loss(smoothing=(0.5, True))
+def aot_loss(pair: _Pair, beta: float, *, label_smoothing: float = 0.0) -> torch.Tensor:
     """AOT (paired): distributional alignment by optimal transport over the batch (arXiv 2406.05882).
 
     Sort `log π_c − log π_r` and `log π_ref,c − log π_ref,r` over the batch separately; with `d` their difference
@@ -324,26 +213,18 @@ def aot_loss(
 
     The other arguments are those of [`sigmoid_loss`] (reverse KL only).
     """
-    _check_smoothing(label_smoothing, "aot", upper=0.5, inclusive=True)
-    pair = _pair(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
+    chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps = pair.logps
     policy_margin = chosen_logps - rejected_logps
     if ref_chosen_logps is None:
         ref_sorted = torch.zeros_like(policy_margin)
     else:
         ref_sorted = torch.sort(ref_chosen_logps - ref_rejected_logps, dim=0).values
     d = torch.sort(policy_margin, dim=0).values - ref_sorted
-    return pair.output(beta, _smoothed_logistic(beta * d, label_smoothing))
+    return _smoothed_logistic(beta * d, label_smoothing)
 
 
-def aot_pair_loss(
-    chosen_logps: torch.Tensor,
-    rejected_logps: torch.Tensor,
-    ref_chosen_logps: torch.Tensor | None = None,
-    ref_rejected_logps: torch.Tensor | None = None,
-    *,
-    beta: float,
-    label_smoothing: float = 0.0,
-) -> PreferenceLossOutput:
+@paired_loss(smoothing=(0.5, True))
+def aot_pair_loss(pair: _Pair, beta: float, *, label_smoothing: float = 0.0) -> torch.Tensor:
     """AOT (unpaired form; `aot_pair` in `trl` 0.x, `aot_unpaired` in 1.x) (arXiv 2406.05882).
 
     Sort `r_c` and `r_r` over the batch separately; with `d = sort(r_c) − sort(r_r)`, the loss is
@@ -355,60 +236,33 @@ def aot_pair_loss(
 
     The other arguments are those of [`sigmoid_loss`] (reverse KL only).
     """
-    _check_smoothing(label_smoothing, "aot_pair", upper=0.5, inclusive=True)
-    pair = _pair(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
     d = torch.sort(pair.chosen_logratios, dim=0).values - torch.sort(pair.rejected_logratios, dim=0).values
-    return pair.output(beta, _smoothed_logistic(beta * d, label_smoothing))
+    return _smoothed_logistic(beta * d, label_smoothing)
 
 
-def apo_zero_loss(
-    chosen_logps: torch.Tensor,
-    rejected_logps: torch.Tensor,
-    ref_chosen_logps: torch.Tensor | None = None,
-    ref_rejected_logps: torch.Tensor | None = None,
-    *,
-    beta: float,
-) -> PreferenceLossOutput:
+@paired_loss()
+def apo_zero_loss(pair: _Pair, beta: float) -> torch.Tensor:
     """APO-zero: `(1 − σ(βr_c)) + σ(βr_r)` (arXiv 2408.06266, Eq. 7): raise the chosen likelihood, lower the rejected
     one; for chosen completions better than the model's own outputs. At initialisation: `1`.
 
     Arguments are those of [`sigmoid_loss`] (reverse KL only).
     """
-    pair = _pair(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
-    losses = (1 - torch.sigmoid(beta * pair.chosen_logratios)) + torch.sigmoid(beta * pair.rejected_logratios)
-    return pair.output(beta, losses)
+    return (1 - torch.sigmoid(beta * pair.chosen_logratios)) + torch.sigmoid(beta * pair.rejected_logratios)
 
 
-def apo_down_loss(
-    chosen_logps: torch.Tensor,
-    rejected_logps: torch.Tensor,
-    ref_chosen_logps: torch.Tensor | None = None,
-    ref_rejected_logps: torch.Tensor | None = None,
-    *,
-    beta: float,
-) -> PreferenceLossOutput:
+@paired_loss()
+def apo_down_loss(pair: _Pair, beta: float) -> torch.Tensor:
     """APO-down: `σ(βr_c) + (1 − σ(β(r_c − r_r)))` (arXiv 2408.06266, Eq. 8): lower both likelihoods, the rejected
     one more; for chosen completions worse than the model's own outputs. At initialisation: `1`.
 
     Arguments are those of [`sigmoid_loss`] (reverse KL only).
     """
-    pair = _pair(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
     chosen = pair.chosen_logratios
-    losses = torch.sigmoid(beta * chosen) + (1 - torch.sigmoid(beta * (chosen - pair.rejected_logratios)))
-    return pair.output(beta, losses)
+    return torch.sigmoid(beta * chosen) + (1 - torch.sigmoid(beta * (chosen - pair.rejected_logratios)))
 
 
-def discopop_loss(
-    chosen_logps: torch.Tensor,
-    rejected_logps: torch.Tensor,
-    ref_chosen_logps: torch.Tensor | None = None,
-    ref_rejected_logps: torch.Tensor | None = None,
-    *,
-    beta: float,
-    discopop_tau: float = 0.05,
-    f_divergence_type: str | Enum = "reverse_kl",
-    f_alpha_divergence_coef: float = 0.5,
-) -> PreferenceLossOutput:
+@paired_loss(divergence=True, validate=_check_discopop_tau)
+def discopop_loss(pair: _Pair, beta: float, *, discopop_tau: float = 0.05) -> torch.Tensor:
     """DiscoPOP (log-ratio modulated loss): with `z = βΔ`, `(1 − σ(z/τ))·(−logσ(z)) + σ(z/τ)·e^{−z}`
     (arXiv 2406.08414, Eq. 5). The second term is computed as `exp(logσ(z/τ) − z)`, finite for any margin.
     At initialisation: `½·ln 2 + ½`.
@@ -419,24 +273,13 @@ def discopop_loss(
 
     The other arguments are those of [`sigmoid_loss`].
     """
-    if not discopop_tau > 0:
-        raise ValueError(f"discopop_tau must be > 0, got {discopop_tau}.")
-    pair = _pair(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta)
-    pair = pair.scored(f_divergence_type, f_alpha_divergence_coef)
     z = beta * pair.delta
     logistic = torch.sigmoid(-z / discopop_tau) * -F.logsigmoid(z)
-    exponential = torch.exp(F.logsigmoid(z / discopop_tau) - z)
-    return pair.output(beta, logistic + exponential)
+    return logistic + torch.exp(F.logsigmoid(z / discopop_tau) - z)
 
 
-def sft_loss(
-    chosen_logps: torch.Tensor,
-    rejected_logps: torch.Tensor,
-    ref_chosen_logps: torch.Tensor | None = None,
-    ref_rejected_logps: torch.Tensor | None = None,
-    *,
-    beta: float,
-) -> PreferenceLossOutput:
+@paired_loss(both_references=False)
+def sft_loss(pair: _Pair, beta: float) -> PreferenceLossOutput:
     """Negative log-likelihood of the chosen completion, `−log π(y_c|x)`: the generation term of MPO
     (arXiv 2411.10442) and, weighted by `rpo_alpha`, of RPO (arXiv 2404.19733).
 
@@ -446,9 +289,8 @@ def sft_loss(
 
     Arguments are those of [`sigmoid_loss`].
     """
-    _check_inputs(beta, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
-    zeros = torch.zeros_like(chosen_logps).detach()
-    return PreferenceLossOutput(-chosen_logps, zeros, zeros.clone())
+    zeros = torch.zeros_like(pair.chosen_logratios).detach()
+    return PreferenceLossOutput(-pair.chosen_logratios, zeros, zeros.clone())
 
 
 # ------------------------------------------------------------------------------------------------ dispatch

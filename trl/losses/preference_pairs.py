@@ -1,14 +1,19 @@
-"""What every paired preference loss builds on: the output type, the log-ratio pair of a batch, f-divergence scores
-and the numerics they share. The losses themselves are in `trl.losses.preference`."""
+"""What every paired preference loss builds on: the output type, the log-ratio pair of a batch, f-divergence scores,
+the numerics they share and [`paired_loss`], which makes a public loss of a formula. The losses themselves are in
+`trl.losses.preference` (and SimPO in `trl.losses.simpo`)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from enum import Enum
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from ._signature import Parameter, public_loss, tensor_inputs
 
 
 F_DIVERGENCE_TYPES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
@@ -146,12 +151,14 @@ def _check_smoothing(label_smoothing: float, loss_type: str, *, upper: float, in
 
 @dataclass
 class _Pair:
-    """Log-ratios of one batch of pairs and their scores (the log-ratios themselves under reverse KL)."""
+    """Log-ratios of one batch of pairs and their scores (the log-ratios themselves under reverse KL), with the
+    sequence log-probs they come from (`chosen, rejected, ref_chosen, ref_rejected`)."""
 
     chosen_logratios: torch.Tensor
     rejected_logratios: torch.Tensor
     chosen_scores: torch.Tensor
     rejected_scores: torch.Tensor
+    logps: tuple[torch.Tensor | None, ...] = ()
 
     @property
     def delta(self) -> torch.Tensor:
@@ -161,7 +168,7 @@ class _Pair:
         """The same pair with f-divergence scores `h(r)` in place of the log-ratios."""
         chosen = f_divergence_scores(self.chosen_logratios, f_divergence_type, f_alpha_divergence_coef)
         rejected = f_divergence_scores(self.rejected_logratios, f_divergence_type, f_alpha_divergence_coef)
-        return _Pair(self.chosen_logratios, self.rejected_logratios, chosen, rejected)
+        return replace(self, chosen_scores=chosen, rejected_scores=rejected)
 
     def output(self, beta: float, losses: torch.Tensor, **extra: torch.Tensor | None) -> PreferenceLossOutput:
         chosen_rewards = (beta * self.chosen_logratios).detach()
@@ -169,33 +176,99 @@ class _Pair:
         return PreferenceLossOutput(losses, chosen_rewards, rejected_rewards, **extra)
 
 
-def _pair(
-    chosen_logps: torch.Tensor,
-    rejected_logps: torch.Tensor,
-    ref_chosen_logps: torch.Tensor | None,
-    ref_rejected_logps: torch.Tensor | None,
-    beta: float,
-) -> _Pair:
+def _pair(beta: float, *logps: torch.Tensor | None, both_references: bool = True) -> _Pair:
+    """The pair of `logps = (chosen, rejected[, ref_chosen, ref_rejected])` (missing references are `None`).
+
+    `both_references=False` (a loss that ignores the reference) only checks the inputs; the pair then holds the
+    policy log-probs in place of log-ratios.
+    """
+    chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps = (*logps, None, None)[:4]
     _check_inputs(beta, chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    if not both_references:
+        return _Pair(chosen_logps, rejected_logps, chosen_logps, rejected_logps, logps)
     if (ref_chosen_logps is None) != (ref_rejected_logps is None):
         raise ValueError("Pass both ref_chosen_logps and ref_rejected_logps, or neither (reference-free).")
     chosen = _logratio(chosen_logps, ref_chosen_logps)
     rejected = _logratio(rejected_logps, ref_rejected_logps)
-    return _Pair(chosen, rejected, chosen, rejected)
+    return _Pair(chosen, rejected, chosen, rejected, logps)
 
 
-def _normalise_by_length(
-    pair: _Pair, chosen_lengths: torch.Tensor | None, rejected_lengths: torch.Tensor | None, loss_type: str
+def _by_length(
+    pair: _Pair, chosen_lengths: torch.Tensor | None, rejected_lengths: torch.Tensor | None, loss_type: str, need: str
 ) -> _Pair:
+    """The pair's scores divided by the completion lengths (clamped to at least 1); `need="optional"` leaves them
+    unchanged without lengths."""
+    if need == "required" and (chosen_lengths is None or rejected_lengths is None):
+        raise ValueError(
+            f"loss_type={loss_type!r} needs chosen_lengths and rejected_lengths (completion token counts)."
+        )
     if (chosen_lengths is None) != (rejected_lengths is None):
         raise ValueError(f"loss_type={loss_type!r}: pass both chosen_lengths and rejected_lengths, or neither.")
     if chosen_lengths is None:
         return pair
     chosen_lengths = chosen_lengths.to(pair.chosen_scores.dtype).clamp(min=1)
     rejected_lengths = rejected_lengths.to(pair.rejected_scores.dtype).clamp(min=1)
-    return _Pair(
-        pair.chosen_logratios,
-        pair.rejected_logratios,
-        pair.chosen_scores / chosen_lengths,
-        pair.rejected_scores / rejected_lengths,
+    return replace(
+        pair,
+        chosen_scores=pair.chosen_scores / chosen_lengths,
+        rejected_scores=pair.rejected_scores / rejected_lengths,
     )
+
+
+# ------------------------------------------------------------------------------ assembling the public losses
+
+_PAIR_INPUTS = tensor_inputs(
+    "chosen_logps rejected_logps ref_chosen_logps ref_rejected_logps", nullable_from=2, default_from=2
+)
+_LENGTH_OPTIONS = (
+    Parameter("chosen_lengths", Parameter.KEYWORD_ONLY, default=None, annotation="torch.Tensor | None"),
+    Parameter("rejected_lengths", Parameter.KEYWORD_ONLY, default=None, annotation="torch.Tensor | None"),
+)
+_DIVERGENCE_OPTIONS = (
+    Parameter("f_divergence_type", Parameter.KEYWORD_ONLY, default="reverse_kl", annotation="str | Enum"),
+    Parameter("f_alpha_divergence_coef", Parameter.KEYWORD_ONLY, default=0.5, annotation="float"),
+)
+
+
+def paired_loss(
+    *,
+    divergence: bool = False,
+    lengths: str | None = None,
+    smoothing: tuple[float, bool] | None = None,
+    validate: Callable[[Mapping[str, Any]], None] | None = None,
+    both_references: bool = True,
+) -> Callable[[Callable[..., Any]], Callable[..., PreferenceLossOutput]]:
+    """Decorator that turns a formula `name_loss(pair, beta, *, <options>)` into the public paired loss `name_loss`
+    `(chosen_logps, rejected_logps, ref_chosen_logps=None, ref_rejected_logps=None, *, beta, <options>)`.
+
+    A call runs, in this order: `validate(arguments)`; the `label_smoothing` range check when `smoothing` is
+    `(upper, inclusive)`; the [`_pair`] of the inputs (`both_references` as there); with `divergence`, the
+    f-divergence scores (options `f_divergence_type="reverse_kl"`, `f_alpha_divergence_coef=0.5`); with `lengths`
+    (`"required"` or `"optional"`), the scores divided by the completion lengths (options `chosen_lengths=None`,
+    `rejected_lengths=None`); then the formula. The options added come after the formula's own, lengths first. A
+    formula returns the per-pair losses (rewards `β·r` are added here) or a whole [`PreferenceLossOutput`].
+    """
+
+    def decorate(formula: Callable[..., Any]) -> Callable[..., PreferenceLossOutput]:
+        loss_type = formula.__name__.removesuffix("_loss")
+
+        def run(arguments: Mapping[str, Any], options: dict[str, Any]) -> PreferenceLossOutput:
+            beta = arguments["beta"]
+            if validate is not None:
+                validate(arguments)
+            if smoothing is not None:
+                upper, inclusive = smoothing
+                _check_smoothing(arguments["label_smoothing"], loss_type, upper=upper, inclusive=inclusive)
+            logps = tuple(arguments[parameter.name] for parameter in _PAIR_INPUTS)
+            pair = _pair(beta, *logps, both_references=both_references)
+            if divergence:
+                pair = pair.scored(arguments["f_divergence_type"], arguments["f_alpha_divergence_coef"])
+            if lengths is not None:
+                pair = _by_length(pair, arguments["chosen_lengths"], arguments["rejected_lengths"], loss_type, lengths)
+            result = formula(pair, beta, **options)
+            return result if isinstance(result, PreferenceLossOutput) else pair.output(beta, result)
+
+        extra = (*(_LENGTH_OPTIONS if lengths else ()), *(_DIVERGENCE_OPTIONS if divergence else ()))
+        return public_loss(formula, _PAIR_INPUTS, run, returns="PreferenceLossOutput", extra_options=extra)
+
+    return decorate

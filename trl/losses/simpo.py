@@ -3,9 +3,11 @@ by the trainer) and AlphaPO's reward shaping. Reached through `trl.losses.prefer
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
-from .preference_pairs import PreferenceLossOutput, _check_smoothing, _pair, _smoothed_logistic, capped_exp
+from .preference_pairs import PreferenceLossOutput, _Pair, _pair, _smoothed_logistic, capped_exp, paired_loss
 
 
 def alphapo_reward(logps: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -24,16 +26,16 @@ def alphapo_reward(logps: torch.Tensor, alpha: float) -> torch.Tensor:
     return (1 - capped_exp(-alpha * logps)) / alpha
 
 
+def _check_reference_free(arguments: Mapping[str, object]) -> None:
+    if arguments["ref_chosen_logps"] is not None or arguments["ref_rejected_logps"] is not None:
+        raise ValueError(
+            "SimPO is reference-free: call simpo_loss with ref_chosen_logps=None, ref_rejected_logps=None."
+        )
+
+
+@paired_loss(smoothing=(0.5, True), validate=_check_reference_free)
 def simpo_loss(
-    chosen_logps: torch.Tensor,
-    rejected_logps: torch.Tensor,
-    ref_chosen_logps: torch.Tensor | None = None,
-    ref_rejected_logps: torch.Tensor | None = None,
-    *,
-    beta: float,
-    simpo_gamma: float = 0.5,
-    label_smoothing: float = 0.0,
-    alpha: float = 0.0,
+    pair: _Pair, beta: float, *, simpo_gamma: float = 0.5, label_smoothing: float = 0.0, alpha: float = 0.0
 ) -> PreferenceLossOutput:
     """SimPO: `−logσ(β(s_c − s_r) − γ)` with `s` the **length-normalised** log-prob (arXiv 2405.14734, Eq. 6).
 
@@ -52,10 +54,6 @@ def simpo_loss(
 
     The other arguments are those of [`sigmoid_loss`]; `ref_*_logps` must be `None`.
     """
-    if ref_chosen_logps is not None or ref_rejected_logps is not None:
-        raise ValueError(
-            "SimPO is reference-free: call simpo_loss with ref_chosen_logps=None, ref_rejected_logps=None."
-        )
-    _check_smoothing(label_smoothing, "simpo", upper=0.5, inclusive=True)
-    pair = _pair(alphapo_reward(chosen_logps, alpha), alphapo_reward(rejected_logps, alpha), None, None, beta)
-    return pair.output(beta, _smoothed_logistic(beta * pair.delta - simpo_gamma, label_smoothing))
+    # Reference-free: the pair's log-ratios are the policy log-probs, shaped here.
+    shaped = _pair(beta, alphapo_reward(pair.chosen_logratios, alpha), alphapo_reward(pair.rejected_logratios, alpha))
+    return shaped.output(beta, _smoothed_logistic(beta * shaped.delta - simpo_gamma, label_smoothing))
