@@ -83,7 +83,7 @@ def test_configs_have_the_reference_defaults():
 def test_config_errors_name_the_fix():
     with pytest.raises(ValueError, match="num_generations_eval must be 2"):
         OnlineDPOConfig(output_dir="out", num_generations_eval=4)
-    with pytest.raises(ValueError, match="'sigmoid' or 'ipo'"):
+    with pytest.raises(ValueError, match=r"loss_type must be one of \['sigmoid', 'ipo'\]"):
         OnlineDPOConfig(output_dir="out", loss_type="hinge")
     with pytest.raises(ValueError, match="missing_eos_penalty.*>= 0"):
         OnlineDPOConfig(output_dir="out", missing_eos_penalty=-1.0)
@@ -185,10 +185,10 @@ def test_geometric_mixture_interpolates_between_policy_and_reference():
     with pytest.raises(ValueError, match="mixture_coef"):
         GeometricMixtureWrapper(policy, ref, mixture_coef=2.0)
     # Generation restores the policy's own mode (an evaluating policy stays in eval mode).
-    from trl.generation.transformers_backend import _eval_mode
+    from trl.generation.transformers_backend import _call_mode
 
     policy.eval()
-    with _eval_mode(GeometricMixtureWrapper(policy, ref, mixture_coef=0.5)):
+    with _call_mode(GeometricMixtureWrapper(policy, ref, mixture_coef=0.5), seed=None):
         pass
     assert not policy.training
 

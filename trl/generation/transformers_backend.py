@@ -43,16 +43,6 @@ _EXTRA_KWARGS = {"seed"}
 _LEAN_COMPATIBLE_KWARGS = {"seed", "cache_implementation"}
 
 
-@contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 class TransformersBackend(GenerationBackend):
     """
     Generate with `model.generate` on the model being trained.
@@ -135,7 +125,7 @@ class TransformersBackend(GenerationBackend):
         config = self.generation_config(sampling, generation_kwargs)
         step = self._rows_per_call(sampling.n, len(prompt_ids))
         completions, reasons, logprobs = [], [], []
-        with self.unwrap_context(self.model, self.accelerator) as model, _eval_mode(model), _seeded(seed, model):
+        with self.unwrap_context(self.model, self.accelerator) as model, _call_mode(model, seed):
             lean = self._use_lean(model, sampling)
             self.last_decode_loop = "lean" if lean else "generate"
             generate_chunk = self._lean_chunk if lean else self._generate_chunk
@@ -320,16 +310,20 @@ def sampled_logprobs(
 
 
 @contextlib.contextmanager
-def _seeded(seed: int | None, model: torch.nn.Module) -> Iterator[None]:
-    """Fix the sampling RNG for the call without disturbing the global RNG state."""
-    if seed is None:
-        yield
-        return
-    device = next(model.parameters()).device
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int(seed))
-        yield
+def _call_mode(model: torch.nn.Module, seed: int | None) -> Iterator[None]:
+    """One generation call's mode: eval (no dropout; gradient checkpointing would disable the cache) and, with a
+    `seed`, a private sampling RNG; the model's mode and the global RNG state come back afterwards."""
+    was_training = model.training
+    device = next(model.parameters()).device if seed is not None else None
+    cuda = [device] if device is not None and device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda, enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(int(seed))
+        model.eval()
+        try:
+            yield
+        finally:
+            model.train(was_training)
 
 
 def _as_id_list(value: int | list[int] | None) -> list[int]:

@@ -164,18 +164,9 @@ class GRPOConfig(_OnlineConfig):
         self._validate_grpo()
 
     def _validate_grpo(self) -> None:
-        if self.loss_type not in POLICY_LOSS_TYPES:
-            raise ValueError(f"Unknown loss_type {self.loss_type!r}; choose one of {list(POLICY_LOSS_TYPES)}.")
-        if self.importance_sampling_level not in GRPO_IMPORTANCE_SAMPLING_LEVELS:
-            raise ValueError(
-                f"importance_sampling_level must be one of {list(GRPO_IMPORTANCE_SAMPLING_LEVELS)}, got "
-                f"{self.importance_sampling_level!r}."
-            )
-        if self.multi_objective_aggregation not in MULTI_OBJECTIVE_AGGREGATIONS:
-            raise ValueError(
-                f"multi_objective_aggregation must be one of {list(MULTI_OBJECTIVE_AGGREGATIONS)}, got "
-                f"{self.multi_objective_aggregation!r}."
-            )
+        self._check_one_of("loss_type", POLICY_LOSS_TYPES)
+        self._check_one_of("importance_sampling_level", GRPO_IMPORTANCE_SAMPLING_LEVELS)
+        self._check_one_of("multi_objective_aggregation", MULTI_OBJECTIVE_AGGREGATIONS)
         if self.loss_type == "vespo" and self.importance_sampling_level != "token":
             raise ValueError("loss_type='vespo' weighs whole sequences itself: set importance_sampling_level='token'.")
         if not 0.0 <= self.top_entropy_quantile <= 1.0:
@@ -194,11 +185,7 @@ class GRPOConfig(_OnlineConfig):
 
     def _validate_sampler_correction(self) -> None:
         low, high = self.vllm_importance_sampling_clip_min, self.vllm_importance_sampling_clip_max
-        if self.vllm_importance_sampling_mode not in SAMPLER_CORRECTION_MODES:
-            raise ValueError(
-                f"vllm_importance_sampling_mode must be one of {list(SAMPLER_CORRECTION_MODES)}, got "
-                f"{self.vllm_importance_sampling_mode!r}."
-            )
+        self._check_one_of("vllm_importance_sampling_mode", SAMPLER_CORRECTION_MODES)
         if low is not None and high is not None and not low < high:
             raise ValueError(
                 f"vllm_importance_sampling_clip_min ({low}) must be below vllm_importance_sampling_clip_max ({high})."

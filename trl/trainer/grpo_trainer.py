@@ -149,10 +149,8 @@ class GRPOTrainer(OnlineTrainer):
 
     # -------------------------------------------------------------------------------------------------- loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if return_outputs:
-            raise ValueError("GRPOTrainer.compute_loss does not return model outputs.")
         args = self.args
-        mode = "train" if model.training else "eval"
+        mode = self._loss_mode(model, return_outputs)
         mask_B_C = inputs["completion_mask"]
         advantages_B = inputs["advantages"]
         bonus = self._entropy_coef != 0.0 or args.use_adaptive_entropy

@@ -287,6 +287,12 @@ class _OnlineConfig(_BaseConfig):
                 warnings.warn(f"`{old}` is deprecated; use `{new}` instead.", FutureWarning, stacklevel=4)
                 setattr(self, new, value)
 
+    def _check_one_of(self, name: str, choices: tuple[str, ...]) -> None:
+        """Raise when the field `name` holds none of `choices`."""
+        value = getattr(self, name)
+        if value not in choices:
+            raise ValueError(f"Unknown {name} {value!r}: {name} must be one of {list(choices)}.")
+
     def _validate_online(self) -> None:
         if self.num_generations is None or self.num_generations < 2:
             raise ValueError(
@@ -307,10 +313,8 @@ class _OnlineConfig(_BaseConfig):
             raise ValueError(
                 f"temperature must be > 0 (got {self.temperature}): the training log-probs divide the logits by it."
             )
-        if self.vllm_mode not in VLLM_MODES:
-            raise ValueError(f"vllm_mode must be one of {list(VLLM_MODES)}, got {self.vllm_mode!r}.")
-        if self.vllm_model_impl not in VLLM_MODEL_IMPLS:
-            raise ValueError(f"vllm_model_impl must be one of {list(VLLM_MODEL_IMPLS)}, got {self.vllm_model_impl!r}.")
+        self._check_one_of("vllm_mode", VLLM_MODES)
+        self._check_one_of("vllm_model_impl", VLLM_MODEL_IMPLS)
         if self.use_vllm and not self.ds3_gather_for_generation:
             raise ValueError(
                 "ds3_gather_for_generation=False (layer-by-layer gathering) only applies to transformers generation; "

@@ -126,8 +126,7 @@ class OnlineDPOConfig(_OnlineConfig):
                     f"{type(self).__name__} compares two completions per prompt: {name} must be 2, got "
                     f"{getattr(self, name)}."
                 )
-        if self.loss_type not in ("sigmoid", "ipo"):
-            raise ValueError(f"loss_type must be 'sigmoid' or 'ipo', got {self.loss_type!r}.")
+        self._check_one_of("loss_type", ("sigmoid", "ipo"))
         if any(not b > 0 for b in self.beta):
             raise ValueError(f"Every beta must be > 0 (the loss divides by it or scales by it), got {self.beta}.")
         if self.missing_eos_penalty is not None and self.missing_eos_penalty < 0:
@@ -137,5 +136,4 @@ class OnlineDPOConfig(_OnlineConfig):
         if self.judge is not None:
             from ..judges import JUDGES
 
-            if self.judge not in JUDGES:
-                raise ValueError(f"Unknown judge {self.judge!r}; choose one of {sorted(JUDGES)}.")
+            self._check_one_of("judge", tuple(sorted(JUDGES)))

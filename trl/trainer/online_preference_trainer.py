@@ -184,12 +184,6 @@ class OnlinePreferenceTrainer(OnlineTrainer):
         self.log_metric("val/ref_contain_eos_token", contains_P_2[:, 1].mean(), mode)
 
     # ------------------------------------------------------------------------------------------ loss helpers
-    def _loss_mode(self, model: Any, return_outputs: bool) -> str:
-        """`"train"` or `"eval"` for `compute_loss` (which returns no model outputs)."""
-        if return_outputs:
-            raise ValueError(f"{type(self).__name__}.compute_loss does not return model outputs.")
-        return "train" if model.training else "eval"
-
     def _coefficient(self, values: list[float]) -> float:
         """The value of a per-epoch list for the current epoch (the last one after the list runs out)."""
         epoch = int(self.state.epoch or 0) if getattr(self, "state", None) is not None else 0

@@ -309,9 +309,7 @@ class PPOTrainer(OnlineTrainer):
 
     # ------------------------------------------------------------------------------------------------ loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if return_outputs:
-            raise ValueError("PPOTrainer.compute_loss does not return model outputs.")
-        args, mode = self.args, "train" if model.training else "eval"
+        args, mode = self.args, self._loss_mode(model, return_outputs)
         mask_B_C = inputs["completion_mask"]
         width = mask_B_C.shape[1]  # the buffer trims trailing padding of the known per-token keys only
         advantages_B_C, returns_B_C, old_values_B_C = (inputs[key][:, :width] for key in _PPO_TOKEN_KEYS)

@@ -130,9 +130,7 @@ class RLOOTrainer(OnlineTrainer):
         self.log_metric("frac_reward_zero_std", torch.isclose(std_P, torch.zeros_like(std_P)).float().mean(), mode)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if return_outputs:
-            raise ValueError("RLOOTrainer.compute_loss does not return model outputs.")
-        mode = "train" if model.training else "eval"
+        mode = self._loss_mode(model, return_outputs)
         mask_B_C = inputs["completion_mask"]
         logps_B_C, entropies_B_C, outputs = self._completion_logps(model, inputs, with_entropy=True)
         loss, metrics = policy_loss_from_options(

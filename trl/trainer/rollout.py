@@ -439,6 +439,12 @@ class OnlineTrainer(BaseTrainer):
         self.recorded_completions = {}
 
     # --------------------------------------------------------------------------------------- loss helpers
+    def _loss_mode(self, model: Any, return_outputs: bool) -> str:
+        """`"train"` or `"eval"` for `compute_loss` (which returns no model outputs)."""
+        if return_outputs:
+            raise ValueError(f"{type(self).__name__}.compute_loss does not return model outputs.")
+        return "train" if model.training else "eval"
+
     def _old_logps(self, inputs: dict[str, torch.Tensor], mode: str) -> torch.Tensor | None:
         """The generating policy's log-probs for the loss; `None` (the current ones, detached) when on-policy."""
         if mode == "train" and not self._on_policy:
