@@ -433,6 +433,18 @@ def test_cli_script_trains_with_named_and_model_rewards(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- client / server
+def test_an_explicit_reference_model_is_used_and_needs_beta(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    reference = AutoModelForCausalLM.from_pretrained(get_tiny_model_path("qwen2"))
+    args = make_config(tmp_path, beta=0.1)
+    trainer = GRPOTrainer(get_tiny_model_path("qwen2"), even_tokens, args, load_test_dataset("standard_prompt_only"),
+                          ref_model=reference)  # fmt: skip
+    assert trainer.ref_model is reference and not any(p.requires_grad for p in reference.parameters())
+    with pytest.raises(ValueError, match="beta=0.0 uses no reference"):
+        GRPOTrainer(get_tiny_model_path("qwen2"), even_tokens, make_config(tmp_path), ref_model=reference)
+
+
 def test_generation_kwargs_select_the_decode_loop(tmp_path):
     # No config field names the transformers backend's decode loop: "auto" takes the lean loop for a supported model
     # unless `generation_kwargs` holds a key beyond `seed` / `cache_implementation`, which needs `model.generate`.

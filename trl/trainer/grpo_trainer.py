@@ -73,6 +73,9 @@ class GRPOTrainer(OnlineTrainer):
             Adapter configuration; with `beta > 0` the reference is the base model with adapters disabled.
         tools, rollout_func, environment_factory:
             Agent training hooks of the reference API; not supported by this version (a `ValueError` when set).
+        ref_model (`str`, `PreTrainedModel` or `None`, keyword-only, *optional*, defaults to `None`):
+            Beyond the reference API: the reference model of the KL term (an id, a path or a model; needs
+            `beta != 0`). `None` makes a frozen copy of the policy (the base model with adapters disabled under PEFT).
     """
 
     _config_class = GRPOConfig

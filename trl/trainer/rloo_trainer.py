@@ -64,6 +64,9 @@ class RLOOTrainer(OnlineTrainer):
         tools, rollout_func, environment_factory:
             Agent training hooks (after the reference's parameters, shared with [`GRPOTrainer`]); not supported by
             this version (a `ValueError` when set).
+        ref_model (`str`, `PreTrainedModel` or `None`, keyword-only, *optional*, defaults to `None`):
+            Beyond the reference API: the reference model of the KL term (an id, a path or a model; needs
+            `beta != 0`). `None` makes a frozen copy of the policy (the base model with adapters disabled under PEFT).
         **deprecated_kwargs:
             trl <= 0.21 names: `config` (→ `args`), `reward_model` (→ `reward_funcs`), `policy` (→ `model`);
             `ref_policy` and `data_collator` are no longer used. Each warns.
