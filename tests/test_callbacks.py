@@ -163,6 +163,26 @@ def test_bema_updates_the_dpo_reference_model(tmp_path):
     assert any(not torch.equal(before[n], p) for n, p in trainer.ref_model.named_parameters())
 
 
+def test_bema_for_ref_model_takes_the_stable_parameters_then_its_own():
+    import inspect
+
+    from trl.experimental.bema_for_ref_model.callback import BEMACallback as RefBEMACallback
+
+    stable = list(inspect.signature(BEMACallback).parameters)
+    assert list(inspect.signature(RefBEMACallback).parameters) == [
+        *stable,
+        "update_ref_model",
+        "ref_model_update_freq",
+        "ref_model_update_after",
+    ]
+    callback = RefBEMACallback(7, 0.25, lag=3, device="cpu", update_ref_model=True, ref_model_update_freq=5)
+    assert (callback.update_freq, callback.ema_power, callback.lag, callback.ref_model_update_freq) == (7, 0.25, 3, 5)
+    with pytest.raises(ValueError, match="ref_model_update_freq"):
+        RefBEMACallback(update_ref_model=True, ref_model_update_freq=0)
+    with pytest.raises(ValueError, match="update_freq >= 1"):
+        RefBEMACallback(update_freq=0)
+
+
 # ---------------------------------------------------------------------------------------------------- Weave
 class FakeWeave(types.ModuleType):
     """Records what the callback sends to Weave's imperative evaluation API."""

@@ -7,14 +7,10 @@
 """
 Binary Classifier Optimization from the command line: `trl bco ...` or `python trl/scripts/bco.py ...`.
 
+It takes the unpaired (or paired) preference data of `trl kto`:
+
 ```bash
-trl bco \
-    --model_name_or_path Qwen/Qwen2-0.5B-Instruct \
-    --dataset_name trl-lib/kto-mix-14k \
-    --learning_rate 5.0e-7 \
-    --per_device_train_batch_size 8 \
-    --gradient_accumulation_steps 4 \
-    --output_dir Qwen2-0.5B-BCO
+trl bco --model_name_or_path Qwen/Qwen2-0.5B-Instruct --dataset_name trl-lib/kto-mix-14k --output_dir Qwen2-0.5B-BCO
 ```
 
 Underlying distribution matching needs an embedding function, which a command line cannot pass: use

@@ -5,16 +5,14 @@
 # ]
 # ///
 """
-Distillation from the command line: `trl distillation ...` or `python trl/scripts/distillation.py ...`.
+On-policy distillation from the command line: `trl distillation ...` or `python trl/scripts/distillation.py ...`.
+
+The student samples every completion by default (`--lmbda 1.0`) and the teacher scores it, in this process or on a
+`trl vllm-serve` teacher (`--use_teacher_server --teacher_model_server_url URL`):
 
 ```bash
-trl distillation \
-    --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct \
-    --teacher_model_name_or_path Qwen/Qwen2.5-7B-Instruct \
-    --dataset_name trl-lib/chatbot_arena_completions \
-    --learning_rate 2e-5 \
-    --per_device_train_batch_size 4 \
-    --output_dir Qwen2.5-0.5B-distillation
+trl distillation --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct --teacher_model_name_or_path Qwen/Qwen2.5-7B-Instruct \
+    --dataset_name trl-lib/chatbot_arena_completions --loss_top_k 0 --output_dir Qwen2.5-0.5B-distillation
 ```
 """
 

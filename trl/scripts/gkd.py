@@ -5,16 +5,14 @@
 # ]
 # ///
 """
-Distillation from the command line: `trl gkd ...` or `python trl/scripts/gkd.py ...`.
+Generalized Knowledge Distillation from the command line: `trl gkd ...` or `python trl/scripts/gkd.py ...`.
+
+Half the micro-batches (`--lmbda`) are the student's own completions; `--beta` interpolates the generalised JSD
+between forward (0) and reverse (1) KL, and `--seq_kd` trains the other half on teacher-generated completions:
 
 ```bash
-trl gkd \
-    --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct \
-    --teacher_model_name_or_path Qwen/Qwen2.5-7B-Instruct \
-    --dataset_name trl-lib/chatbot_arena_completions \
-    --learning_rate 2e-5 \
-    --per_device_train_batch_size 4 \
-    --output_dir Qwen2.5-0.5B-gkd
+trl gkd --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct --teacher_model_name_or_path Qwen/Qwen2.5-7B-Instruct \
+    --dataset_name trl-lib/chatbot_arena_completions --lmbda 0.5 --beta 0.5 --output_dir Qwen2.5-0.5B-GKD
 ```
 """
 

@@ -160,15 +160,20 @@ def reward_trainer_kwargs(script_args: GRPOScriptArguments) -> dict[str, Any]:
     return {"reward_funcs": resolve_reward_funcs(script_args.reward_funcs, script_args.reward_model_name_or_path)}
 
 
-def reward_script(command: str, description: str, config: str, trainer: str) -> TrainingScript:
-    """A training script whose trainer takes `reward_funcs` from `--reward_funcs` / `--reward_model_name_or_path`."""
+def reward_script(
+    command: str,
+    description: str,
+    config: str,
+    trainer: str,
+    trainer_kwargs: Callable[[GRPOScriptArguments], dict[str, Any]] = reward_trainer_kwargs,
+) -> TrainingScript:
+    """
+    A training script with GRPO's script arguments, whose trainer takes `reward_funcs` from `--reward_funcs` /
+    `--reward_model_name_or_path` (`trl grpo`, `trl rloo`, and the online preference commands, which pass their own
+    `trainer_kwargs`).
+    """
     return TrainingScript(
-        command,
-        description,
-        config,
-        trainer,
-        script_args_class=GRPOScriptArguments,
-        trainer_kwargs=reward_trainer_kwargs,
+        command, description, config, trainer, script_args_class=GRPOScriptArguments, trainer_kwargs=trainer_kwargs
     )
 
 

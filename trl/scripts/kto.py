@@ -8,13 +8,8 @@
 Kahneman-Tversky Optimization from the command line: `trl kto ...` or `python trl/scripts/kto.py ...`.
 
 ```bash
-trl kto \
-    --model_name_or_path Qwen/Qwen2-0.5B-Instruct \
-    --dataset_name trl-lib/kto-mix-14k \
-    --learning_rate 5.0e-7 \
-    --per_device_train_batch_size 8 \
-    --gradient_accumulation_steps 4 \
-    --output_dir Qwen2-0.5B-KTO
+trl kto --model_name_or_path Qwen/Qwen2-0.5B-Instruct --dataset_name trl-lib/kto-mix-14k \
+    --learning_rate 5.0e-7 --per_device_train_batch_size 8 --gradient_accumulation_steps 4 --output_dir Qwen2-0.5B-KTO
 
 # Paired preference data is unpaired automatically; LoRA needs no reference copy (adapters are disabled instead)
 trl kto --config kto.yaml --dataset_name trl-lib/ultrafeedback_binarized --use_peft --loss_type apo_zero_unpaired

@@ -7,17 +7,12 @@
 """
 Odds Ratio Preference Optimization from the command line: `trl orpo ...` or `python trl/scripts/orpo.py ...`.
 
-ORPO fine-tunes and aligns in one stage (no reference model, no prior SFT step):
+ORPO fine-tunes and aligns in one stage (no reference model, no prior SFT step); `--beta` weighs the odds-ratio term
+against the NLL:
 
 ```bash
-trl orpo \
-    --model_name_or_path Qwen/Qwen2.5-0.5B \
-    --dataset_name trl-lib/ultrafeedback_binarized \
-    --learning_rate 8.0e-6 \
-    --beta 0.1 \
-    --per_device_train_batch_size 2 \
-    --gradient_accumulation_steps 8 \
-    --output_dir Qwen2.5-0.5B-ORPO
+trl orpo --model_name_or_path Qwen/Qwen2.5-0.5B --dataset_name trl-lib/ultrafeedback_binarized --learning_rate 8.0e-6 \
+    --beta 0.1 --output_dir Qwen2.5-0.5B-ORPO
 
 # LoRA
 trl orpo --config orpo.yaml --use_peft --lora_r 16 --lora_alpha 32

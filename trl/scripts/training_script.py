@@ -203,19 +203,8 @@ def run_training(
     """
     The flow every training script shares: model kwargs from `model_args`, dataset loading, train, save, push.
 
-    Args:
-        trainer_class (`type`):
-            The trainer, e.g. `SFTTrainer`.
-        script_args ([`ScriptArguments`]):
-            Dataset name, configuration and splits.
-        training_args:
-            The trainer configuration.
-        model_args ([`ModelConfig`]):
-            Model to load, dtype, LoRA and quantization options.
-        dataset_args ([`DatasetMixtureConfig`] or `None`, *optional*, defaults to `None`):
-            A dataset mixture (used instead of `dataset_name` when it lists datasets).
-        **trainer_kwargs:
-            Extra trainer arguments (e.g. `reward_funcs` for GRPO).
+    `script_args`, `training_args`, `model_args` and `dataset_args` are those of [`TrainingScript.main`], which calls
+    this with its trainer class (e.g. `SFTTrainer`) and extra trainer arguments (e.g. `reward_funcs` for GRPO).
 
     Returns:
         The trained trainer.

@@ -5,38 +5,25 @@
 # ]
 # ///
 """
-XPO from the command line: `trl xpo ...` (also `trl xpo`) or `python trl/scripts/xpo.py ...`.
+XPO from the command line: `trl xpo ...` or `python trl/scripts/xpo.py ...`.
+
+Online DPO with an exploration bonus (`--alpha`) on the reference's samples; completions are compared as for
+`trl online_dpo`, here by a reward model:
 
 ```bash
-trl xpo \
-    --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct \
-    --dataset_name trl-lib/ultrafeedback-prompt \
-    --reward_model_path trl-lib/Qwen2-0.5B-Reward \
-    --output_dir Qwen2.5-0.5B-XPO
+trl xpo --model_name_or_path Qwen/Qwen2.5-0.5B-Instruct --dataset_name trl-lib/ultrafeedback-prompt \
+    --reward_model_name_or_path trl-lib/Qwen2-0.5B-Reward --alpha 1e-5 --output_dir Qwen2.5-0.5B-XPO
 ```
-
-Compare completions with exactly one of `--reward_funcs` / `--reward_model_name_or_path` (as for `trl grpo`),
-`--reward_model_path`, or `--judge` (`pair_rm`, `openai`, `hf`, or `reward_model` with `--reward_model_path`).
 """
 
 from __future__ import annotations
 
-from trl.scripts.grpo import GRPOScriptArguments
-from trl.scripts.online_dpo import trainer_kwargs
-from trl.scripts.training_script import TrainingScript
+from trl.scripts.online_dpo import online_entry_points
 from trl.scripts.utils import parse_script_args
 
 
-COMMAND = "xpo"
-DESCRIPTION = "XPO (XPOTrainer): policy against reference samples, with an exploration bonus."
-
-
-SCRIPT = TrainingScript(
-    COMMAND, DESCRIPTION, "XPOConfig", "XPOTrainer", script_args_class=GRPOScriptArguments,
-    trainer_kwargs=trainer_kwargs,
-)  # fmt: skip
-make_parser, main = SCRIPT.make_parser, SCRIPT.main
-
+# `make_parser()`: `(GRPOScriptArguments, XPOConfig, ModelConfig, DatasetMixtureConfig)`; `main(...)` trains.
+COMMAND, DESCRIPTION, make_parser, main = online_entry_points("xpo")
 
 if __name__ == "__main__":
     main(*parse_script_args(make_parser()))

@@ -3,6 +3,9 @@ reference model to callbacks."""
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
 from transformers.trainer_callback import CallbackHandler
 
 from ...trainer.bema_callback import BEMACallback as _StableBEMACallback
@@ -44,19 +47,13 @@ class BEMACallback(_StableBEMACallback):
 
     def __init__(
         self,
-        update_freq: int = 400,
-        ema_power: float = 0.5,
-        bias_power: float = 0.2,
-        lag: int = 10,
-        update_after: int = 0,
-        multiplier: float = 1.0,
-        min_ema_multiplier: float = 0.0,
-        device: str = "cpu",
+        *args: Any,
         update_ref_model: bool = False,
         ref_model_update_freq: int = 400,
         ref_model_update_after: int = 0,
+        **kwargs: Any,
     ):
-        super().__init__(update_freq, ema_power, bias_power, lag, update_after, multiplier, min_ema_multiplier, device)
+        super().__init__(*args, **kwargs)  # the parameters of the stable callback
         if update_ref_model and ref_model_update_freq < 1:
             raise ValueError(f"ref_model_update_freq must be >= 1 (got {ref_model_update_freq}).")
         self.update_ref_model = update_ref_model
@@ -79,3 +76,17 @@ class BEMACallback(_StableBEMACallback):
             )
         self.load_bema_into(ref_model)
         self.num_ref_model_updates += 1
+
+
+def _signature() -> inspect.Signature:
+    """The stable callback's parameters, then this one's own (keyword-only): what `help()` and IDEs show."""
+    stable = list(inspect.signature(_StableBEMACallback.__init__).parameters.values())
+    own = [
+        parameter
+        for parameter in inspect.signature(BEMACallback.__init__).parameters.values()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    return inspect.Signature([*stable, *own])
+
+
+BEMACallback.__init__.__signature__ = _signature()
