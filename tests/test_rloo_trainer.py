@@ -206,6 +206,19 @@ def test_deprecated_trainer_arguments(tmp_path):
     assert trainer.reward_scorer.names == ["even_tokens"]
     with pytest.raises(ValueError, match="pass only `model`"):
         RLOOTrainer(get_tiny_model_path("qwen2"), even_tokens, args, policy=get_tiny_model_path("qwen2"))
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['reward_fn'\]"):
+        RLOOTrainer(get_tiny_model_path("qwen2"), args=args, reward_fn=even_tokens)
+
+
+def test_grpo_and_rloo_share_one_init():
+    from trl import GRPOTrainer
+    from trl.trainer.rollout import OnlineTrainer
+
+    assert "__init__" not in vars(RLOOTrainer) and "__init__" not in vars(GRPOTrainer)
+    assert RLOOTrainer.__init__ is GRPOTrainer.__init__ is OnlineTrainer.__init__
+    # Only RLOO takes the trl <= 0.21 names.
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['policy'\]"):
+        GRPOTrainer(get_tiny_model_path("qwen2"), even_tokens, policy=get_tiny_model_path("qwen2"))
 
 
 def test_cli_script(tmp_path):
