@@ -37,17 +37,19 @@ def public_loss(
     run: Callable[[Mapping[str, Any], dict[str, Any]], Any],
     *,
     returns: str,
+    leading_options: Sequence[Parameter] = (),
     extra_options: Sequence[Parameter] = (),
 ) -> Callable[..., Any]:
     """The public loss named, documented and placed like `formula`, with the signature
-    `(*inputs, *, beta, <formula's keyword-only options>, *extra_options)`.
+    `(*inputs, *, beta, *leading_options, <formula's keyword-only options>, *extra_options)`.
 
     A call binds its arguments to that signature (defaults applied; a wrong call raises `TypeError` naming the
     function, as Python would) and returns `run(arguments, options)`, `options` holding the formula's own keyword
     options by name.
     """
     own = keyword_options(formula)
-    signature = inspect.Signature([*inputs, BETA, *own, *extra_options], return_annotation=returns)
+    parameters = [*inputs, BETA, *leading_options, *own, *extra_options]
+    signature = inspect.Signature(parameters, return_annotation=returns)
     name = formula.__name__
 
     def loss(*args: Any, **kwargs: Any) -> Any:

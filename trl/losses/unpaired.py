@@ -10,11 +10,14 @@ function.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from ._signature import Parameter, public_loss, tensor_inputs
 from .preference_pairs import _logratio
 
 
@@ -58,19 +61,63 @@ def kto_kl_estimate(policy_kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor) -
     return (policy_kl_logps - ref_kl_logps).mean().detach()
 
 
-def kto_loss(
-    policy_chosen_logps: torch.Tensor,
-    policy_rejected_logps: torch.Tensor,
-    policy_kl_logps: torch.Tensor | None,
-    ref_chosen_logps: torch.Tensor | None,
-    ref_rejected_logps: torch.Tensor | None,
-    ref_kl_logps: torch.Tensor | None,
-    *,
-    beta: float,
-    desirable_weight: float = 1.0,
-    undesirable_weight: float = 1.0,
-    kl: torch.Tensor | float | None = None,
-) -> UnpairedLossOutput:
+_Logps = tuple[torch.Tensor | None, ...]
+
+
+class _Terms(NamedTuple):
+    """What an unpaired formula computes: the log-ratios `r` of both groups, their per-example losses, and extra
+    fields of the output."""
+
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+    chosen_losses: torch.Tensor
+    rejected_losses: torch.Tensor
+    extra: dict[str, torch.Tensor | None] = {}
+
+
+_WEIGHT_OPTIONS = (
+    Parameter("desirable_weight", Parameter.KEYWORD_ONLY, default=1.0, annotation="float"),
+    Parameter("undesirable_weight", Parameter.KEYWORD_ONLY, default=1.0, annotation="float"),
+)
+
+
+def _unpaired_loss(
+    inputs: str, *, weighted: bool
+) -> Callable[[Callable[..., _Terms]], Callable[..., UnpairedLossOutput]]:
+    """Decorator that turns a formula `name_loss(logps, beta, *, <options>) -> _Terms` into the public loss
+    `name_loss`: the (required) tensor inputs named by `inputs` (the first two tensors, the others also `None`),
+    keyword-only `beta`, with `weighted` the options `desirable_weight=1.0, undesirable_weight=1.0` (which multiply
+    the two groups' losses), then the formula's options. The formula receives the inputs as the tuple `logps`, in
+    that order; the output holds the losses concatenated (desirable first) and the detached rewards `β·r`."""
+    parameters = tensor_inputs(inputs, nullable_from=2)
+
+    def decorate(formula: Callable[..., _Terms]) -> Callable[..., UnpairedLossOutput]:
+        def run(arguments: Mapping[str, Any], options: dict[str, Any]) -> UnpairedLossOutput:
+            beta = arguments["beta"]
+            terms = formula(tuple(arguments[p.name] for p in parameters), beta, **options)
+            chosen_losses, rejected_losses = terms.chosen_losses, terms.rejected_losses
+            if weighted:
+                chosen_losses = arguments["desirable_weight"] * chosen_losses
+                rejected_losses = arguments["undesirable_weight"] * rejected_losses
+            rewards = (beta * terms.chosen).detach(), (beta * terms.rejected).detach()
+            return UnpairedLossOutput(torch.cat([chosen_losses, rejected_losses]), *rewards, **terms.extra)
+
+        leading = _WEIGHT_OPTIONS if weighted else ()
+        return public_loss(formula, parameters, run, returns="UnpairedLossOutput", leading_options=leading)
+
+    return decorate
+
+
+def _logratios(*logps: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`(r_chosen, r_rejected)` of `logps = (chosen, rejected, ref_chosen, ref_rejected)`."""
+    return _logratio(logps[0], logps[2]), _logratio(logps[1], logps[3])
+
+
+@_unpaired_loss(
+    "policy_chosen_logps policy_rejected_logps policy_kl_logps ref_chosen_logps ref_rejected_logps ref_kl_logps",
+    weighted=True,
+)
+def kto_loss(logps: _Logps, beta: float, *, kl: torch.Tensor | float | None = None) -> _Terms:
     """KTO (arXiv 2402.01306, Eq. 7–8): desirable `w_d·(1 − σ(β(r − z)))`, undesirable `w_u·(1 − σ(β(z − r)))`.
 
     The reference point `z = max(0, KL)` is detached; `KL` is estimated on mismatched pairs `(x, y')` (completions
@@ -99,6 +146,9 @@ def kto_loss(
         kl (`torch.Tensor`, `float` or `None`, *optional*, defaults to `None`):
             Pre-computed (e.g. gathered) KL estimate; clamped at 0 and detached here.
     """
+    policy_chosen_logps, policy_rejected_logps, policy_kl_logps, ref_chosen_logps, ref_rejected_logps, ref_kl_logps = (
+        logps
+    )
     if kl is None:
         if policy_kl_logps is None or ref_kl_logps is None:
             raise ValueError(
@@ -106,28 +156,14 @@ def kto_loss(
             )
         kl = kto_kl_estimate(policy_kl_logps, ref_kl_logps)
     z = torch.as_tensor(kl, dtype=policy_chosen_logps.dtype, device=policy_chosen_logps.device).detach().clamp(min=0)
-    chosen = _logratio(policy_chosen_logps, ref_chosen_logps)
-    rejected = _logratio(policy_rejected_logps, ref_rejected_logps)
+    chosen, rejected = _logratios(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     chosen_losses = 1 - torch.sigmoid(beta * (chosen - z))
     rejected_losses = 1 - torch.sigmoid(beta * (z - rejected))
-    return UnpairedLossOutput(
-        losses=torch.cat([desirable_weight * chosen_losses, undesirable_weight * rejected_losses]),
-        chosen_rewards=(beta * chosen).detach(),
-        rejected_rewards=(beta * rejected).detach(),
-        kl=z,
-    )
+    return _Terms(chosen, rejected, chosen_losses, rejected_losses, {"kl": z})
 
 
-def apo_zero_unpaired_loss(
-    policy_chosen_logps: torch.Tensor,
-    policy_rejected_logps: torch.Tensor,
-    ref_chosen_logps: torch.Tensor | None,
-    ref_rejected_logps: torch.Tensor | None,
-    *,
-    beta: float,
-    desirable_weight: float = 1.0,
-    undesirable_weight: float = 1.0,
-) -> UnpairedLossOutput:
+@_unpaired_loss("policy_chosen_logps policy_rejected_logps ref_chosen_logps ref_rejected_logps", weighted=True)
+def apo_zero_unpaired_loss(logps: _Logps, beta: float) -> _Terms:
     """APO-zero for unpaired data (arXiv 2408.06266): desirable `w_d·(1 − σ(βr))`, undesirable `w_u·σ(βr)`; no KL
     term.
 
@@ -136,28 +172,19 @@ def apo_zero_unpaired_loss(
         undesirable_weight:
             As in [`kto_loss`].
     """
-    chosen = _logratio(policy_chosen_logps, ref_chosen_logps)
-    rejected = _logratio(policy_rejected_logps, ref_rejected_logps)
-    chosen_losses = 1 - torch.sigmoid(beta * chosen)
-    rejected_losses = torch.sigmoid(beta * rejected)
-    return UnpairedLossOutput(
-        losses=torch.cat([desirable_weight * chosen_losses, undesirable_weight * rejected_losses]),
-        chosen_rewards=(beta * chosen).detach(),
-        rejected_rewards=(beta * rejected).detach(),
-    )
+    chosen, rejected = _logratios(*logps)
+    return _Terms(chosen, rejected, 1 - torch.sigmoid(beta * chosen), torch.sigmoid(beta * rejected))
 
 
+@_unpaired_loss("chosen_logps rejected_logps ref_chosen_logps ref_rejected_logps", weighted=False)
 def bco_loss(
-    chosen_logps: torch.Tensor,
-    rejected_logps: torch.Tensor,
-    ref_chosen_logps: torch.Tensor | None,
-    ref_rejected_logps: torch.Tensor | None,
-    *,
+    logps: _Logps,
     beta: float,
+    *,
     delta: float | torch.Tensor = 0.0,
     chosen_weights: torch.Tensor | None = None,
     rejected_weights: torch.Tensor | None = None,
-) -> UnpairedLossOutput:
+) -> _Terms:
     """BCO (arXiv 2404.04656): a binary classifier on implicit rewards `ρ = β·r` with a reward shift `δ`:
     desirable `−logσ(ρ − δ)`, undesirable `−logσ(−(ρ − δ))`.
 
@@ -166,16 +193,9 @@ def bco_loss(
     the losses, e.g. UDM density ratios for the undesirable examples ([`bco_udm_weights`]).
 
     Args:
-        chosen_logps (`torch.Tensor` of shape `[N_c]`):
-            Policy log-probs of the desirable completions (summed over tokens).
-        rejected_logps (`torch.Tensor` of shape `[N_r]`):
-            Policy log-probs of the undesirable completions.
-        ref_chosen_logps (`torch.Tensor` of shape `[N_c]` or `None`):
-            Reference log-probs of the desirable completions.
-        ref_rejected_logps (`torch.Tensor` of shape `[N_r]` or `None`):
-            Reference log-probs of the undesirable completions.
-        beta (`float`):
-            Inverse temperature β > 0.
+        chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, beta:
+            As `policy_chosen_logps`, `policy_rejected_logps`, `ref_chosen_logps`, `ref_rejected_logps` and `beta` in
+            [`kto_loss`].
         delta (`float` or `torch.Tensor`, *optional*, defaults to `0.0`):
             Reward shift δ (detached).
         chosen_weights (`torch.Tensor` of shape `[N_c]`, *optional*, defaults to `None`):
@@ -184,8 +204,8 @@ def bco_loss(
             Weights of the undesirable losses (UDM density ratios).
     """
     delta = delta.detach() if isinstance(delta, torch.Tensor) else delta
-    chosen_rewards = beta * _logratio(chosen_logps, ref_chosen_logps)
-    rejected_rewards = beta * _logratio(rejected_logps, ref_rejected_logps)
+    chosen, rejected = _logratios(*logps)
+    chosen_rewards, rejected_rewards = beta * chosen, beta * rejected
     chosen_losses = -F.logsigmoid(chosen_rewards - delta)
     rejected_losses = -F.logsigmoid(-(rejected_rewards - delta))
     if chosen_weights is not None:
@@ -193,12 +213,8 @@ def bco_loss(
     if rejected_weights is not None:
         rejected_losses = rejected_weights * rejected_losses
     all_rewards = torch.cat([chosen_rewards, rejected_rewards]).detach()
-    return UnpairedLossOutput(
-        losses=torch.cat([chosen_losses, rejected_losses]),
-        chosen_rewards=chosen_rewards.detach(),
-        rejected_rewards=rejected_rewards.detach(),
-        reward_mean=all_rewards.mean() if all_rewards.numel() else None,
-    )
+    reward_mean = all_rewards.mean() if all_rewards.numel() else None
+    return _Terms(chosen, rejected, chosen_losses, rejected_losses, {"reward_mean": reward_mean})
 
 
 def bco_udm_weights(
