@@ -66,6 +66,8 @@ class _ValueHeadMixin:
     """What the causal and seq2seq value-head models share: the head, its initialisation, state dict and hub I/O."""
 
     supported_args = _VALUE_HEAD_ARGS
+    # The `outputs` field whose last entry the head reads.
+    _hidden_states_key = "hidden_states"
 
     def _add_value_head(self, kwargs: dict[str, Any]) -> None:
         head_kwargs = {key: kwargs[key] for key in _VALUE_HEAD_ARGS if key in kwargs}
@@ -111,17 +113,43 @@ class _ValueHeadMixin:
         finally:
             del self.pretrained_model.v_head
 
-    def _value_head_forward(self, hidden_key, input_ids, past_key_values, attention_mask, return_past, kwargs):
-        """`(lm_logits, loss, value[, past_key_values])` with the head on the last `hidden_key` hidden states."""
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        past_key_values: Any = None,
+        attention_mask: torch.Tensor | None = None,
+        return_past_key_values: bool = False,
+        **kwargs: Any,
+    ) -> tuple:
+        """Returns `(lm_logits [B, L, V], loss, value [B, L])`, plus `past_key_values` with `return_past_key_values`.
+
+        The value head reads the last hidden states (of the decoder for an encoder-decoder model).
+
+        Args:
+            input_ids (`torch.Tensor` of shape `[B, L]`):
+                Token ids.
+            past_key_values (*optional*):
+                Cache of a previous call.
+            attention_mask (`torch.Tensor` of shape `[B, L]`, *optional*):
+                Attention mask.
+            return_past_key_values (`bool`, *optional*, defaults to `False`):
+                Also return the cache.
+            **kwargs:
+                Forwarded to the LM (e.g. `labels`, `position_ids`).
+        """
         kwargs["output_hidden_states"] = True
         if past_key_values is not None:
             kwargs["past_key_values"] = past_key_values
         outputs = self.pretrained_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        value_B_L = self.v_head(getattr(outputs, hidden_key)[-1]).squeeze(-1)
+        value_B_L = self.v_head(getattr(outputs, self._hidden_states_key)[-1]).squeeze(-1)
         # Half-precision logits are returned in float32, as the value is.
         lm_logits = outputs.logits if outputs.logits.dtype == torch.float32 else outputs.logits.float()
         past = getattr(outputs, "past_key_values", None)
-        return (lm_logits, outputs.loss, value_B_L, past) if return_past else (lm_logits, outputs.loss, value_B_L)
+        return (
+            (lm_logits, outputs.loss, value_B_L, past)
+            if return_past_key_values
+            else (lm_logits, outputs.loss, value_B_L)
+        )
 
 
 class AutoModelForCausalLMWithValueHead(_ValueHeadMixin, PreTrainedModelWrapper):
@@ -148,31 +176,6 @@ class AutoModelForCausalLMWithValueHead(_ValueHeadMixin, PreTrainedModelWrapper)
         super().__init__(pretrained_model)
         self._add_value_head(kwargs)
 
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        past_key_values: Any = None,
-        attention_mask: torch.Tensor | None = None,
-        return_past_key_values: bool = False,
-        **kwargs: Any,
-    ) -> tuple:
-        """Returns `(lm_logits [B, L, V], loss, value [B, L])`, plus `past_key_values` with `return_past_key_values`.
-
-        Args:
-            input_ids (`torch.Tensor` of shape `[B, L]`):
-                Token ids.
-            past_key_values (*optional*):
-                Cache of a previous call.
-            attention_mask (`torch.Tensor` of shape `[B, L]`, *optional*):
-                Attention mask.
-            return_past_key_values (`bool`, *optional*, defaults to `False`):
-                Also return the cache.
-            **kwargs:
-                Forwarded to the LM (e.g. `labels`, `position_ids`).
-        """
-        return self._value_head_forward("hidden_states", input_ids, past_key_values, attention_mask,
-                                        return_past_key_values, kwargs)  # fmt: skip
-
 
 class AutoModelForSeq2SeqLMWithValueHead(_ValueHeadMixin, PreTrainedModelWrapper):
     """An encoder-decoder LM with a value head on the decoder's last hidden states.
@@ -183,6 +186,7 @@ class AutoModelForSeq2SeqLMWithValueHead(_ValueHeadMixin, PreTrainedModelWrapper
 
     transformers_parent_class = AutoModelForSeq2SeqLM
     lm_head_namings = ("lm_head", "embed_out", "output_projection")
+    _hidden_states_key = "decoder_hidden_states"
 
     def __init__(self, pretrained_model: Any, **kwargs: Any):
         super().__init__(pretrained_model)
@@ -195,18 +199,6 @@ class AutoModelForSeq2SeqLMWithValueHead(_ValueHeadMixin, PreTrainedModelWrapper
         return any(
             any(naming in name for naming in self.lm_head_namings) for name, _ in self.pretrained_model.named_modules()
         )
-
-    def forward(
-        self,
-        input_ids: torch.Tensor | None = None,
-        past_key_values: Any = None,
-        attention_mask: torch.Tensor | None = None,
-        return_past_key_values: bool = False,
-        **kwargs: Any,
-    ) -> tuple:
-        """Returns `(lm_logits, loss, value [B, L_decoder])` (see [`AutoModelForCausalLMWithValueHead.forward`])."""
-        return self._value_head_forward("decoder_hidden_states", input_ids, past_key_values, attention_mask,
-                                        return_past_key_values, kwargs)  # fmt: skip
 
 
 # Architectures whose value-head models trl ships (the reference's `SUPPORTED_ARCHITECTURES`).

@@ -222,11 +222,13 @@ def disable_gradient_checkpointing(model: Any, gradient_checkpointing_kwargs: di
 # release on every decoding step, so they are removed for the call and registered again afterwards.
 
 
-def _parameter_offload(model: Any) -> Any | None:
+def _parameter_offload(model: Any, needs: str) -> Any | None:
+    """The object of a DeepSpeed ZeRO-3 engine that owns its parameter hooks, when it has the attribute `needs`."""
     optimizer = getattr(model, "optimizer", None)
     if optimizer is None:
         return None
-    return getattr(optimizer, "parameter_offload", optimizer)
+    offload = getattr(optimizer, "parameter_offload", optimizer)
+    return offload if hasattr(offload, needs) else None
 
 
 def get_all_parameters(sub_module: torch.nn.Module, recurse: bool = False) -> Iterator[tuple[str, torch.nn.Parameter]]:
@@ -261,8 +263,8 @@ def remove_hooks(model: Any) -> None:
         model (`deepspeed.DeepSpeedEngine`):
             The engine; its optimizer owns the hooks.
     """
-    offload = _parameter_offload(model)
-    if offload is None or not hasattr(offload, "forward_hooks"):
+    offload = _parameter_offload(model, "forward_hooks")
+    if offload is None:
         return
     for param in iter_params(offload.module, recurse=True):
         param.ds_active_sub_modules.clear()
@@ -273,16 +275,10 @@ def remove_hooks(model: Any) -> None:
 
 
 def add_hooks(model: Any) -> None:
-    """Register again the hooks that [`remove_hooks`] removed from a DeepSpeed ZeRO-3 engine.
-
-    Args:
-        model (`deepspeed.DeepSpeedEngine`):
-            The engine; its optimizer owns the hooks.
-    """
-    offload = _parameter_offload(model)
-    if offload is None or not hasattr(offload, "_register_hooks_recursively"):
-        return
-    offload._register_hooks_recursively(offload.module)
+    """Register again the hooks that [`remove_hooks`] removed (same `model`)."""
+    offload = _parameter_offload(model, "_register_hooks_recursively")
+    if offload is not None:
+        offload._register_hooks_recursively(offload.module)
 
 
 def _zero_stage(accelerator: Accelerator | None) -> int | None:

@@ -61,6 +61,16 @@ _NUM_EXPERTS, _EXPERTS_PER_TOKEN = 4, 2
 # Sliding-window archs get a window shorter than the test sequences, so the windowed mask is really exercised.
 _SLIDING_WINDOW = 8
 
+# GPT-OSS's YaRN scaling, with the pre-scaling context shrunk so that it matches the 512 positions.
+_GPT_OSS_ROPE = {
+    "rope_type": "yarn",
+    "rope_theta": 150000.0,
+    "factor": 32.0,
+    "beta_fast": 32.0,
+    "beta_slow": 1.0,
+    "truncate": False,
+    "original_max_position_embeddings": 16,
+}
 # hidden size, layers, attention heads, key-value heads, MLP size
 _SIZES = {"tiny": (32, 2, 4, 2, 64), "small": (128, 4, 4, 2, 256)}
 # `template=None` picks the arch's own template, so "no chat template" needs its own name.
@@ -112,73 +122,49 @@ def _config_kwargs(arch: str, size: str, tokenizer) -> dict:
             "decoder_start_token_id": tokenizer.pad_token_id,
             **special_ids,
         }
-    if spec.model_type == "gpt_neox":
-        return {
-            "hidden_size": hidden,
-            "num_hidden_layers": layers,
-            "num_attention_heads": heads,
-            "intermediate_size": mlp,
-            "max_position_embeddings": 512,
-            **special_ids,
-        }
-    return {
+    llama_style = {
         "hidden_size": hidden,
         "num_hidden_layers": layers,
         "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
         "intermediate_size": mlp,
         "max_position_embeddings": 512,
-        **_model_type_kwargs(spec.model_type, hidden // heads, layers, mlp),
         **special_ids,
+    }
+    if spec.model_type == "gpt_neox":  # no grouped key-value heads
+        return llama_style
+    return {
+        **llama_style,
+        "num_key_value_heads": kv_heads,
+        **_model_type_kwargs(spec.model_type, hidden // heads, layers, mlp),
     }
 
 
 def _model_type_kwargs(model_type: str, head_dim: int, layers: int, mlp: int) -> dict:
     """Config fields one model type needs on top of the Llama-style ones: head size where the default is not
     `hidden // heads`, experts, sliding windows."""
+    head = {"head_dim": head_dim}
     # Alternate windowed and full attention, as Gemma 2 and GPT-OSS do, so both masks run.
-    alternating = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)]
-    if model_type == "qwen3":
-        return {"head_dim": head_dim}
-    if model_type == "qwen3_moe":
-        return {
-            "head_dim": head_dim,
+    windows = {
+        "sliding_window": _SLIDING_WINDOW,
+        "layer_types": ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)],
+    }
+    experts = {"num_experts_per_tok": _EXPERTS_PER_TOKEN}
+    by_type = {
+        "qwen3": head,
+        "qwen3_moe": {
+            **head,
+            **experts,
             "num_experts": _NUM_EXPERTS,
-            "num_experts_per_tok": _EXPERTS_PER_TOKEN,
             "moe_intermediate_size": mlp,
             "norm_topk_prob": True,
-        }
-    if model_type == "gemma2":
+        },
         # Logit soft-capping stays at its default (attention 50, final 30): it is what sets Gemma 2 apart.
-        return {
-            "head_dim": head_dim,
-            "query_pre_attn_scalar": head_dim,
-            "sliding_window": _SLIDING_WINDOW,
-            "layer_types": alternating,
-        }
-    if model_type == "cohere2":
-        return {"sliding_window": _SLIDING_WINDOW, "layer_types": alternating}
-    if model_type == "gpt_oss":
-        return {
-            "head_dim": head_dim,
-            "num_local_experts": _NUM_EXPERTS,
-            "num_experts_per_tok": _EXPERTS_PER_TOKEN,
-            "sliding_window": _SLIDING_WINDOW,
-            "layer_types": alternating,
-            # GPT-OSS's YaRN scaling, with the pre-scaling context shrunk so that it matches the 512 positions.
-            "rope_parameters": {
-                "rope_type": "yarn",
-                "rope_theta": 150000.0,
-                "factor": 32.0,
-                "beta_fast": 32.0,
-                "beta_slow": 1.0,
-                "truncate": False,
-                "original_max_position_embeddings": 16,
-            },
-        }
-    if model_type == "phi3":
-        return {"original_max_position_embeddings": 512}
-    return {}
+        "gemma2": {**head, **windows, "query_pre_attn_scalar": head_dim},
+        "cohere2": windows,
+        "gpt_oss": {**head, **experts, **windows, "num_local_experts": _NUM_EXPERTS, "rope_parameters": _GPT_OSS_ROPE},
+        "phi3": {"original_max_position_embeddings": 512},
+    }
+    return by_type.get(model_type, {})
 
 
 def _tokenizer_for(arch: str, template: str | None):
