@@ -62,6 +62,13 @@ def test_options_are_frozen_and_default_to_the_loss_defaults():
 
     defaults = {name: p.default for name, p in inspect.signature(policy_loss).parameters.items()}
     assert options.as_kwargs() == {name: defaults[name] for name in options.as_kwargs()}
+    # Exactly the configuration keywords, in the signature's order: no per-batch tensor becomes a field.
+    assert list(options.as_kwargs()) == [
+        "loss_type", "importance_sampling_level", "epsilon", "epsilon_high", "delta", "beta", "max_completion_length",
+        "use_bias_correction_kl", "sapo_temperature_pos", "sapo_temperature_neg", "vespo_k_pos", "vespo_lambda_pos",
+        "vespo_k_neg", "vespo_lambda_neg",
+    ]  # fmt: skip
+    assert PolicyLossOptions.__module__ == "trl.losses.policy" and "frozen object" in PolicyLossOptions.__doc__
 
 
 def test_options_are_built_from_the_config(tmp_path):

@@ -31,6 +31,7 @@ Configurations of [`policy_loss`]:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from typing import Any
 
@@ -540,31 +541,17 @@ def policy_loss(
     return loss, metrics
 
 
-@dataclasses.dataclass(frozen=True)
-class PolicyLossOptions:
-    """The configuration-level options of [`policy_loss`], as one frozen object (the per-batch tensors and
-    `num_items_in_batch` are passed at each call). Each field has `policy_loss`'s keyword default.
+# The keywords of `policy_loss` that change with every batch; all its other keywords are configuration options.
+_BATCH_KEYWORDS = (
+    "ref_logps_B_T",
+    "num_items_in_batch",
+    "entropy_mask_B_T",
+    "off_policy_mask_B",
+    "sampler_weights_B_T",
+)
 
-    Build it once from a config with [`PolicyLossOptions.from_config`] (GRPO's fields carry these names) or
-    field by field (RLOO fixes `loss_type="grpo"`, `importance_sampling_level="sequence_sum"`), and call
-    [`policy_loss_from_options`].
-    """
 
-    loss_type: str = "dapo"
-    importance_sampling_level: str = "token"
-    epsilon: float = 0.2
-    epsilon_high: float | None = None
-    delta: float | None = None
-    beta: float = 0.0
-    max_completion_length: int | None = None
-    use_bias_correction_kl: bool = False
-    sapo_temperature_pos: float = 1.0
-    sapo_temperature_neg: float = 1.05
-    vespo_k_pos: float = 2.0
-    vespo_lambda_pos: float = 3.0
-    vespo_k_neg: float = 3.0
-    vespo_lambda_neg: float = 2.0
-
+class _PolicyLossOptionsMethods:
     @classmethod
     def from_config(cls, config: Any, **overrides: Any) -> PolicyLossOptions:
         """Every field read from the attribute of `config` with its name, then `overrides` applied; a config without
@@ -575,6 +562,30 @@ class PolicyLossOptions:
     def as_kwargs(self) -> dict[str, Any]:
         """The options as `policy_loss` keyword arguments."""
         return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+
+
+# The fields are `policy_loss`'s configuration keywords, in order, with its annotations and defaults: declared once,
+# in its signature.
+PolicyLossOptions = dataclasses.make_dataclass(
+    "PolicyLossOptions",
+    [
+        (parameter.name, parameter.annotation, dataclasses.field(default=parameter.default))
+        for parameter in inspect.signature(policy_loss).parameters.values()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.name not in _BATCH_KEYWORDS
+    ],
+    bases=(_PolicyLossOptionsMethods,),
+    frozen=True,
+)
+PolicyLossOptions.__module__ = __name__
+PolicyLossOptions.__doc__ = """The configuration-level options of [`policy_loss`], as one frozen object (the per-batch
+tensors and `num_items_in_batch` are passed at each call): `loss_type`, `importance_sampling_level`, `epsilon`,
+`epsilon_high`, `delta`, `beta`, `max_completion_length`, `use_bias_correction_kl`, `sapo_temperature_pos`,
+`sapo_temperature_neg`, `vespo_k_pos`, `vespo_lambda_pos`, `vespo_k_neg`, `vespo_lambda_neg`, each with
+`policy_loss`'s keyword default.
+
+Build it once from a config with [`PolicyLossOptions.from_config`] (GRPO's fields carry these names) or field by field
+(RLOO fixes `loss_type="grpo"`, `importance_sampling_level="sequence_sum"`), and call [`policy_loss_from_options`].
+"""
 
 
 def policy_loss_from_options(
