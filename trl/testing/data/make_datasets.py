@@ -84,32 +84,11 @@ def assistant(text: str) -> dict:
     return {"role": "assistant", "content": text}
 
 
-def standard_rows(config: str, rng: random.Random, index: int) -> dict:
-    question, answer = make_question(rng)
-    good, bad = " " + answer, " " + make_bad_answer(rng)
+def paired_row(config: str, prompt, good, bad, index: int, text_key: str) -> dict:
+    """A row of a `PAIRED_CONFIGS` format from a prompt and a good and a bad answer (strings or message lists); the
+    language-modeling row holds `prompt + good` under `text_key`."""
     if config == "language_modeling":
-        return {"text": question + good}
-    if config == "prompt_only":
-        return {"prompt": question}
-    if config == "prompt_completion":
-        return {"prompt": question, "completion": good}
-    if config == "preference":
-        return {"prompt": question, "chosen": good, "rejected": bad}
-    if config == "implicit_prompt_preference":
-        return {"chosen": question + good, "rejected": question + bad}
-    if config == "unpaired_preference":
-        label = index % 2 == 0
-        return {"prompt": question, "completion": good if label else bad, "label": label}
-    raise ValueError(config)
-
-
-def conversational_rows(config: str, rng: random.Random, index: int) -> dict:
-    prefix = conversation_prefix(rng, index)
-    question, answer = make_question(rng)
-    prompt = [*prefix, user(question)]
-    good, bad = [assistant(answer)], [assistant(make_bad_answer(rng))]
-    if config == "language_modeling":
-        return {"messages": prompt + good}
+        return {text_key: prompt + good}
     if config == "prompt_only":
         return {"prompt": prompt}
     if config == "prompt_completion":
@@ -122,6 +101,19 @@ def conversational_rows(config: str, rng: random.Random, index: int) -> dict:
         label = index % 2 == 0
         return {"prompt": prompt, "completion": good if label else bad, "label": label}
     raise ValueError(config)
+
+
+def standard_rows(config: str, rng: random.Random, index: int) -> dict:
+    question, answer = make_question(rng)
+    good, bad = " " + answer, " " + make_bad_answer(rng)
+    return paired_row(config, question, good, bad, index, "text")
+
+
+def conversational_rows(config: str, rng: random.Random, index: int) -> dict:
+    prefix = conversation_prefix(rng, index)
+    question, answer = make_question(rng)
+    good, bad = [assistant(answer)], [assistant(make_bad_answer(rng))]
+    return paired_row(config, [*prefix, user(question)], good, bad, index, "messages")
 
 
 def stepwise_row(rng: random.Random, index: int) -> dict:
