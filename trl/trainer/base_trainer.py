@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,7 @@ from .model_utils import (
     resolve_pad_token_id,
     to_config,
 )
+from .papers import PAPERS
 from .run_report import RunReportMixin
 from .utils import disable_dropout_in_model
 
@@ -101,8 +102,9 @@ class BaseTrainer(RunReportMixin, CheckpointingMixin, Trainer):
     `Trainer` needs; only step 12 runs.
 
     Class attributes: `_config_class` (e.g. `SFTConfig`), `loss_normalization` (`"tokens"`, `"examples"` or
-    `"step"`, see `_LOSS_NORMALIZATIONS`), `_requires_train_dataset`, and for the model card `_tag_names` (e.g.
-    `["trl", "sft"]`), `_name` (e.g. `"SFT"`), `_paper` (`{"title", "id", "citation"}`) and `_template_file`.
+    `"step"`, see `_LOSS_NORMALIZATIONS`), `_requires_train_dataset`, and for the model card `_name` (e.g. `"SFT"`),
+    `_tag_names` (defaults to `["trl", "<_name lower-cased, spaces as dashes>"]`) and `_template_file`; the paper
+    cited (`_paper`, `{"title", "id", "citation"}`) is the entry of `_name` in `trl.trainer.papers.PAPERS`.
     """
 
     _config_class: type | None = None
@@ -112,8 +114,18 @@ class BaseTrainer(RunReportMixin, CheckpointingMixin, Trainer):
     _text_columns: tuple[str, ...] = ("prompt", "completion", "chosen", "rejected", "text", "messages")
     _tag_names: list[str] = ["trl"]
     _name: str = "Base"
-    _paper: dict[str, str] = {}
     _template_file: str = "lm_model_card.md"
+
+    @property
+    def _paper(self) -> dict[str, str]:
+        # The paper of the method, for the model card: `trl.trainer.papers.PAPERS[_name]` (`{}` for none).
+        return PAPERS.get(self._name, {})
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # A trainer that names itself (`_name = "Online DPO"`) is tagged `["trl", "online-dpo"]` unless it sets tags.
+        if "_name" in cls.__dict__ and "_tag_names" not in cls.__dict__:
+            cls._tag_names = ["trl", cls._name.lower().replace(" ", "-")]
 
     def __init__(
         self,
@@ -246,6 +258,17 @@ class BaseTrainer(RunReportMixin, CheckpointingMixin, Trainer):
 
     def _after_init(self, auxiliary_models: dict[str, Any]) -> None:
         """Step 13: what needs the accelerator (placing auxiliary models, callbacks, flags read from the model)."""
+
+    def _collator_columns(self) -> Sequence[str] | None:
+        """The dataset columns the collator reads, which `Trainer` keeps (with `remove_unused_columns=True` it drops
+        every column `model.forward` does not take); `None` leaves `Trainer`'s rule."""
+        return None
+
+    def _set_signature_columns_if_needed(self) -> None:
+        columns = self._collator_columns()
+        if self._signature_columns is None and columns is not None:
+            self._signature_columns = list(columns)
+        super()._set_signature_columns_if_needed()
 
     # ------------------------------------------------------------------ metrics
     def _mode(self) -> str:

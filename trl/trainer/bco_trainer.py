@@ -96,22 +96,9 @@ class BCOTrainer(UnpairedPreferenceTrainer):
             Keyword-only; used when `model` is a string.
     """
 
-    _tag_names = ["trl", "bco"]
     _name = "BCO"
     _config_class = BCOConfig
     _extra_columns = ("udm_weight",)
-    _paper = {
-        "title": "Binary Classifier Optimization for Large Language Model Alignment",
-        "id": "2404.04656",
-        "citation": (
-            "@article{jung2024binary,\n"
-            "    title        = {{Binary Classifier Optimization for Large Language Model Alignment}},\n"
-            "    author       = {Seungjae Jung and Gunsoo Han and Daniel Wontae Nam and Kyoung-Woon On},\n"
-            "    year         = 2024,\n"
-            "    eprint       = {arXiv:2404.04656},\n"
-            "}"
-        ),
-    }
 
     def __init__(
         self,

@@ -45,24 +45,8 @@ class CPOTrainer(_ReferenceFreePairedTrainer):
     `CPOConfig(output_dir="<model>-CPO")`).
     """
 
-    _tag_names = ["trl", "cpo"]
     _name = "CPO"
     _config_class = CPOConfig
-    _paper = {
-        "title": "Contrastive Preference Optimization: Pushing the Boundaries of LLM Performance in Machine "
-        "Translation",
-        "id": "2401.08417",
-        "citation": (
-            "@inproceedings{xu2024contrastive,\n"
-            "    title        = {{Contrastive Preference Optimization: Pushing the Boundaries of LLM Performance in "
-            "Machine Translation}},\n"
-            "    author       = {Haoran Xu and Amr Sharaf and Yunmo Chen and Weiting Tan and Lingfeng Shen and "
-            "Benjamin Van Durme and Kenton Murray and Young Jin Kim},\n"
-            "    year         = 2024,\n"
-            "    booktitle    = {Forty-first International Conference on Machine Learning},\n"
-            "}"
-        ),
-    }
 
     def _pair_loss(self, scores: PairedScores, mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         args = self.args

@@ -45,7 +45,6 @@ from .dpo_config import DPOConfig
 from .input_checks import check_distinct_pairs
 from .model_utils import (
     accepts_logits_to_keep,
-    get_tokenizer,
 )
 from .paired_forward import (
     PairedScores,
@@ -56,7 +55,12 @@ from .paired_forward import (
     router_aux_loss,
 )
 from .paired_preference_trainer import PairedPreferenceTrainer
-from .preference_data import PREFERENCE_TOKEN_COLUMNS, count_empty_completions, prepare_preference_dataset
+from .preference_data import (
+    PREFERENCE_TOKEN_COLUMNS,
+    count_empty_completions,
+    prepare_on_main_process_first,
+    prepare_preference_dataset,
+)
 from .reference import ReferenceModelMixin
 from .utils import RunningMoments
 
@@ -97,22 +101,8 @@ class DPOTrainer(ReferenceModelMixin, PairedPreferenceTrainer):
     """
 
     _config_class = DPOConfig
-    _tag_names = ["trl", "dpo"]
     _name = "DPO"
     _ref_columns = _REF_COLUMNS
-    _paper = {
-        "title": "Direct Preference Optimization: Your Language Model is Secretly a Reward Model",
-        "id": "2305.18290",
-        "citation": (
-            "@inproceedings{rafailov2023direct,\n"
-            "    title        = {{Direct Preference Optimization: Your Language Model is Secretly a Reward Model}},\n"
-            "    author       = {Rafael Rafailov and Archit Sharma and Eric Mitchell and Christopher D. Manning and "
-            "Stefano Ermon and Chelsea Finn},\n"
-            "    year         = 2023,\n"
-            "    booktitle    = {Advances in Neural Information Processing Systems 36},\n"
-            "}"
-        ),
-    }
 
     # ------------------------------------------------------------------------------------------------- setup
     def _validate(self, args: DPOConfig, inputs: TrainerInputs) -> None:
@@ -135,17 +125,10 @@ class DPOTrainer(ReferenceModelMixin, PairedPreferenceTrainer):
     def _prepare_dataset(
         self, dataset: Dataset | IterableDataset, processing_class: Any, args: DPOConfig, name: str
     ) -> Dataset | IterableDataset:
-        with args.main_process_first(desc=f"preparing the {name} dataset"):
-            dataset = prepare_preference_dataset(
-                dataset,
-                processing_class,
-                trainer_name="DPOTrainer",
-                tools=args.tools,
-                eos_token=get_tokenizer(processing_class).eos_token,
-                max_prompt_length=args.max_prompt_length,
-                max_completion_length=args.max_completion_length,
-                num_proc=args.dataset_num_proc,
-            )
+        # The prompt keeps its end; `truncation_mode` is the collator's cut of rows longer than `max_length`.
+        dataset = prepare_on_main_process_first(
+            prepare_preference_dataset, dataset, processing_class, args, name, "DPOTrainer", tools=args.tools
+        )
         check_distinct_pairs(dataset, name)
         empty = count_empty_completions(dataset, args.max_length, args.truncation_mode)
         if empty:

@@ -65,7 +65,6 @@ class GKDTrainer(DistillationMixin, SFTTrainer):
     _config_class = GKDConfig
     _self_teacher_allowed = True  # teacher_model_name_or_path=None: the teacher is the model itself
     _student_token_metrics = True  # SFT's num_tokens, mean_token_accuracy and entropy, from the student's forward
-    _tag_names = ["trl", "gkd"]
     _name = "GKD"
 
     def __init__(

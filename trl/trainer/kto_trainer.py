@@ -70,22 +70,8 @@ class KTOTrainer(UnpairedPreferenceTrainer):
             train and `ref_adapter_name` the adapter used as reference (`None`: adapters disabled).
     """
 
-    _tag_names = ["trl", "kto"]
     _name = "KTO"
     _config_class = KTOConfig
-    _paper = {
-        "title": "KTO: Model Alignment as Prospect Theoretic Optimization",
-        "id": "2402.01306",
-        "citation": (
-            "@article{ethayarajh2024kto,\n"
-            "    title        = {{KTO: Model Alignment as Prospect Theoretic Optimization}},\n"
-            "    author       = {Kawin Ethayarajh and Winnie Xu and Niklas Muennighoff and Dan Jurafsky and Douwe "
-            "Kiela},\n"
-            "    year         = 2024,\n"
-            "    eprint       = {arXiv:2402.01306},\n"
-            "}"
-        ),
-    }
 
     @staticmethod
     def _uses_kl(args: KTOConfig) -> bool:

@@ -39,22 +39,8 @@ class ORPOTrainer(_ReferenceFreePairedTrainer):
     `ORPOConfig(output_dir="<model>-ORPO")`).
     """
 
-    _tag_names = ["trl", "orpo"]
     _name = "ORPO"
     _config_class = ORPOConfig
-    _paper = {
-        "title": "ORPO: Monolithic Preference Optimization without Reference Model",
-        "id": "2403.07691",
-        "citation": (
-            "@inproceedings{hong2024orpo,\n"
-            "    title        = {{ORPO: Monolithic Preference Optimization without Reference Model}},\n"
-            "    author       = {Jiwoo Hong and Noah Lee and James Thorne},\n"
-            "    year         = 2024,\n"
-            "    booktitle    = {Proceedings of the 2024 Conference on Empirical Methods in Natural Language "
-            "Processing},\n"
-            "}"
-        ),
-    }
 
     def _pair_loss(self, scores: PairedScores, mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         output = odds_ratio_loss(scores.chosen_mean_logps, scores.rejected_mean_logps, self.args.beta)

@@ -22,10 +22,14 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from .base_config import _ReferenceFreePairedConfig
 from .base_trainer import BaseTrainer, LossCall, TrainerInputs
 from .collators import DataCollatorForPreference
-from .data_preparation import _map_kwargs
 from .model_utils import accepts_logits_to_keep, get_tokenizer, load_trained_model
 from .paired_forward import PairedScores, paired_forward, router_aux_loss
-from .preference_data import PREFERENCE_TOKEN_COLUMNS, count_empty_completions, prepare_preference_dataset
+from .preference_data import (
+    PREFERENCE_TOKEN_COLUMNS,
+    count_empty_completions,
+    prepare_on_main_process_first,
+    prepare_preference_dataset,
+)
 from .utils import pad
 
 
@@ -52,9 +56,8 @@ class PairedPreferenceTrainer(BaseTrainer):
             pad_to_multiple_of=getattr(args, "pad_to_multiple_of", None),
         )
 
-    def _set_signature_columns_if_needed(self) -> None:
-        if self._signature_columns is None:
-            self._signature_columns = [*PREFERENCE_TOKEN_COLUMNS, *self._ref_columns]
+    def _collator_columns(self) -> list[str]:
+        return [*PREFERENCE_TOKEN_COLUMNS, *self._ref_columns]
 
     def _loss_description(self) -> str:
         return self._name
@@ -84,10 +87,6 @@ def _check_encoder_decoder(args: _ReferenceFreePairedConfig, config: Any, name: 
             f"is_encoder_decoder={args.is_encoder_decoder} but {name} is {kind} model. Leave is_encoder_decoder=None "
             "(it is read from the model's config)."
         )
-
-
-def _keep_prompt_start(example: dict[str, Any], max_prompt_length: int) -> dict[str, list[int]]:
-    return {"prompt_ids": example["prompt_ids"][:max_prompt_length]}
 
 
 class _ReferenceFreePairedTrainer(PairedPreferenceTrainer):
@@ -184,22 +183,8 @@ class _ReferenceFreePairedTrainer(PairedPreferenceTrainer):
     def _prepare_dataset(
         self, dataset: Dataset | IterableDataset, processing_class: Any, args: Any, name: str
     ) -> Dataset | IterableDataset:
-        keep_end = args.truncation_mode == "keep_end"
-        with args.main_process_first(desc=f"preparing the {name} dataset"):
-            dataset = prepare_preference_dataset(
-                dataset,
-                processing_class,
-                trainer_name=type(self).__name__,
-                eos_token=get_tokenizer(processing_class).eos_token,
-                max_prompt_length=args.max_prompt_length if keep_end else None,
-                max_completion_length=args.max_completion_length,
-                num_proc=args.dataset_num_proc,
-            )
-            if not keep_end and args.max_prompt_length is not None:
-                kwargs = _map_kwargs(dataset, args.dataset_num_proc, "Truncating prompts")
-                dataset = dataset.map(
-                    _keep_prompt_start, fn_kwargs={"max_prompt_length": args.max_prompt_length}, **kwargs
-                )
+        dataset = prepare_on_main_process_first(prepare_preference_dataset, dataset, processing_class, args, name,
+                                                type(self).__name__, truncation_mode=args.truncation_mode)  # fmt: skip
         empty = count_empty_completions(dataset, args.max_length, "keep_start")
         if empty:
             warnings.warn(

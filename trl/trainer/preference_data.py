@@ -19,6 +19,8 @@ merges across the boundary (e.g. a prompt ending with a space) are the two parts
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from datasets import Dataset, IterableDataset
@@ -89,72 +91,99 @@ def _completion_ids(tokenizer: Any, prompt: str, prompt_ids: list[int], completi
     return list(tokenizer(text=completion, add_special_tokens=False)["input_ids"])
 
 
-def tokenize_preference_example(
+def _with_eos(text: str, eos_token: str | None) -> str:
+    return text if eos_token is None or text.endswith(eos_token) else text + eos_token
+
+
+def tokenize_prompt_completions(
     example: dict[str, Any],
     processing_class: Any,
+    completion_keys: tuple[str, ...],
     tools: list | None = None,
     eos_token: str | None = None,
 ) -> dict[str, list[int]]:
-    """Tokenise one explicit-prompt preference example into `prompt_ids`, `chosen_ids` and `rejected_ids`.
+    """Tokenise one explicit-prompt example into `prompt_ids` and a `<key>_ids` for each of `completion_keys`
+    (`("chosen", "rejected")` for paired data, `("completion",)` for unpaired data).
 
-    Conversational examples are rendered with the chat template (the prompt with the generation prompt; the chosen
-    and rejected answers as what rendering prompt + answer adds), then tokenised without extra special tokens (the
-    template writes them). Standard answers get `eos_token` appended when they lack it, so the model learns to stop.
+    Conversational examples are rendered with the chat template (the prompt with the generation prompt; each
+    completion as what rendering prompt + completion adds), then tokenised without extra special tokens (the
+    template writes them). Standard completions get `eos_token` appended when they lack it, so the model learns to
+    stop.
 
     Args:
         example (`dict[str, Any]`):
-            A row with `prompt`, `chosen`, `rejected` (strings, or lists of messages), optionally `tools` and
+            A row with `prompt` and the completion keys (strings, or lists of messages), optionally `tools` and
             `chat_template_kwargs`.
         processing_class (`PreTrainedTokenizerBase` or `ProcessorMixin`):
             The tokenizer (or a processor holding one).
+        completion_keys (`tuple[str, ...]`):
+            The completion columns.
         tools (`list` or `None`, *optional*, defaults to `None`):
             Tools for the chat template when the row has no `tools` column.
         eos_token (`str` or `None`, *optional*, defaults to `None`):
-            Appended to standard answers that do not end with it; `None` appends nothing.
+            Appended to standard completions that do not end with it; `None` appends nothing.
     """
     tokenizer = get_tokenizer(processing_class)
-    if is_conversational(example):
-        rendered = apply_chat_template(
-            {key: example[key] for key in ("prompt", "chosen", "rejected")},
-            tokenizer,
-            **_chat_kwargs(example, tools),
-        )
-        prompt, chosen, rejected, special = rendered["prompt"], rendered["chosen"], rendered["rejected"], False
+    texts = {key: example[key] for key in ("prompt", *completion_keys)}
+    special = not is_conversational(example)
+    if special:
+        texts.update({key: _with_eos(texts[key], eos_token) for key in completion_keys})
     else:
-        prompt, chosen, rejected, special = example["prompt"], example["chosen"], example["rejected"], True
-        if eos_token is not None:
-            chosen = chosen if chosen.endswith(eos_token) else chosen + eos_token
-            rejected = rejected if rejected.endswith(eos_token) else rejected + eos_token
+        texts = apply_chat_template(texts, tokenizer, **_chat_kwargs(example, tools))
+    prompt = texts["prompt"]
     prompt_ids = list(tokenizer(text=prompt, add_special_tokens=special)["input_ids"])
-    return {
-        "prompt_ids": prompt_ids,
-        "chosen_ids": _completion_ids(tokenizer, prompt, prompt_ids, chosen, special),
-        "rejected_ids": _completion_ids(tokenizer, prompt, prompt_ids, rejected, special),
+    completions = {
+        f"{key}_ids": _completion_ids(tokenizer, prompt, prompt_ids, texts[key], special) for key in completion_keys
     }
+    return {"prompt_ids": prompt_ids, **completions}
 
 
-def truncate_preference_example(
-    example: dict[str, Any], max_prompt_length: int | None, max_completion_length: int | None
+def tokenize_preference_example(
+    example: dict[str, Any], processing_class: Any, tools: list | None = None, eos_token: str | None = None
 ) -> dict[str, list[int]]:
-    """Keep the last `max_prompt_length` prompt tokens and the first `max_completion_length` completion tokens.
+    """Tokenise one explicit-prompt preference example into `prompt_ids`, `chosen_ids` and `rejected_ids` (see
+    [`tokenize_prompt_completions`], whose arguments this function takes)."""
+    return tokenize_prompt_completions(example, processing_class, ("chosen", "rejected"), tools, eos_token)
+
+
+def truncate_prompt_completions(
+    example: dict[str, Any],
+    completion_keys: tuple[str, ...],
+    max_prompt_length: int | None,
+    max_completion_length: int | None,
+    truncation_mode: str = "keep_end",
+) -> dict[str, list[int]]:
+    """Cut the prompt to `max_prompt_length` tokens and each completion to its first `max_completion_length` tokens.
 
     Args:
         example (`dict[str, Any]`):
-            A tokenised row (`prompt_ids`, `chosen_ids`, `rejected_ids`).
+            A tokenised row (`prompt_ids` and a `<key>_ids` for each of `completion_keys`).
+        completion_keys (`tuple[str, ...]`):
+            The completion columns, without their `_ids` suffix.
         max_prompt_length (`int` or `None`):
             Prompt budget; `None` keeps the whole prompt.
         max_completion_length (`int` or `None`):
             Budget of each completion; `None` keeps them whole.
+        truncation_mode (`str`, *optional*, defaults to `"keep_end"`):
+            Which end of a long prompt to keep: `"keep_end"` (the text next to the completion) or `"keep_start"`.
     """
     prompt_ids = example["prompt_ids"]
     if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
-        prompt_ids = prompt_ids[len(prompt_ids) - max_prompt_length :]
-    end = max_completion_length
-    return {
-        "prompt_ids": prompt_ids,
-        "chosen_ids": example["chosen_ids"][:end],
-        "rejected_ids": example["rejected_ids"][:end],
-    }
+        keep_end = truncation_mode == "keep_end"
+        prompt_ids = prompt_ids[-max_prompt_length:] if keep_end else prompt_ids[:max_prompt_length]
+    completions = {f"{key}_ids": example[f"{key}_ids"][:max_completion_length] for key in completion_keys}
+    return {"prompt_ids": prompt_ids, **completions}
+
+
+def truncate_preference_example(
+    example: dict[str, Any],
+    max_prompt_length: int | None,
+    max_completion_length: int | None,
+    truncation_mode: str = "keep_end",
+) -> dict[str, list[int]]:
+    """[`truncate_prompt_completions`] of a paired row (`prompt_ids`, `chosen_ids`, `rejected_ids`)."""
+    keys = ("chosen", "rejected")
+    return truncate_prompt_completions(example, keys, max_prompt_length, max_completion_length, truncation_mode)
 
 
 def extract_prompts(dataset: Dataset | IterableDataset, num_proc: int | None = None) -> Dataset | IterableDataset:
@@ -174,16 +203,93 @@ def extract_prompts(dataset: Dataset | IterableDataset, num_proc: int | None = N
     return dataset.map(_maybe_extract_prompt, **_map_kwargs(dataset, num_proc, "Extracting prompts"))
 
 
-def prepare_preference_dataset(
+@dataclass(frozen=True)
+class TokenizeOptions:
+    """How the preference preparations ([`prepare_preference_dataset`], `prepare_unpaired_dataset`) tokenise and
+    cut a dataset.
+
+    Args:
+        trainer_name (`str`):
+            Named in error messages.
+        tools (`list` or `None`, *optional*, defaults to `None`):
+            Tools for the chat template.
+        eos_token (`str` or `None`, *optional*, defaults to `None`):
+            Appended to standard completions.
+        max_prompt_length (`int` or `None`, *optional*, defaults to `None`):
+            Prompt budget (which end is kept: `truncation_mode`).
+        max_completion_length (`int` or `None`, *optional*, defaults to `None`):
+            Keep the first tokens of each completion.
+        truncation_mode (`str`, *optional*, defaults to `"keep_end"`):
+            Which end of a long prompt to keep.
+        num_proc (`int` or `None`, *optional*, defaults to `None`):
+            Processes for `Dataset.map`.
+    """
+
+    trainer_name: str
+    tools: list | None = None
+    eos_token: str | None = None
+    max_prompt_length: int | None = None
+    max_completion_length: int | None = None
+    truncation_mode: str = "keep_end"
+    num_proc: int | None = None
+
+    @classmethod
+    def from_config(cls, args: Any, processing_class: Any, trainer_name: str, **overrides: Any) -> TokenizeOptions:
+        """The options a trainer's config gives (its token limits, `dataset_num_proc`, the tokenizer's EOS token),
+        with `overrides` taking precedence."""
+        options = dict(
+            trainer_name=trainer_name,
+            eos_token=get_tokenizer(processing_class).eos_token,
+            max_prompt_length=args.max_prompt_length,
+            max_completion_length=args.max_completion_length,
+            num_proc=args.dataset_num_proc,
+        )
+        return cls(**{**options, **overrides})
+
+
+def tokenize_and_truncate(
     dataset: Dataset | IterableDataset,
     processing_class: Any,
-    *,
-    trainer_name: str,
-    tools: list | None = None,
-    eos_token: str | None = None,
-    max_prompt_length: int | None = None,
-    max_completion_length: int | None = None,
-    num_proc: int | None = None,
+    completion_keys: tuple[str, ...],
+    options: TokenizeOptions,
+) -> Dataset | IterableDataset:
+    """The tail both preference preparations share: tokenise explicit-prompt text rows (unless the dataset holds the
+    token columns already; the text columns are removed, the others kept) and cut them to the options' budgets.
+
+    Args:
+        dataset (`Dataset` or `IterableDataset`):
+            Rows with `prompt` and the completion columns, as text (ChatML conversations) or tokens.
+        processing_class (`PreTrainedTokenizerBase` or `ProcessorMixin`):
+            The tokenizer.
+        completion_keys (`tuple[str, ...]`):
+            The completion columns (`("chosen", "rejected")` or `("completion",)`).
+        options ([`TokenizeOptions`]):
+            Chat-template tools, EOS token, budgets and processes.
+    """
+    num_proc = options.num_proc
+    columns = get_dataset_column_names(dataset)
+    if not all(f"{key}_ids" in columns for key in ("prompt", *completion_keys)):
+        check_conversational_template(dataset, processing_class)
+
+        def tokenize(example: dict[str, Any]) -> dict[str, list[int]]:
+            return tokenize_prompt_completions(
+                example, processing_class, completion_keys, options.tools, options.eos_token
+            )
+
+        text_columns = [name for name in ("prompt", *completion_keys) if name in columns]
+        dataset = dataset.map(tokenize, remove_columns=text_columns, **_map_kwargs(dataset, num_proc, "Tokenizing"))
+    budgets = (options.max_prompt_length, options.max_completion_length)
+    if budgets != (None, None):
+
+        def truncate(example: dict[str, Any]) -> dict[str, list[int]]:
+            return truncate_prompt_completions(example, completion_keys, *budgets, options.truncation_mode)
+
+        dataset = dataset.map(truncate, **_map_kwargs(dataset, num_proc, "Truncating"))
+    return dataset
+
+
+def prepare_preference_dataset(
+    dataset: Dataset | IterableDataset, processing_class: Any, options: TokenizeOptions | None = None, **fields: Any
 ) -> Dataset | IterableDataset:
     """Tokenise a paired preference dataset into `prompt_ids`, `chosen_ids`, `rejected_ids` and truncate them.
 
@@ -194,38 +300,29 @@ def prepare_preference_dataset(
             Preference data (see the module docstring), or data already holding the tokenised columns.
         processing_class (`PreTrainedTokenizerBase` or `ProcessorMixin`):
             The tokenizer.
-        trainer_name (`str`):
-            Named in error messages.
-        tools (`list` or `None`, *optional*, defaults to `None`):
-            Tools for the chat template.
-        eos_token (`str` or `None`, *optional*, defaults to `None`):
-            Appended to standard answers.
-        max_prompt_length (`int` or `None`, *optional*, defaults to `None`):
-            Keep the last tokens of the prompt.
-        max_completion_length (`int` or `None`, *optional*, defaults to `None`):
-            Keep the first tokens of each completion.
-        num_proc (`int` or `None`, *optional*, defaults to `None`):
-            Processes for `Dataset.map`.
+        options ([`TokenizeOptions`] or `None`, *optional*, defaults to `None`):
+            How to tokenise and cut; `None` builds them from `fields`.
+        **fields:
+            The fields of [`TokenizeOptions`] (`trainer_name` is required), when `options` is `None`.
     """
+    options = options or TokenizeOptions(**fields)
     columns = get_dataset_column_names(dataset)
-    check_preference_columns(columns, trainer_name)
-    _check_no_images(first_example(dataset), trainer_name)
+    check_preference_columns(columns, options.trainer_name)
+    _check_no_images(first_example(dataset), options.trainer_name)
     if not all(name in columns for name in PREFERENCE_TOKEN_COLUMNS):
-        dataset = extract_prompts(convert_to_chatml(dataset, num_proc), num_proc)
-        check_conversational_template(dataset, processing_class)
+        dataset = extract_prompts(convert_to_chatml(dataset, options.num_proc), options.num_proc)
+    return tokenize_and_truncate(dataset, processing_class, ("chosen", "rejected"), options)
 
-        def tokenize(example: dict[str, Any]) -> dict[str, list[int]]:
-            return tokenize_preference_example(example, processing_class, tools, eos_token)
 
-        text_columns = [name for name in ("prompt", "chosen", "rejected") if name in get_dataset_column_names(dataset)]
-        dataset = dataset.map(tokenize, remove_columns=text_columns, **_map_kwargs(dataset, num_proc, "Tokenizing"))
-    if max_prompt_length is not None or max_completion_length is not None:
-
-        def truncate(example: dict[str, Any]) -> dict[str, list[int]]:
-            return truncate_preference_example(example, max_prompt_length, max_completion_length)
-
-        dataset = dataset.map(truncate, **_map_kwargs(dataset, num_proc, "Truncating"))
-    return dataset
+def prepare_on_main_process_first(
+    prepare: Callable, dataset: Any, processing_class: Any, args: Any, name: str, trainer_name: str, **overrides: Any
+) -> Any:
+    """`prepare(dataset, processing_class, options)` ([`prepare_preference_dataset`] or `prepare_unpaired_dataset`)
+    with the [`TokenizeOptions`] of the config `args` (`overrides` taking precedence), run by the main process first
+    so that the others read its cache; `name` (`"train"`, `"eval"`, ...) labels the progress."""
+    options = TokenizeOptions.from_config(args, processing_class, trainer_name, **overrides)
+    with args.main_process_first(desc=f"preparing the {name} dataset"):
+        return prepare(dataset, processing_class, options)
 
 
 def count_empty_completions(dataset: Dataset, max_length: int | None, truncation_mode: str) -> int:

@@ -113,22 +113,8 @@ class PRMTrainer(BaseTrainer):
     _config_class = PRMConfig
     loss_normalization = "tokens"
     _requires_train_dataset = False
-    _tag_names = ["trl", "prm"]
     _name = "PRM"
     _template_file = "rm_model_card.md"
-    _paper = {
-        "title": "Solving math word problems with process- and outcome-based feedback",
-        "id": "2211.14275",
-        "citation": (
-            "@article{uesato2022solving,\n"
-            "    title        = {{Solving math word problems with process- and outcome-based feedback}},\n"
-            "    author       = {Uesato, Jonathan and Kushman, Nate and Kumar, Ramana and Song, Francis and Siegel, "
-            "Noah and Wang, Lisa and Creswell, Antonia and Irving, Geoffrey and Higgins, Irina},\n"
-            "    year         = 2022,\n"
-            "    journal      = {arXiv preprint arXiv:2211.14275},\n"
-            "}"
-        ),
-    }
 
     def __init__(
         self,
@@ -286,9 +272,8 @@ class PRMTrainer(BaseTrainer):
             )
         return dataset
 
-    def _set_signature_columns_if_needed(self) -> None:
-        if self._signature_columns is None:
-            self._signature_columns = list(_PRM_COLUMNS)
+    def _collator_columns(self) -> list[str]:
+        return _PRM_COLUMNS
 
     def _derived_quantities(self) -> dict[str, Any]:
         rows = super()._derived_quantities()

@@ -71,7 +71,6 @@ class RewardTrainer(BaseTrainer):
     _tag_names = ["trl", "reward-trainer"]
     _name = "Reward"
     _template_file = "rm_model_card.md"
-    _paper = {}
     _predictions_from_loss = True  # the [N, 2] rewards, label 0 (BaseTrainer._eval_predictions)
 
     # ------------------------------------------------------------------------------------------------- setup
@@ -132,9 +131,8 @@ class RewardTrainer(BaseTrainer):
     def _after_init(self, auxiliary_models: dict[str, Any]) -> None:
         self._total_train_tokens = 0
 
-    def _set_signature_columns_if_needed(self) -> None:
-        if self._signature_columns is None:
-            self._signature_columns = list(_REWARD_COLUMNS)
+    def _collator_columns(self) -> list[str]:
+        return _REWARD_COLUMNS
 
     def _derived_quantities(self) -> dict[str, Any]:
         rows = super()._derived_quantities()

@@ -93,9 +93,7 @@ class SFTTrainer(BaseTrainer):
     loss_normalization = "tokens"
     # SFT checks its text columns itself, after `formatting_func` and the ShareGPT conversion have run.
     _text_columns = ()
-    _tag_names = ["trl", "sft"]
     _name = "SFT"
-    _paper = {}
     # `token_logps`' chunked LM head (positions per chunk), or None for the logits path, which measures faster at
     # every size benchmarks/bench_token_logps.py covers.
     _logps_chunk_size: int | None = None
@@ -277,9 +275,8 @@ class SFTTrainer(BaseTrainer):
                     "completion / assistant turns are empty). Increase max_length, or filter out those examples."
                 )
 
-    def _set_signature_columns_if_needed(self) -> None:
-        if self._signature_columns is None:
-            self._signature_columns = list(_SFT_COLUMNS)
+    def _collator_columns(self) -> list[str]:
+        return _SFT_COLUMNS
 
     # ------------------------------------------------------------------ loss
     def _loss_and_outputs(self, model: torch.nn.Module, inputs: dict, call: LossCall) -> tuple[torch.Tensor, Any]:

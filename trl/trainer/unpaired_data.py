@@ -22,19 +22,18 @@ from typing import Any
 from datasets import Dataset, IterableDataset
 
 from ..data_utils import (
-    apply_chat_template,
     get_dataset_column_names,
-    is_conversational,
     unpair_preference_dataset,
 )
-from .data_preparation import _map_kwargs, check_conversational_template, convert_to_chatml, first_example
-from .model_utils import get_tokenizer
+from .data_preparation import _map_kwargs, convert_to_chatml, first_example
 from .preference_data import (
     PREFERENCE_TOKEN_COLUMNS,
-    _chat_kwargs,
+    TokenizeOptions,
     _check_no_images,
-    _completion_ids,
     extract_prompts,
+    tokenize_and_truncate,
+    tokenize_prompt_completions,
+    truncate_prompt_completions,
 )
 
 
@@ -83,38 +82,11 @@ def _check_labels(example: dict[str, Any], trainer_name: str) -> None:
 
 # ------------------------------------------------------------------------------------------ tokenising
 def tokenize_unpaired_example(
-    example: dict[str, Any],
-    processing_class: Any,
-    tools: list | None = None,
-    eos_token: str | None = None,
+    example: dict[str, Any], processing_class: Any, tools: list | None = None, eos_token: str | None = None
 ) -> dict[str, list[int]]:
-    """Tokenise one unpaired example into `prompt_ids` and `completion_ids`.
-
-    Args:
-        example (`dict[str, Any]`):
-            A row with `prompt` and `completion` (strings, or lists of messages), optionally `tools` and
-            `chat_template_kwargs`.
-        processing_class (`PreTrainedTokenizerBase` or `ProcessorMixin`):
-            The tokenizer (or a processor holding one).
-        tools (`list` or `None`, *optional*, defaults to `None`):
-            Tools for the chat template when the row has no `tools` column.
-        eos_token (`str` or `None`, *optional*, defaults to `None`):
-            Appended to a standard completion that does not end with it; `None` appends nothing.
-    """
-    tokenizer = get_tokenizer(processing_class)
-    if is_conversational(example):
-        messages = {"prompt": example["prompt"], "completion": example["completion"]}
-        rendered = apply_chat_template(messages, tokenizer, **_chat_kwargs(example, tools))
-        prompt, completion, special = rendered["prompt"], rendered["completion"], False
-    else:
-        prompt, completion, special = example["prompt"], example["completion"], True
-        if eos_token is not None and not completion.endswith(eos_token):
-            completion = completion + eos_token
-    prompt_ids = list(tokenizer(text=prompt, add_special_tokens=special)["input_ids"])
-    return {
-        "prompt_ids": prompt_ids,
-        "completion_ids": _completion_ids(tokenizer, prompt, prompt_ids, completion, special),
-    }
+    """Tokenise one unpaired example into `prompt_ids` and `completion_ids` (see
+    [`~trl.trainer.preference_data.tokenize_prompt_completions`], whose arguments this function takes)."""
+    return tokenize_prompt_completions(example, processing_class, ("completion",), tools, eos_token)
 
 
 def truncate_unpaired_example(
@@ -123,23 +95,10 @@ def truncate_unpaired_example(
     max_completion_length: int | None,
     truncation_mode: str = "keep_end",
 ) -> dict[str, list[int]]:
-    """Cut the prompt to `max_prompt_length` tokens and the completion to its first `max_completion_length` tokens.
-
-    Args:
-        example (`dict[str, Any]`):
-            A tokenised row (`prompt_ids`, `completion_ids`).
-        max_prompt_length (`int` or `None`):
-            Prompt budget; `None` keeps the whole prompt.
-        max_completion_length (`int` or `None`):
-            Completion budget; `None` keeps it whole.
-        truncation_mode (`str`, *optional*, defaults to `"keep_end"`):
-            Which end of a long prompt to keep: `"keep_end"` (the text next to the completion) or `"keep_start"`.
-    """
-    prompt_ids = example["prompt_ids"]
-    if max_prompt_length is not None and len(prompt_ids) > max_prompt_length:
-        keep_end = truncation_mode == "keep_end"
-        prompt_ids = prompt_ids[-max_prompt_length:] if keep_end else prompt_ids[:max_prompt_length]
-    return {"prompt_ids": prompt_ids, "completion_ids": example["completion_ids"][:max_completion_length]}
+    """[`~trl.trainer.preference_data.truncate_prompt_completions`] of an unpaired row (`prompt_ids`,
+    `completion_ids`)."""
+    keys = ("completion",)
+    return truncate_prompt_completions(example, keys, max_prompt_length, max_completion_length, truncation_mode)
 
 
 def unpair_dataset(dataset: Dataset | IterableDataset, num_proc: int | None = None) -> Dataset | IterableDataset:
@@ -163,63 +122,20 @@ def unpair_dataset(dataset: Dataset | IterableDataset, num_proc: int | None = No
 
 
 def prepare_unpaired_dataset(
-    dataset: Dataset | IterableDataset,
-    processing_class: Any,
-    *,
-    trainer_name: str,
-    tools: list | None = None,
-    eos_token: str | None = None,
-    max_prompt_length: int | None = None,
-    max_completion_length: int | None = None,
-    truncation_mode: str = "keep_end",
-    num_proc: int | None = None,
+    dataset: Dataset | IterableDataset, processing_class: Any, options: TokenizeOptions | None = None, **fields: Any
 ) -> Dataset | IterableDataset:
-    """Unpair (if paired), tokenise into `prompt_ids` / `completion_ids` (keeping `label`) and truncate.
-
-    Other columns (e.g. precomputed `ref_logps`) are kept; the text columns are removed.
-
-    Args:
-        dataset (`Dataset` or `IterableDataset`):
-            Preference data (see the module docstring).
-        processing_class (`PreTrainedTokenizerBase` or `ProcessorMixin`):
-            The tokenizer.
-        trainer_name (`str`):
-            Named in error messages.
-        tools (`list` or `None`, *optional*, defaults to `None`):
-            Tools for the chat template.
-        eos_token (`str` or `None`, *optional*, defaults to `None`):
-            Appended to standard completions.
-        max_prompt_length (`int` or `None`, *optional*, defaults to `None`):
-            Prompt budget (see [`truncate_unpaired_example`]).
-        max_completion_length (`int` or `None`, *optional*, defaults to `None`):
-            Keep the first tokens of each completion.
-        truncation_mode (`str`, *optional*, defaults to `"keep_end"`):
-            Which end of a long prompt to keep.
-        num_proc (`int` or `None`, *optional*, defaults to `None`):
-            Processes for `Dataset.map`.
-    """
-    check_unpaired_columns(get_dataset_column_names(dataset), trainer_name)
+    """Unpair (if paired), tokenise into `prompt_ids` / `completion_ids` (keeping `label`) and truncate: the
+    unpaired counterpart of [`~trl.trainer.preference_data.prepare_preference_dataset`], with the same arguments
+    (`dataset` is unpaired or paired preference data, see the module docstring)."""
+    options = options or TokenizeOptions(**fields)
+    check_unpaired_columns(get_dataset_column_names(dataset), options.trainer_name)
+    _check_no_images(first_example(dataset), options.trainer_name)
+    dataset = unpair_dataset(dataset, options.num_proc)
     example = first_example(dataset)
-    _check_no_images(example, trainer_name)
-    dataset = unpair_dataset(dataset, num_proc)
-    example = first_example(dataset)
-    _check_labels(example, trainer_name)
+    _check_labels(example, options.trainer_name)
     if "completion_ids" not in example:
-        dataset = convert_to_chatml(dataset, num_proc)
-        check_conversational_template(dataset, processing_class)
-
-        def tokenize(example: dict[str, Any]) -> dict[str, list[int]]:
-            return tokenize_unpaired_example(example, processing_class, tools, eos_token)
-
-        remove = ["prompt", "completion"]
-        dataset = dataset.map(tokenize, remove_columns=remove, **_map_kwargs(dataset, num_proc, "Tokenizing"))
-    if max_prompt_length is not None or max_completion_length is not None:
-
-        def truncate(example: dict[str, Any]) -> dict[str, list[int]]:
-            return truncate_unpaired_example(example, max_prompt_length, max_completion_length, truncation_mode)
-
-        dataset = dataset.map(truncate, **_map_kwargs(dataset, num_proc, "Truncating"))
-    return dataset
+        dataset = convert_to_chatml(dataset, options.num_proc)
+    return tokenize_and_truncate(dataset, processing_class, ("completion",), options)
 
 
 # ---------------------------------------------------------------------------------------- dataset facts

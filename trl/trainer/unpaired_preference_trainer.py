@@ -17,8 +17,9 @@ from datasets import Dataset, IterableDataset
 
 from .base_trainer import BaseTrainer, LossCall, TrainerInputs
 from .collators import DataCollatorForUnpairedPreference
-from .model_utils import accepts_logits_to_keep, get_tokenizer
+from .model_utils import accepts_logits_to_keep
 from .paired_forward import router_aux_loss
+from .preference_data import prepare_on_main_process_first
 from .reference import ReferenceModelMixin
 from .unpaired_data import UNPAIRED_TOKEN_COLUMNS, count_empty_completions, kl_pairs_dataset, prepare_unpaired_dataset
 from .unpaired_forward import (
@@ -77,17 +78,8 @@ class UnpairedPreferenceTrainer(ReferenceModelMixin, BaseTrainer):
     def _prepare_dataset(
         self, dataset: Dataset | IterableDataset, processing_class: Any, args: Any, name: str
     ) -> Dataset | IterableDataset:
-        with args.main_process_first(desc=f"preparing the {name} dataset"):
-            dataset = prepare_unpaired_dataset(
-                dataset,
-                processing_class,
-                trainer_name=type(self).__name__,
-                eos_token=get_tokenizer(processing_class).eos_token,
-                max_prompt_length=args.max_prompt_length,
-                max_completion_length=args.max_completion_length,
-                truncation_mode=args.truncation_mode,
-                num_proc=args.dataset_num_proc,
-            )
+        dataset = prepare_on_main_process_first(prepare_unpaired_dataset, dataset, processing_class, args, name,
+                                                type(self).__name__, truncation_mode=args.truncation_mode)  # fmt: skip
         empty = count_empty_completions(dataset, args.max_length)
         if empty:
             warnings.warn(
@@ -99,9 +91,8 @@ class UnpairedPreferenceTrainer(ReferenceModelMixin, BaseTrainer):
             )
         return dataset
 
-    def _set_signature_columns_if_needed(self) -> None:
-        if self._signature_columns is None:
-            self._signature_columns = [*UNPAIRED_TOKEN_COLUMNS, "ref_logps", "ref_kl_logps", *self._extra_columns]
+    def _collator_columns(self) -> list[str]:
+        return [*UNPAIRED_TOKEN_COLUMNS, "ref_logps", "ref_kl_logps", *self._extra_columns]
 
     def _derived_quantities(self) -> dict[str, Any]:
         rows = super()._derived_quantities()
