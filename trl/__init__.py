@@ -22,6 +22,8 @@ def _read_version() -> str:
 
 __version__ = _read_version()
 
+# The package's public names, written once: each `from .submodule import Name` line below is read by
+# `install_lazy_module` (trl/import_utils.py), which imports the submodule when the name is first used.
 if TYPE_CHECKING:
     from .chat_template_utils import (
         add_response_schema,

@@ -5,6 +5,8 @@ from typing import TYPE_CHECKING
 from ..import_utils import install_lazy_module
 
 
+# The package's public names, written once: each `from .submodule import Name` line below is read by
+# `install_lazy_module` (trl/import_utils.py), which imports the submodule when the name is first used.
 if TYPE_CHECKING:
     from .base_config import _BaseConfig
     from .base_trainer import BaseTrainer
