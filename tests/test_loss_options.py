@@ -68,7 +68,7 @@ def test_options_are_frozen_and_default_to_the_loss_defaults():
         "use_bias_correction_kl", "sapo_temperature_pos", "sapo_temperature_neg", "vespo_k_pos", "vespo_lambda_pos",
         "vespo_k_neg", "vespo_lambda_neg",
     ]  # fmt: skip
-    assert PolicyLossOptions.__module__ == "trl.losses.policy" and "frozen object" in PolicyLossOptions.__doc__
+    assert PolicyLossOptions.__module__ == "trl.losses.policy" and "frozen" in PolicyLossOptions.__doc__
 
 
 def test_options_are_built_from_the_config(tmp_path):

@@ -564,8 +564,7 @@ class _PolicyLossOptionsMethods:
         return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
 
 
-# The fields are `policy_loss`'s configuration keywords, in order, with its annotations and defaults: declared once,
-# in its signature.
+# The fields: `policy_loss`'s configuration keywords, in order, with their annotations and defaults (declared once).
 PolicyLossOptions = dataclasses.make_dataclass(
     "PolicyLossOptions",
     [
@@ -577,15 +576,10 @@ PolicyLossOptions = dataclasses.make_dataclass(
     frozen=True,
 )
 PolicyLossOptions.__module__ = __name__
-PolicyLossOptions.__doc__ = """The configuration-level options of [`policy_loss`], as one frozen object (the per-batch
-tensors and `num_items_in_batch` are passed at each call): `loss_type`, `importance_sampling_level`, `epsilon`,
-`epsilon_high`, `delta`, `beta`, `max_completion_length`, `use_bias_correction_kl`, `sapo_temperature_pos`,
-`sapo_temperature_neg`, `vespo_k_pos`, `vespo_lambda_pos`, `vespo_k_neg`, `vespo_lambda_neg`, each with
-`policy_loss`'s keyword default.
-
-Build it once from a config with [`PolicyLossOptions.from_config`] (GRPO's fields carry these names) or field by field
-(RLOO fixes `loss_type="grpo"`, `importance_sampling_level="sequence_sum"`), and call [`policy_loss_from_options`].
-"""
+PolicyLossOptions.__doc__ = """The configuration-level options of [`policy_loss`] (its keywords but the per-batch ones,
+with its defaults), as one frozen object. Build it once with [`PolicyLossOptions.from_config`] (GRPO's fields carry
+these names) or field by field (RLOO: `loss_type="grpo"`, `importance_sampling_level="sequence_sum"`), and call
+[`policy_loss_from_options`]."""
 
 
 def policy_loss_from_options(
