@@ -252,3 +252,29 @@ def test_unbuildable_processor_names_the_fix(monkeypatch):
     args = SimpleNamespace(model_init_kwargs=None, trust_remote_code=False)
     with pytest.raises(ValueError, match="pass it as `processing_class`"):
         load_processing_class(get_tiny_vlm_path("llava"), args)
+
+
+def test_paired_image_data_is_unpaired_with_its_images():
+    from trl.trainer.vision_collators import prepare_vision_unpaired_dataset
+
+    paired = build_tiny_vision_dataset("conversational_preference", num_rows=3)
+    unpaired = prepare_vision_unpaired_dataset(paired)
+    assert len(unpaired) == 6 and sorted(unpaired["label"]) == [False] * 3 + [True] * 3
+    assert all(len(images) == 1 for images in unpaired["images"])
+    # Unpaired data is returned as it is.
+    data = build_tiny_vision_dataset("conversational_unpaired_preference", num_rows=3)
+    assert prepare_vision_unpaired_dataset(data)["label"] == data["label"]
+
+
+def test_stack_vision_inputs_puts_the_kl_rows_after_the_completion_rows(processors):
+    from trl.trainer.vision_collators import stack_vision_inputs
+
+    batch = DataCollatorForVisionUnpairedPreference(processors["qwen2-vl"])(
+        _rows("conversational_unpaired_preference")
+    )
+    length = max(batch["input_ids"].shape[1], batch["kl_input_ids"].shape[1]) + 3
+    stacked = stack_vision_inputs(batch, length)
+    assert torch.equal(stacked["pixel_values"], torch.cat([batch["pixel_values"], batch["kl_pixel_values"]]))
+    assert stacked["image_grid_thw"].shape[0] == 6
+    assert stacked["mm_token_type_ids"].shape == (6, length)
+    assert torch.equal(stacked["mm_token_type_ids"][:3, : batch["input_ids"].shape[1]], batch["mm_token_type_ids"])

@@ -271,8 +271,9 @@ def _model_config(arch: str, processor):
             vision_feature_layer=-1,
         )  # fmt: skip
     return transformers.Gemma3Config(
+        # One windowed and one full-attention layer: both masks run, and the answer still sees the image.
         text_config=_text_config(tokenizer, head_dim=_HIDDEN // _HEADS, query_pre_attn_scalar=_HIDDEN // _HEADS,
-                                 sliding_window=8),
+                                 sliding_window=8, layer_types=["sliding_attention", "full_attention"]),
         # Gemma 3 reads the tower's patch features, never SigLIP's pooling head: leave the head out.
         vision_config={**_vision_tower(4 * _PATCH), "vision_use_head": False}, mm_tokens_per_image=_IMAGE_SEQ_LEN[arch],
         image_token_id=tokenizer.image_token_id, boi_token_id=tokenizer.boi_token_id,

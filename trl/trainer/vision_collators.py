@@ -193,6 +193,41 @@ def prepare_vision_dataset(
     return True
 
 
+def prepare_vision_preference_dataset(dataset: Any, num_proc: int | None = None) -> Any:
+    """Image preference data as the vision collators read it: ShareGPT turns as ChatML, implicit prompts extracted
+    (the images stay in their column)."""
+    from .data_preparation import convert_to_chatml
+    from .preference_data import extract_prompts
+
+    return extract_prompts(convert_to_chatml(dataset, num_proc), num_proc)
+
+
+def prepare_vision_unpaired_dataset(dataset: Any, num_proc: int | None = None) -> Any:
+    """Image data for KTO / BCO as the vision collator reads it: ShareGPT turns as ChatML, paired preference data
+    unpaired (chosen rows `label=True`, rejected rows `label=False`, the images copied to both)."""
+    from ..data_utils import get_dataset_column_names, maybe_unpair_preference_dataset
+    from .data_preparation import convert_to_chatml
+
+    if "chosen" in get_dataset_column_names(dataset):
+        return maybe_unpair_preference_dataset(prepare_vision_preference_dataset(dataset, num_proc), num_proc)
+    return convert_to_chatml(dataset, num_proc)
+
+
+def stack_vision_inputs(batch: dict[str, Any], length: int, prefix: str = "kl_") -> dict[str, Any]:
+    """The image inputs of a batch's rows followed by those of its `prefix` rows, as one batch of both.
+
+    Per-token tensors (`token_type_ids`, `mm_token_type_ids`) are right-padded with 0 to `length` columns; the
+    per-image tensors (`pixel_values`, `image_grid_thw`, ...) are concatenated, the first rows' images first.
+    """
+    stacked = {}
+    for key, value in vision_inputs(batch).items():
+        other = batch[prefix + key]
+        if key in _TOKEN_TYPE_KEYS:
+            value, other = pad_to_length(value, length, 0, dim=1), pad_to_length(other, length, 0, dim=1)
+        stacked[key] = torch.cat([value, other])
+    return stacked
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Batches
 # --------------------------------------------------------------------------------------------------------------------
