@@ -12,7 +12,7 @@ from trl.testing import get_tiny_model_path, get_tiny_tokenizer_path, load_test_
 from trl.trainer.callbacks import SyncRefModelCallback
 from trl.trainer.dpo_config import DPO_LOSS_TYPES, DPOConfig
 from trl.trainer.dpo_trainer import DPOTrainer
-from trl.trainer.preference_data import tokenize_preference_example, truncate_preference_example
+from trl.trainer.preference_data import tokenize_preference_example, truncate_prompt_completions
 from trl.trainer.utils import compute_accuracy
 
 from .testing_utils import StopAt, perturbed_model, run_accelerate, snapshot
@@ -146,12 +146,12 @@ def test_conversational_rows_are_rendered_with_the_chat_template():
 
 def test_truncation_keeps_the_prompt_end_and_the_completion_start():
     example = {"prompt_ids": [1, 2, 3, 4, 5], "chosen_ids": [6, 7, 8], "rejected_ids": [9]}
-    assert truncate_preference_example(example, 2, 2) == {
+    assert truncate_prompt_completions(example, ("chosen", "rejected"), 2, 2) == {
         "prompt_ids": [4, 5],
         "chosen_ids": [6, 7],
         "rejected_ids": [9],
     }
-    assert truncate_preference_example(example, None, None) == example
+    assert truncate_prompt_completions(example, ("chosen", "rejected"), None, None) == example
 
 
 # ---------------------------------------------------------------------------------------------- training

@@ -11,11 +11,11 @@ from trl.testing import get_tiny_model_path, get_tiny_tokenizer_path, load_test_
 from trl.trainer.collators import DataCollatorForUnpairedPreference
 from trl.trainer.kto_config import KTOConfig
 from trl.trainer.kto_trainer import KTOTrainer, warn_if_unbalanced
+from trl.trainer.preference_data import truncate_prompt_completions
 from trl.trainer.unpaired_data import (
     kl_pairs_dataset,
     prepare_unpaired_dataset,
     tokenize_unpaired_example,
-    truncate_unpaired_example,
 )
 
 from .testing_utils import StopAt, perturbed_model, snapshot
@@ -115,8 +115,11 @@ def test_conversational_example_is_rendered_with_the_chat_template():
 
 def test_truncation_keeps_the_chosen_end_of_the_prompt():
     example = {"prompt_ids": [1, 2, 3, 4, 5], "completion_ids": [6, 7, 8]}
-    assert truncate_unpaired_example(example, 2, 2) == {"prompt_ids": [4, 5], "completion_ids": [6, 7]}
-    assert truncate_unpaired_example(example, 2, None, "keep_start") == {
+    assert truncate_prompt_completions(example, ("completion",), 2, 2) == {
+        "prompt_ids": [4, 5],
+        "completion_ids": [6, 7],
+    }
+    assert truncate_prompt_completions(example, ("completion",), 2, None, "keep_start") == {
         "prompt_ids": [1, 2],
         "completion_ids": [6, 7, 8],
     }

@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from trl.testing import get_tiny_model_path
+from trl.trainer.base_trainer import BaseTrainer
 from trl.trainer.collators import DataCollatorForPreference
 from trl.trainer.paired_forward import (
     TokenLogps,
@@ -15,7 +16,6 @@ from trl.trainer.paired_forward import (
     completion_positions,
     log_paired_metrics,
     paired_scores,
-    router_aux_loss,
 )
 
 
@@ -162,11 +162,14 @@ def test_log_paired_metrics_values():
     assert "nll_loss" not in got
 
 
-def test_router_aux_loss_uses_the_model_coefficient_unless_given():
+def test_router_aux_loss_uses_the_model_coefficient_unless_configured():
+    """`BaseTrainer.router_aux_loss`, the one MoE term of every trainer: the config's coefficient, else the model's."""
     model = SimpleNamespace(config=SimpleNamespace(router_aux_loss_coef=0.01))
     trainer = stub_trainer(model)
-    assert router_aux_loss(trainer, None, "train") == 0.0 and not trainer.logged
+    trainer.args = SimpleNamespace(router_aux_loss_coef=None)
+    assert BaseTrainer.router_aux_loss(trainer, None, "train") == 0.0 and not trainer.logged
     aux = torch.tensor(2.0)
-    assert router_aux_loss(trainer, aux, "train").item() == pytest.approx(0.02)
-    assert router_aux_loss(trainer, aux, "train", coef=0.5).item() == 1.0
+    assert BaseTrainer.router_aux_loss(trainer, aux, "train").item() == pytest.approx(0.02)
+    trainer.args.router_aux_loss_coef = 0.5
+    assert BaseTrainer.router_aux_loss(trainer, aux, "train").item() == 1.0
     assert trainer.logged[("train", "aux_loss")] == [2.0, 2.0]

@@ -39,10 +39,8 @@ _LENGTH_NORMALISED = ("ipo", "simpo")
 class CPOTrainer(_ReferenceFreePairedTrainer):
     """Trainer for Contrastive Preference Optimization and its SimPO / CPO-SimPO / AlphaPO variants (`loss_type`).
 
-    The arguments are those of `trl.trainer.paired_preference_trainer._ReferenceFreePairedTrainer` (`model`, `args`,
-    `data_collator`, `train_dataset`, `eval_dataset`, `processing_class`, `model_init`, `callbacks`, `optimizers`,
-    `preprocess_logits_for_metrics`, `peft_config`, `compute_metrics`), with `args` a [`CPOConfig`] (`None`:
-    `CPOConfig(output_dir="<model>-CPO")`).
+    Takes the arguments of `trl.trainer.paired_preference_trainer._ReferenceFreePairedTrainer`, with `args` a
+    [`CPOConfig`] (`None`: `CPOConfig(output_dir="<model>-CPO")`).
     """
 
     _name = "CPO"

@@ -333,19 +333,8 @@ def tokenize_dataset(
 ) -> Dataset | IterableDataset:
     """Tokenise a language-modelling or prompt-completion dataset, dropping the raw-text columns.
 
-    Args:
-        dataset (`Dataset` or `IterableDataset`):
-            Untokenised data.
-        processing_class (`PreTrainedTokenizerBase`):
-            The tokenizer.
-        text_field (`str`, *optional*, defaults to `"text"`):
-            Column holding standard text.
-        eos_token (`str` or `None`, *optional*, defaults to `None`):
-            Appended to standard text / completions that lack it.
-        assistant_only_loss (`bool`, *optional*, defaults to `False`):
-            Also compute `assistant_masks` (conversational data).
-        num_proc (`int` or `None`, *optional*, defaults to `None`):
-            Processes for `Dataset.map`.
+    `dataset` is the untokenised data and `num_proc` the processes of `Dataset.map`; the other arguments are those of
+    [`tokenize_lm_example`] (`eos_token` is appended to standard texts and completions that lack it).
     """
     dataset = convert_to_chatml(dataset, num_proc)
     columns = get_dataset_column_names(dataset)

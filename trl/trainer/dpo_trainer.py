@@ -52,7 +52,6 @@ from .paired_forward import (
     completion_logps,
     log_paired_metrics,
     paired_scores,
-    router_aux_loss,
 )
 from .paired_preference_trainer import PairedPreferenceTrainer
 from .preference_data import (
@@ -225,7 +224,7 @@ class DPOTrainer(ReferenceModelMixin, PairedPreferenceTrainer):
         loss = self._preference_loss(scores, ref_chosen_logps, ref_rejected_logps, call.mode)
         if self.args.rpo_alpha is not None:
             loss = loss + self.args.rpo_alpha * scores.nll_loss
-        loss = loss + self._router_aux_loss(scores.aux_loss, call.mode)
+        loss = loss + self.router_aux_loss(scores.aux_loss, call.mode)
 
         beta = self.args.beta
         chosen_rewards = beta * (scores.chosen_logps - (0 if ref_chosen_logps is None else ref_chosen_logps)).detach()
@@ -267,9 +266,6 @@ class DPOTrainer(ReferenceModelMixin, PairedPreferenceTrainer):
             per_pair = output.losses if scores.pair_weights is None else output.losses * scores.pair_weights
             losses[loss_type] = per_pair
         return combine_losses(losses, self.args.loss_weights)
-
-    def _router_aux_loss(self, aux_loss: torch.Tensor | None, mode: str) -> torch.Tensor | float:
-        return router_aux_loss(self, aux_loss, mode, self.args.router_aux_loss_coef)
 
     def _log_pair_metrics(
         self, scores: PairedScores, chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, mode: str

@@ -183,6 +183,22 @@ def _report_empty(column: str, empty: int, total: int, name: str) -> None:
     warnings.warn(message, UserWarning, stacklevel=4)
 
 
+def warn_unlearnable(count: int, rows: str, fix: str) -> None:
+    """Warn that `count` rows of a prepared dataset add nothing to the loss; nothing when `count` is 0.
+
+    Args:
+        count (`int`):
+            How many rows.
+        rows (`str`):
+            What they are, read after the count: e.g. `"example(s) of the train dataset have no completion token
+            left after truncation (max_length=8)"`.
+        fix (`str`):
+            What to change.
+    """
+    if count:
+        warnings.warn(f"{count} {rows}: they add nothing to the loss. {fix}", UserWarning, stacklevel=4)
+
+
 def check_distinct_pairs(dataset: Dataset, name: str) -> None:
     """Refuse preference pairs whose chosen and rejected completions are the same tokens (their gradient is 0).
 

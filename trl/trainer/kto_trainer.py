@@ -39,14 +39,12 @@ class KTOTrainer(UnpairedPreferenceTrainer):
     """Trainer for Kahneman-Tversky Optimization (see `loss_type`).
 
     Args:
-        model (`str`, `PreTrainedModel` or `PeftModel`):
-            Model id / local path (loaded with `AutoModelForCausalLM.from_pretrained(model, **model_init_kwargs)`),
-            or an instantiated causal language model.
-        ref_model (`str`, `PreTrainedModel` or `None`, *optional*, defaults to `None`):
-            Reference model. `None` uses a frozen copy of the initial model, or, under PEFT, the model with its
-            adapters disabled (no copy).
+        model, ref_model:
+            The causal language model to train (an id, a local path or a loaded model) and its reference, as in
+            [`DPOTrainer`] (`None`: a frozen copy of the initial model, or under PEFT the model with its adapters
+            disabled).
         args (`KTOConfig`, `TrainingArguments` or `None`, *optional*, defaults to `None`):
-            Training configuration. `None` uses `KTOConfig(output_dir="<model>-KTO")`.
+            `None` uses `KTOConfig(output_dir="<model>-KTO")`.
         data_collator (`Callable` or `None`, *optional*, defaults to `None`):
             Defaults to [`DataCollatorForUnpairedPreference`] (with KL rows for `loss_type="kto"`).
         train_dataset (`Dataset` or `IterableDataset`):

@@ -33,10 +33,8 @@ class ORPOTrainer(_ReferenceFreePairedTrainer):
     """Trainer for Odds Ratio Preference Optimization: the NLL of the chosen completions plus β times the odds-ratio
     loss, without reference model.
 
-    The arguments are those of `trl.trainer.paired_preference_trainer._ReferenceFreePairedTrainer` (`model`, `args`,
-    `data_collator`, `train_dataset`, `eval_dataset`, `processing_class`, `model_init`, `callbacks`, `optimizers`,
-    `preprocess_logits_for_metrics`, `peft_config`, `compute_metrics`), with `args` a [`ORPOConfig`] (`None`:
-    `ORPOConfig(output_dir="<model>-ORPO")`).
+    Takes the arguments of `trl.trainer.paired_preference_trainer._ReferenceFreePairedTrainer`, with `args` a
+    [`ORPOConfig`] (`None`: `ORPOConfig(output_dir="<model>-ORPO")`).
     """
 
     _name = "ORPO"

@@ -9,8 +9,8 @@ rejected rows (prompt + rejected). One forward pass scores all of them:
 - [`paired_scores`]: from those, per sequence, the summed and the length-normalised log-probs and the completion
   lengths, plus the NLL of the chosen completions (the mean over every chosen completion token of the micro-batch),
   the sums behind the `logits/*` metrics and the MoE router auxiliary loss. [`paired_forward`] chains the two.
-- [`log_paired_metrics`] and [`router_aux_loss`]: the metrics every paired trainer logs (`rewards/*`, `logps/*`,
-  `logits/*`, `nll_loss`, `aux_loss`), gathered across processes.
+- [`log_paired_metrics`]: the metrics every paired trainer logs (`rewards/*`, `logps/*`, `logits/*`, `nll_loss`),
+  gathered across processes (the MoE `aux_loss` is `BaseTrainer.router_aux_loss`'s).
 
 The trainers built on it live in `trl.trainer.paired_preference_trainer` (the paired base, and the
 reference-free scaffolding of CPO and ORPO) and `trl.trainer.dpo_trainer`.
@@ -211,26 +211,3 @@ def log_paired_metrics(
         trainer.log_metric("logits/rejected", rejected_sum / rejected_count, mode)
     if log_nll:
         trainer.log_metric("nll_loss", _gathered_mean(trainer, scores.nll_loss), mode)
-
-
-def router_aux_loss(
-    trainer: BaseTrainer, aux_loss: torch.Tensor | None, mode: str, coef: float | None = None
-) -> torch.Tensor | float:
-    """`coef · aux_loss`, the MoE load-balancing term to add to the loss (0 without one), logging `aux_loss`.
-
-    Args:
-        trainer ([`BaseTrainer`]):
-            Gathers and logs the metric; its model's config gives the default coefficient.
-        aux_loss (`torch.Tensor` or `None`):
-            The model output's `aux_loss` (present when the model returns router logits).
-        mode (`str`):
-            `"train"` or `"eval"`.
-        coef (`float` or `None`, *optional*, defaults to `None`):
-            The weight; `None` uses the model config's `router_aux_loss_coef`.
-    """
-    if aux_loss is None:
-        return 0.0
-    if coef is None:
-        coef = getattr(trainer.accelerator.unwrap_model(trainer.model).config, "router_aux_loss_coef", 0.0)
-    trainer.log_metric("aux_loss", _gathered_mean(trainer, aux_loss), mode)
-    return coef * aux_loss

@@ -11,7 +11,6 @@ encoder-decoder models; a subclass adds its `_pair_loss`). The forward pass itse
 from __future__ import annotations
 
 import importlib.util
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -22,8 +21,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from .base_config import _ReferenceFreePairedConfig
 from .base_trainer import BaseTrainer, LossCall, TrainerInputs
 from .collators import DataCollatorForPreference
+from .input_checks import warn_unlearnable
 from .model_utils import accepts_logits_to_keep, get_tokenizer, load_trained_model
-from .paired_forward import PairedScores, paired_forward, router_aux_loss
+from .paired_forward import PairedScores, paired_forward
 from .preference_data import (
     PREFERENCE_TOKEN_COLUMNS,
     count_empty_completions,
@@ -106,13 +106,9 @@ class _ReferenceFreePairedTrainer(PairedPreferenceTrainer):
             uses its defaults with `output_dir="<model>-<method>"`.
         data_collator (`Callable` or `None`, *optional*, defaults to `None`):
             Defaults to [`DataCollatorForPreference`] (rows cut to `max_length`).
-        train_dataset (`Dataset` or `IterableDataset`):
-            Paired preference data (`prompt`, `chosen`, `rejected`; or implicit prompt `chosen`, `rejected`),
-            standard or conversational, or pre-tokenised (`prompt_ids`, `chosen_ids`, `rejected_ids`).
-        eval_dataset (`Dataset`, `IterableDataset`, `dict[str, Dataset]` or `None`, *optional*, defaults to `None`):
-            Evaluation data in the same formats; a dict evaluates each dataset under its name.
-        processing_class (`PreTrainedTokenizerBase` or `None`, *optional*, defaults to `None`):
-            Defaults to the tokenizer of `model`.
+        train_dataset, eval_dataset, processing_class:
+            As in [`DPOTrainer`]: paired preference data, standard, conversational or pre-tokenised (a dict of
+            evaluation sets is evaluated set by set), and the tokenizer (`None`: that of `model`).
         model_init (`None`):
             Not supported (raises): pass `model`.
         callbacks, optimizers, preprocess_logits_for_metrics:
@@ -185,15 +181,10 @@ class _ReferenceFreePairedTrainer(PairedPreferenceTrainer):
     ) -> Dataset | IterableDataset:
         dataset = prepare_on_main_process_first(prepare_preference_dataset, dataset, processing_class, args, name,
                                                 type(self).__name__, truncation_mode=args.truncation_mode)  # fmt: skip
+        limits = f"max_length={args.max_length} (max_prompt_length={args.max_prompt_length})"
+        rows = f"pair(s) of the {name} dataset keep no chosen or rejected completion token once cut to {limits}"
         empty = count_empty_completions(dataset, args.max_length, "keep_start")
-        if empty:
-            warnings.warn(
-                f"In the {name} dataset, {empty} pair(s) keep no chosen or rejected completion token once cut to "
-                f"max_length={args.max_length} (max_prompt_length={args.max_prompt_length}): they add nothing to the "
-                "loss. Set max_prompt_length below max_length, or raise max_length.",
-                UserWarning,
-                stacklevel=3,
-            )
+        warn_unlearnable(empty, rows, "Set max_prompt_length below max_length, or raise max_length.")
         return dataset
 
     # --------------------------------------------------------------------------------------------------- loss
@@ -201,7 +192,7 @@ class _ReferenceFreePairedTrainer(PairedPreferenceTrainer):
         options = {"logits_to_keep": self._logits_to_keep_supported, "is_encoder_decoder": self.is_encoder_decoder}
         scores = paired_forward(model, inputs, **options)
         loss, chosen_rewards, rejected_rewards = self._pair_loss(scores, call.mode)
-        loss = loss + router_aux_loss(self, scores.aux_loss, call.mode)
+        loss = loss + self.router_aux_loss(scores.aux_loss, call.mode)
         return loss, {"chosen_rewards": chosen_rewards, "rejected_rewards": rejected_rewards}
 
     def _pair_loss(self, scores: PairedScores, mode: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -175,17 +175,6 @@ def truncate_prompt_completions(
     return {"prompt_ids": prompt_ids, **completions}
 
 
-def truncate_preference_example(
-    example: dict[str, Any],
-    max_prompt_length: int | None,
-    max_completion_length: int | None,
-    truncation_mode: str = "keep_end",
-) -> dict[str, list[int]]:
-    """[`truncate_prompt_completions`] of a paired row (`prompt_ids`, `chosen_ids`, `rejected_ids`)."""
-    keys = ("chosen", "rejected")
-    return truncate_prompt_completions(example, keys, max_prompt_length, max_completion_length, truncation_mode)
-
-
 def extract_prompts(dataset: Dataset | IterableDataset, num_proc: int | None = None) -> Dataset | IterableDataset:
     """Give implicit-prompt rows an explicit `prompt` (the common start of `chosen` and `rejected`).
 

@@ -21,7 +21,6 @@ the same separator (ending with one) and read the class probabilities at the sep
 from __future__ import annotations
 
 import copy
-import warnings
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -40,6 +39,7 @@ from ..data_utils import get_dataset_column_names, is_conversational
 from ..losses import token_classification_loss
 from .base_trainer import BaseTrainer, LossCall, TrainerInputs
 from .data_preparation import _map_kwargs, first_example
+from .input_checks import warn_unlearnable
 from .model_utils import (
     classification_peft_config,
     get_tokenizer,
@@ -260,15 +260,13 @@ class PRMTrainer(BaseTrainer):
                 features=TOKENIZED_FEATURES,
                 **_map_kwargs(dataset, args.dataset_num_proc, f"Tokenizing the {name} dataset"),
             )
-        unlabelled = count_unlabelled(dataset)
+        unlabelled = count_unlabelled(dataset)  # 0 for an iterable dataset, which has no length
         if unlabelled:
-            warnings.warn(
-                f"{unlabelled} of {len(dataset)} examples of the {name} dataset have no labelled step left after "
-                f"truncation (max_length={args.max_length}, max_prompt_length={args.max_prompt_length}, "
-                f"max_completion_length={args.max_completion_length}); they add nothing to the loss. Raise these "
-                "limits or filter out the longest examples.",
-                UserWarning,
-                stacklevel=3,
+            limits = f"max_length={args.max_length}, max_prompt_length={args.max_prompt_length}, "
+            limits += f"max_completion_length={args.max_completion_length}"
+            rows = f"of {len(dataset)} examples of the {name} dataset have no labelled step left after truncation"
+            warn_unlearnable(
+                unlabelled, f"{rows} ({limits})", "Raise these limits or filter out the longest examples."
             )
         return dataset
 

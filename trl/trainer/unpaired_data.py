@@ -33,7 +33,6 @@ from .preference_data import (
     extract_prompts,
     tokenize_and_truncate,
     tokenize_prompt_completions,
-    truncate_prompt_completions,
 )
 
 
@@ -49,14 +48,8 @@ _OTHER_FORMATS = (
 
 # ---------------------------------------------------------------------------------------------- checks
 def check_unpaired_columns(columns: list[str], trainer_name: str) -> None:
-    """Raise a clear error when a dataset is neither unpaired nor paired preference data.
-
-    Args:
-        columns (`list[str]`):
-            The dataset's column names.
-        trainer_name (`str`):
-            Named in the message, e.g. `"KTOTrainer"`.
-    """
+    """Raise a clear error, naming `trainer_name` and the `columns` of the dataset, when they are neither unpaired
+    nor paired preference data."""
     present = set(columns)
     if present.issuperset(_TEXT_COLUMNS) or present.issuperset(UNPAIRED_TOKEN_COLUMNS):
         return
@@ -87,18 +80,6 @@ def tokenize_unpaired_example(
     """Tokenise one unpaired example into `prompt_ids` and `completion_ids` (see
     [`~trl.trainer.preference_data.tokenize_prompt_completions`], whose arguments this function takes)."""
     return tokenize_prompt_completions(example, processing_class, ("completion",), tools, eos_token)
-
-
-def truncate_unpaired_example(
-    example: dict[str, Any],
-    max_prompt_length: int | None,
-    max_completion_length: int | None,
-    truncation_mode: str = "keep_end",
-) -> dict[str, list[int]]:
-    """[`~trl.trainer.preference_data.truncate_prompt_completions`] of an unpaired row (`prompt_ids`,
-    `completion_ids`)."""
-    keys = ("completion",)
-    return truncate_prompt_completions(example, keys, max_prompt_length, max_completion_length, truncation_mode)
 
 
 def unpair_dataset(dataset: Dataset | IterableDataset, num_proc: int | None = None) -> Dataset | IterableDataset:

@@ -9,7 +9,6 @@ completion rows with `trl.trainer.unpaired_forward.completion_scores`, and logs 
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
@@ -17,8 +16,8 @@ from datasets import Dataset, IterableDataset
 
 from .base_trainer import BaseTrainer, LossCall, TrainerInputs
 from .collators import DataCollatorForUnpairedPreference
+from .input_checks import warn_unlearnable
 from .model_utils import accepts_logits_to_keep
-from .paired_forward import router_aux_loss
 from .preference_data import prepare_on_main_process_first
 from .reference import ReferenceModelMixin
 from .unpaired_data import UNPAIRED_TOKEN_COLUMNS, count_empty_completions, kl_pairs_dataset, prepare_unpaired_dataset
@@ -80,15 +79,10 @@ class UnpairedPreferenceTrainer(ReferenceModelMixin, BaseTrainer):
     ) -> Dataset | IterableDataset:
         dataset = prepare_on_main_process_first(prepare_unpaired_dataset, dataset, processing_class, args, name,
                                                 type(self).__name__, truncation_mode=args.truncation_mode)  # fmt: skip
-        empty = count_empty_completions(dataset, args.max_length)
-        if empty:
-            warnings.warn(
-                f"{empty} example(s) of the {name} dataset have no completion token left after truncation "
-                f"(max_length={args.max_length}, max_prompt_length={args.max_prompt_length}); their log-probs are 0 "
-                "and they teach nothing. Lower max_prompt_length or raise max_length.",
-                UserWarning,
-                stacklevel=3,
-            )
+        limits = f"max_length={args.max_length}, max_prompt_length={args.max_prompt_length}"
+        rows = f"example(s) of the {name} dataset have no completion token left after truncation ({limits})"
+        warn_unlearnable(count_empty_completions(dataset, args.max_length), rows, "Lower max_prompt_length or raise "
+                         "max_length.")  # fmt: skip
         return dataset
 
     def _collator_columns(self) -> list[str]:
@@ -153,9 +147,7 @@ class UnpairedPreferenceTrainer(ReferenceModelMixin, BaseTrainer):
         assert scores.logps.shape == ref_logps.shape == labels_B.shape, "log-probs and labels are misaligned"
         logps = UnpairedLogps(scores.logps, ref_logps, kl_logps, ref_kl_logps, labels_B, inputs.get("udm_weights"))
         loss = self._unpaired_loss(logps, call.mode)
-        loss = loss + router_aux_loss(
-            self, scores.aux_loss, call.mode, getattr(self.args, "router_aux_loss_coef", None)
-        )
+        loss = loss + self.router_aux_loss(scores.aux_loss, call.mode)
         rewards_B = self.args.beta * (scores.logps - ref_logps).detach()
         self._log_unpaired_metrics(labels_B, rewards_B, scores, call.mode)
         return loss, {"rewards": rewards_B}
