@@ -80,18 +80,7 @@ class GRPOTrainer(OnlineTrainer):
 
     _config_class = GRPOConfig
     _running_state = {"entropy_coef": "_entropy_coef"}  # saved in checkpoints (see `OnlineTrainer`)
-    _tag_names = ["trl", "grpo"]
     _name = "GRPO"
-    _paper = {
-        "title": "DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models",
-        "id": "2402.03300",
-        "citation": (
-            "@article{shao2024deepseekmath,\n    title        = {{DeepSeekMath: Pushing the Limits of Mathematical "
-            "Reasoning in Open Language Models}},\n    author       = {Zhihong Shao and Peiyi Wang and Qihao Zhu and "
-            "Runxin Xu and Junxiao Song and Mingchuan Zhang and Y. K. Li and Y. Wu and Daya Guo},\n    year         "
-            "= 2024,\n    eprint       = {arXiv:2402.03300},\n}"
-        ),
-    }
 
     def _resolve_options(self, model: Any, processing_class: Any, args: GRPOConfig, inputs: TrainerInputs) -> None:
         super()._resolve_options(model, processing_class, args, inputs)

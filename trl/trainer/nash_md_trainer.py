@@ -32,19 +32,7 @@ class NashMDTrainer(OnlineDPOTrainer):
     probabilities (`return_scores=True`)."""
 
     _config_class = NashMDConfig
-    _tag_names = ["trl", "nash-md"]
     _name = "Nash-MD"
-    _paper = {
-        "title": "Nash Learning from Human Feedback",
-        "id": "2312.00886",
-        "citation": (
-            "@inproceedings{munos2024nash,\n    title        = {{Nash Learning from Human Feedback}},\n    author       = "
-            "{R{\\'{e}}mi Munos and Michal Valko and Daniele Calandriello and Mohammad Gheshlaghi Azar and Mark Rowland "
-            "and Zhaohan Daniel Guo and Yunhao Tang and Matthieu Geist and Thomas Mesnard and C{\\^{o}}me Fiegel and "
-            "Andrea Michi and Marco Selvi and Sertan Girgin and Nikola Momchev and Olivier Bachem and Daniel J. "
-            "Mankowitz and Doina Precup and Bilal Piot},\n    year         = 2024,\n    booktitle    = {ICML 2024}\n}"
-        ),
-    }
     _has_pair_model = True
     _judge_scores = True
 

@@ -61,18 +61,7 @@ class OnlineDPOTrainer(OnlinePreferenceTrainer):
     """
 
     _config_class = OnlineDPOConfig
-    _tag_names = ["trl", "online-dpo"]
     _name = "Online DPO"
-    _paper = {
-        "title": "Direct Language Model Alignment from Online AI Feedback",
-        "id": "2402.04792",
-        "citation": (
-            "@article{guo2024direct,\n    title        = {{Direct Language Model Alignment from Online AI Feedback}},\n"
-            "    author       = {Shangmin Guo and Biao Zhang and Tianlin Liu and Tianqi Liu and Misha Khalman and "
-            "Felipe Llinares and Alexandre Ram{\\'{e}} and Thomas Mesnard and Yao Zhao and Bilal Piot and Johan "
-            "Ferret and Mathieu Blondel},\n    year         = 2024,\n    eprint       = {arXiv:2402.04792}\n}"
-        ),
-    }
 
     def _log_scores(self, scores_P_2: torch.Tensor, mode: str) -> None:
         valid_P = self._valid_pairs(scores_P_2)

@@ -35,7 +35,7 @@ from .rollout_engine import Rollout, RolloutBatch
 class OnlinePreferenceTrainer(OnlineTrainer):
     """Shared machinery of [`OnlineDPOTrainer`], [`NashMDTrainer`] and [`XPOTrainer`] (see the module docstring).
 
-    A subclass sets `_config_class`, `_name`, `_paper`, `_tag_names`, implements `compute_loss` and
+    A subclass sets `_config_class` and `_name` (tags and paper follow), implements `compute_loss` and
     `_log_scores(scores_P_2, mode)`, and may set `_judge_scores = True` (judge probabilities) and implement
     `_pair_model(policy)` (what samples the second completion of each pair; `None`: the policy itself).
     """

@@ -140,18 +140,7 @@ class PPOTrainer(OnlineTrainer):
     _running_state = {"episode": "_episode"}  # saved in checkpoints (see `OnlineTrainer`)
     _requires_train_dataset = True
     _CUMULATIVE_METRICS = BaseTrainer._CUMULATIVE_METRICS | {"episode"}
-    _tag_names = ["trl", "ppo"]
     _name = "PPO"
-    _paper = {
-        "title": "Fine-Tuning Language Models from Human Preferences",
-        "id": "1909.08593",
-        "citation": (
-            "@article{mziegler2019fine-tuning,\n    title        = {{Fine-Tuning Language Models from Human "
-            "Preferences}},\n    author       = {Daniel M. Ziegler and Nisan Stiennon and Jeffrey Wu and Tom B. Brown "
-            "and Alec Radford and Dario Amodei and Paul Christiano and Geoffrey Irving},\n    year         = 2019,\n"
-            "    eprint       = {arXiv:1909.08593}\n}"
-        ),
-    }
 
     def __init__(
         self,

@@ -81,18 +81,7 @@ class RLOOTrainer(OnlineTrainer):
         "ref_policy": None,
         "data_collator": None,
     }
-    _tag_names = ["trl", "rloo"]
     _name = "RLOO"
-    _paper = {
-        "title": "Back to Basics: Revisiting REINFORCE-Style Optimization for Learning from Human Feedback in LLMs",
-        "id": "2402.14740",
-        "citation": (
-            "@inproceedings{ahmadian2024back,\n    title        = {{Back to Basics: Revisiting REINFORCE-Style "
-            "Optimization for Learning from Human Feedback in LLMs}},\n    author       = {Arash Ahmadian and Chris "
-            "Cremer and Matthias Gall{\\'{e}} and Marzieh Fadaee and Julia Kreutzer and Olivier Pietquin and Ahmet "
-            '{\\"{U}}st{\\"{u}}n and Sara Hooker},\n    year         = 2024,\n    booktitle    = {ACL 2024},\n}'
-        ),
-    }
 
     def _resolve_options(self, model: Any, processing_class: Any, args: RLOOConfig, inputs: TrainerInputs) -> None:
         super()._resolve_options(model, processing_class, args, inputs)

@@ -67,9 +67,10 @@ class OnlineTrainer(BaseTrainer):
     """Base class of the online trainers: everything but the advantage and the loss.
 
     Its `__init__` has the reference's GRPO signature (RLOO's is its first part), shared by both, plus the
-    keyword-only `ref_model` (an explicit reference: an id, a path or a model). A subclass sets `_name`, `_tag_names`,
-    `_paper`, `_deprecated_init_kwargs` (trl <= 0.21 names), implements `_compute_advantages(rewards_B_F, rollout,
-    mode)` (the global advantages `[B_global]`, logging its metrics) and `compute_loss`, and may override
+    keyword-only `ref_model` (an explicit reference: an id, a path or a model). A subclass sets `_name` (its
+    model-card tags and paper follow from it, see `BaseTrainer`) and `_deprecated_init_kwargs` (trl <= 0.21 names),
+    implements `_compute_advantages(rewards_B_F, rollout, mode)` (the global advantages `[B_global]`, logging its
+    metrics) and `compute_loss`, and may override
     `_needs_old_logps(mode)`, `_wants_sampler_logps()`, `_extra_rollout_tensors(rollout, mode)` and
     `_running_state` (attributes saved in checkpoints).
 

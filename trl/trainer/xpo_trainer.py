@@ -28,18 +28,7 @@ class XPOTrainer(OnlineDPOTrainer):
     """Trainer for XPO. Arguments as in [`OnlineDPOTrainer`], with an [`XPOConfig`]."""
 
     _config_class = XPOConfig
-    _tag_names = ["trl", "xpo"]
     _name = "XPO"
-    _paper = {
-        "title": "Exploratory Preference Optimization: Harnessing Implicit Q*-Approximation for Sample-Efficient RLHF",
-        "id": "2405.21046",
-        "citation": (
-            "@article{xie2024exploratory,\n    title        = {{Exploratory Preference Optimization: Harnessing "
-            "Implicit Q*-Approximation for Sample-Efficient RLHF}},\n    author       = {Tengyang Xie and Dylan J. "
-            "Foster and Akshay Krishnamurthy and Corby Rosset and Ahmed Awadallah and Alexander Rakhlin},\n"
-            "    year         = 2024,\n    eprint       = {arXiv:2405.21046}\n}"
-        ),
-    }
     _has_pair_model = True
 
     @property
