@@ -51,22 +51,10 @@ class RLOOTrainer(OnlineTrainer):
         eval_dataset (`Dataset`, `IterableDataset`, `dict[str, Dataset]` or `None`, *optional*, defaults to `None`):
             Evaluation prompts. A streaming dataset is read into memory once; a dict evaluates each dataset under its
             name.
-        processing_class (`PreTrainedTokenizerBase` or `None`, *optional*, defaults to `None`):
-            Defaults to the tokenizer of `model`.
-        reward_processing_classes (`PreTrainedTokenizerBase`, `list` or `None`, *optional*, defaults to `None`):
-            Tokenizers of the reward models, aligned with `reward_funcs`.
-        callbacks, optimizers:
-            As in [`~transformers.Trainer`].
-        quantization_config (`BitsAndBytesConfig` or `None`, *optional*, defaults to `None`):
-            Used when `model` is a string.
-        peft_config (`PeftConfig` or `None`, *optional*, defaults to `None`):
-            Adapter configuration; the reference is then the base model with adapters disabled.
-        tools, rollout_func, environment_factory:
-            Agent training hooks (after the reference's parameters, shared with [`GRPOTrainer`]); not supported by
-            this version (a `ValueError` when set).
-        ref_model (`str`, `PreTrainedModel` or `None`, keyword-only, *optional*, defaults to `None`):
-            Beyond the reference API: the reference model of the KL term (an id, a path or a model; needs
-            `beta != 0`). `None` makes a frozen copy of the policy (the base model with adapters disabled under PEFT).
+        processing_class, reward_processing_classes, callbacks, optimizers, quantization_config, peft_config, tools,
+        rollout_func, environment_factory, ref_model:
+            As in [`~trl.trainer.rollout.OnlineTrainer`], whose `__init__` RLOO shares with [`GRPOTrainer`] (the
+            parameters after `peft_config` go beyond the reference's RLOO).
         **deprecated_kwargs:
             trl <= 0.21 names: `config` (→ `args`), `reward_model` (→ `reward_funcs`), `policy` (→ `model`);
             `ref_policy` and `data_collator` are no longer used. Each warns.

@@ -74,6 +74,29 @@ class OnlineTrainer(BaseTrainer):
     `_needs_old_logps(mode)`, `_wants_sampler_logps()`, `_extra_rollout_tensors(rollout, mode)` and
     `_running_state` (attributes saved in checkpoints).
 
+    Args (those [`GRPOTrainer`] and [`RLOOTrainer`] document themselves: `model`, `reward_funcs`, `args`, the
+    datasets; the rest):
+        processing_class (`PreTrainedTokenizerBase` or `None`, *optional*, defaults to `None`):
+            Defaults to the tokenizer of `model`.
+        reward_processing_classes (`PreTrainedTokenizerBase`, `list` or `None`, *optional*, defaults to `None`):
+            Tokenizers of the reward models, aligned with `reward_funcs`.
+        callbacks, optimizers:
+            As in [`~transformers.Trainer`].
+        quantization_config (`BitsAndBytesConfig` or `None`, *optional*, defaults to `None`):
+            Used when `model` is a string.
+        peft_config (`PeftConfig` or `None`, *optional*, defaults to `None`):
+            Adapter configuration; the reference is then the base model with adapters disabled.
+        tools, rollout_func, environment_factory:
+            Agent training hooks of the reference's GRPO API; not supported by this version (a `ValueError` when
+            set).
+        ref_model (`str`, `PreTrainedModel` or `None`, keyword-only, *optional*, defaults to `None`):
+            Beyond the reference API: the reference model of the KL term (an id, a path or a model; needs a
+            reference, e.g. `beta != 0`). `None` makes a frozen copy of the policy (the base model with adapters
+            disabled under PEFT).
+        **deprecated_kwargs:
+            The subclass's `_deprecated_init_kwargs` (trl <= 0.21 names); each warns. Any other keyword is a
+            `TypeError`.
+
     The training batches it receives (`inputs` of `compute_loss`) hold, for `B` local rows: `prompt_ids`,
     `prompt_mask` `[B, P]` (left-padded), `completion_ids`, `completion_mask` `[B, C]` (right-padded; rows of
     truncated completions zeroed under `mask_truncated_completions`), `advantages` `[B]`, `num_items_in_batch` (the
