@@ -2,8 +2,8 @@
 share: `TRUNCATION_MODES` / `check_truncation_mode`, `resolve_pad_to_multiple_of` (also importable from
 `trl.trainer.sft_config`), and the family bases `_ReferenceFreePairedConfig` (CPO, ORPO; also from
 `trl.trainer.orpo_config`) and `_UnpairedPreferenceConfig` (KTO, BCO; also from `trl.trainer.kto_config`), and
-the field mixins `_ModelLoadingFields` (the offline configs), `_ReferenceSyncFields` (DPO, KTO) and
-`_PreferenceLengthFields` (DPO and both preference families)."""
+the field mixins `_ModelLoadingFields` (the offline configs), `_ReferenceSyncFields` (DPO, KTO),
+`_PreferenceLengthFields` (DPO and both preference families) and `_PadToMultipleOfField` (DPO, KTO, Reward, SFT)."""
 
 from __future__ import annotations
 
@@ -159,6 +159,22 @@ class _ModelLoadingFields:
         default=None, metadata={"help": "Keyword arguments for from_pretrained when the model is a string."}
     )
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
+
+
+@dataclass
+class _PadToMultipleOfField:
+    r"""
+    `pad_to_multiple_of` of [`DPOConfig`], [`KTOConfig`], [`RewardConfig`] and [`SFTConfig`] (a mixin listed before
+    the config's base; each config documents it), with its `"auto"` value resolved once the config is built.
+    """
+
+    pad_to_multiple_of: int | str | None = field(
+        default="auto", metadata={"help": "Pad to a multiple of this value ('auto': None except on Neuron)."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.pad_to_multiple_of = resolve_pad_to_multiple_of(self.pad_to_multiple_of)
 
 
 @dataclass

@@ -10,9 +10,9 @@ from .base_config import (
     TRUNCATION_MODES,
     _BaseConfig,
     _ModelLoadingFields,
+    _PadToMultipleOfField,
     _PreferenceLengthFields,
     _ReferenceSyncFields,
-    resolve_pad_to_multiple_of,
 )
 
 
@@ -55,7 +55,9 @@ class FDivergenceConstants:
 
 
 @dataclass
-class DPOConfig(_ReferenceSyncFields, _PreferenceLengthFields, _ModelLoadingFields, _BaseConfig):
+class DPOConfig(
+    _ReferenceSyncFields, _PreferenceLengthFields, _PadToMultipleOfField, _ModelLoadingFields, _BaseConfig
+):
     r"""
     Configuration class for the [`DPOTrainer`].
 
@@ -202,9 +204,6 @@ class DPOConfig(_ReferenceSyncFields, _PreferenceLengthFields, _ModelLoadingFiel
         default="keep_start", metadata={"help": "keep_start or keep_end.", "choices": list(TRUNCATION_MODES)}
     )
     padding_free: bool = field(default=False, metadata={"help": "Flatten batches into one row without padding."})
-    pad_to_multiple_of: int | str | None = field(
-        default="auto", metadata={"help": "Pad to a multiple of this value ('auto': None except on Neuron)."}
-    )
     pad_token: str | None = field(default=None, metadata={"help": "Deprecated: set tokenizer.pad_token instead."})
     padding_value: int | None = field(default=None, metadata={"help": "Deprecated: set tokenizer.pad_token."})
 
@@ -233,7 +232,6 @@ class DPOConfig(_ReferenceSyncFields, _PreferenceLengthFields, _ModelLoadingFiel
 
     def __post_init__(self):
         super().__post_init__()
-        self.pad_to_multiple_of = resolve_pad_to_multiple_of(self.pad_to_multiple_of)
         if isinstance(self.loss_type, str):
             self.loss_type = [self.loss_type]
         else:

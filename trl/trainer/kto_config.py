@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .base_config import _ReferenceSyncFields, _UnpairedPreferenceConfig, resolve_pad_to_multiple_of
+from .base_config import _PadToMultipleOfField, _ReferenceSyncFields, _UnpairedPreferenceConfig
 
 
 KTO_LOSS_TYPES = ("kto", "apo_zero_unpaired")
 
 
 @dataclass
-class KTOConfig(_ReferenceSyncFields, _UnpairedPreferenceConfig):
+class KTOConfig(_ReferenceSyncFields, _PadToMultipleOfField, _UnpairedPreferenceConfig):
     r"""
     Configuration class for the [`KTOTrainer`].
 
@@ -73,9 +73,6 @@ class KTOConfig(_ReferenceSyncFields, _UnpairedPreferenceConfig):
         default=None, metadata={"help": "MoE router auxiliary loss weight (None: model config value)."}
     )
     activation_offloading: bool = field(default=False, metadata={"help": "Offload activations to CPU memory."})
-    pad_to_multiple_of: int | str | None = field(
-        default="auto", metadata={"help": "Pad to a multiple of this value ('auto': None except on Neuron)."}
-    )
     loss_type: str = field(
         default="kto", metadata={"help": "kto or apo_zero_unpaired.", "choices": list(KTO_LOSS_TYPES)}
     )
@@ -85,7 +82,6 @@ class KTOConfig(_ReferenceSyncFields, _UnpairedPreferenceConfig):
     base_model_attribute_name: str = field(default="model", metadata={"help": "Decoder attribute (Liger)."})
 
     def __post_init__(self):
-        self.pad_to_multiple_of = resolve_pad_to_multiple_of(self.pad_to_multiple_of)
         super().__post_init__()
         if self.loss_type not in KTO_LOSS_TYPES:
             raise ValueError(f"Unknown loss_type {self.loss_type!r}; choose one of {list(KTO_LOSS_TYPES)}.")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .base_config import _BaseConfig, _ModelLoadingFields, resolve_pad_to_multiple_of
+from .base_config import _BaseConfig, _ModelLoadingFields, _PadToMultipleOfField
 
 
 @dataclass
-class RewardConfig(_ModelLoadingFields, _BaseConfig):
+class RewardConfig(_PadToMultipleOfField, _ModelLoadingFields, _BaseConfig):
     r"""
     Configuration class for the [`RewardTrainer`].
 
@@ -61,9 +61,6 @@ class RewardConfig(_ModelLoadingFields, _BaseConfig):
     dataset_num_proc: int | None = field(default=None, metadata={"help": "Processes used to tokenize the dataset."})
     eos_token: str | None = field(default=None, metadata={"help": "EOS token appended to standard sequences."})
     max_length: int | None = field(default=1024, metadata={"help": "Drop pairs with a longer sequence."})
-    pad_to_multiple_of: int | str | None = field(
-        default="auto", metadata={"help": "Pad to a multiple of this value ('auto': None except on Neuron)."}
-    )
     center_rewards_coefficient: float | None = field(
         default=None, metadata={"help": "Weight of the reward-centring term (0.01 recommended)."}
     )
@@ -72,7 +69,6 @@ class RewardConfig(_ModelLoadingFields, _BaseConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        self.pad_to_multiple_of = resolve_pad_to_multiple_of(self.pad_to_multiple_of)
         if self.max_length is not None and self.max_length <= 0:
             raise ValueError(f"max_length must be positive, got {self.max_length}; use None to keep every pair.")
         if self.center_rewards_coefficient is not None and self.center_rewards_coefficient < 0:

@@ -10,6 +10,7 @@ from .base_config import (  # noqa: F401
     TRUNCATION_MODES,
     _BaseConfig,
     _ModelLoadingFields,
+    _PadToMultipleOfField,
     check_truncation_mode,
     resolve_pad_to_multiple_of,
 )
@@ -20,7 +21,7 @@ PACKING_STRATEGIES = ("bfd", "bfd_split", "wrapped")
 
 
 @dataclass
-class SFTConfig(_ModelLoadingFields, _BaseConfig):
+class SFTConfig(_PadToMultipleOfField, _ModelLoadingFields, _BaseConfig):
     r"""
     Configuration class for the [`SFTTrainer`].
 
@@ -112,9 +113,6 @@ class SFTConfig(_ModelLoadingFields, _BaseConfig):
         default="bfd", metadata={"help": "bfd, bfd_split or wrapped.", "choices": list(PACKING_STRATEGIES)}
     )
     padding_free: bool = field(default=False, metadata={"help": "Flatten batches into one row without padding."})
-    pad_to_multiple_of: int | str | None = field(
-        default="auto", metadata={"help": "Pad to a multiple of this value ('auto': None except on Neuron)."}
-    )
     eval_packing: bool | None = field(default=None, metadata={"help": "Pack the eval dataset (None: as packing)."})
     completion_only_loss: bool | None = field(
         default=None, metadata={"help": "Loss on completion tokens only (None: on for prompt-completion data)."}
@@ -126,7 +124,6 @@ class SFTConfig(_ModelLoadingFields, _BaseConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        self.pad_to_multiple_of = resolve_pad_to_multiple_of(self.pad_to_multiple_of)
         if self.loss_type == "chunked_nll":
             import warnings
 
