@@ -350,8 +350,21 @@ def _pad_id(processor: Any) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
+class _VisionCollator(DataCollatorMixin):
+    """What the vision collators share: a multimodal processor and `return_tensors="pt"`, checked at creation."""
+
+    def __post_init__(self) -> None:
+        if self.return_tensors != "pt":
+            raise ValueError(f"return_tensors={self.return_tensors!r} is not supported; use 'pt'.")
+        if not is_processor(self.processor):
+            raise ValueError(
+                f"{type(self).__name__} needs a multimodal processor (with an image processor), got "
+                f"{type(self.processor).__name__}. Pass `AutoProcessor.from_pretrained(model_id)`."
+            )
+
+
 @dataclass
-class DataCollatorForVisionLanguageModeling(DataCollatorMixin):
+class DataCollatorForVisionLanguageModeling(_VisionCollator):
     """Collator for SFT of vision-language models: renders and processes raw image examples on the fly.
 
     Examples are conversational with `images` (or `image`): language modelling (`messages`) or prompt-completion
@@ -387,15 +400,6 @@ class DataCollatorForVisionLanguageModeling(DataCollatorMixin):
     assistant_only_loss: bool = False
     chat_template: str | None = None
     return_tensors: str = "pt"
-
-    def __post_init__(self) -> None:
-        if self.return_tensors != "pt":
-            raise ValueError(f"return_tensors={self.return_tensors!r} is not supported; use 'pt'.")
-        if not is_processor(self.processor):
-            raise ValueError(
-                "DataCollatorForVisionLanguageModeling needs a multimodal processor (with an image processor), got "
-                f"{type(self.processor).__name__}. Pass `AutoProcessor.from_pretrained(model_id)`."
-            )
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         if "messages" in examples[0]:
@@ -439,7 +443,7 @@ class DataCollatorForVisionLanguageModeling(DataCollatorMixin):
 
 
 @dataclass
-class DataCollatorForVisionPreference(DataCollatorMixin):
+class DataCollatorForVisionPreference(_VisionCollator):
     """Collator for DPO on image data: every pair becomes two rows, all chosen rows (prompt + chosen) before all
     rejected rows (prompt + rejected); each prompt is processed with its images for both rows.
 
@@ -448,14 +452,8 @@ class DataCollatorForVisionPreference(DataCollatorMixin):
     `ref_chosen_logps` / `ref_rejected_logps` when the examples carry them.
 
     Args:
-        processor (`ProcessorMixin`):
-            The model's processor.
-        max_length (`int` or `None`, *optional*, defaults to `None`):
-            Truncate each row to this many tokens (never inside an image).
-        pad_to_multiple_of (`int` or `None`, *optional*, defaults to `None`):
-            Round the padded length up to a multiple of this value.
-        return_tensors (`str`, *optional*, defaults to `"pt"`):
-            Only `"pt"` is supported.
+        processor, max_length, pad_to_multiple_of, return_tensors:
+            As in [`DataCollatorForVisionLanguageModeling`] (`max_length` cuts each row, never inside an image).
     """
 
     processor: Any
@@ -476,7 +474,7 @@ class DataCollatorForVisionPreference(DataCollatorMixin):
 
 
 @dataclass
-class DataCollatorForVisionUnpairedPreference(DataCollatorMixin):
+class DataCollatorForVisionUnpairedPreference(_VisionCollator):
     """Collator for KTO on image data: one row per (prompt, completion, label) example.
 
     Output: `input_ids`, `attention_mask`, `completion_mask` `[B, L]`, the processor's image tensors, and `labels`
@@ -484,16 +482,10 @@ class DataCollatorForVisionUnpairedPreference(DataCollatorMixin):
     `(i + 1) mod B`) under the same names prefixed with `kl_` (`kl_input_ids`, `kl_pixel_values`, ...).
 
     Args:
-        processor (`ProcessorMixin`):
-            The model's processor.
-        max_length (`int` or `None`, *optional*, defaults to `None`):
-            Truncate each row to this many tokens (never inside an image).
+        processor, max_length, pad_to_multiple_of, return_tensors:
+            As in [`DataCollatorForVisionLanguageModeling`] (`max_length` cuts each row, never inside an image).
         calculate_kl (`bool`, *optional*, defaults to `True`):
             Also build the mismatched KL rows.
-        pad_to_multiple_of (`int` or `None`, *optional*, defaults to `None`):
-            Round the padded length up to a multiple of this value.
-        return_tensors (`str`, *optional*, defaults to `"pt"`):
-            Only `"pt"` is supported.
     """
 
     processor: Any
