@@ -28,10 +28,8 @@ on the last completion token (EOS included) and GAE bootstraps from 0 after it; 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +45,6 @@ from .ppo_config import PPOConfig
 from .reward_scoring import RewardScorer
 from .rollout import OnlineTrainer, RolloutBatch
 from .rollout_engine import SEQUENCE_KEYS
-from .utils import use_adapter
 
 
 _PPO_TOKEN_KEYS = ("advantages", "returns", "old_values")
@@ -231,13 +228,10 @@ class PPOTrainer(OnlineTrainer):
     def _needs_old_logps(self, mode: str) -> bool:
         return False  # computed with the values in one pass (`_rollout_forward`)
 
-    @contextlib.contextmanager
-    def _reference_model(self) -> Iterator[torch.nn.Module]:
-        if self.ref_model is not None:
-            yield self.ref_model
-            return
-        with use_adapter(self.accelerator.unwrap_model(self.model).policy, self.args.ref_adapter_name) as model:
-            yield model
+    def _unwrapped_policy(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(
+            self.model
+        ).policy  # not the value model (`ref_adapter_name`: its adapter)
 
     @torch.no_grad()
     def _rollout_forward(self, tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

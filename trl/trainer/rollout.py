@@ -405,8 +405,12 @@ class OnlineTrainer(BaseTrainer):
         if self.ref_model is not None:
             yield self.ref_model
             return
-        with use_adapter(self.accelerator.unwrap_model(self.model), None) as model:
+        with use_adapter(self._unwrapped_policy(), getattr(self.args, "ref_adapter_name", None)) as model:
             yield model
+
+    def _unwrapped_policy(self) -> torch.nn.Module:
+        """The policy without its accelerate wrapper (under PEFT, the reference with its adapters disabled)."""
+        return self.accelerator.unwrap_model(self.model)
 
     def _batched_logps(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Completion log-probs of the whole local batch, one micro-batch of rows per forward pass."""
