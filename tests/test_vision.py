@@ -70,6 +70,18 @@ def test_tiny_vlm_directory_reloads_the_same_processor(arch):
     assert reloaded.tokenizer.eos_token == processor.tokenizer.eos_token
 
 
+def test_tiny_vlm_reward_head_scores_images():
+    from trl.testing import VLM_SEQUENCE_CLASSIFICATION_ARCHITECTURES
+
+    assert VLM_SEQUENCE_CLASSIFICATION_ARCHITECTURES == ("gemma3-seq-cls",)
+    model, processor = load_tiny_vlm("gemma3-seq-cls")
+    assert type(model).__name__ == "Gemma3ForSequenceClassification" and model.config.num_labels == 1
+    images = [row["images"] for row in build_tiny_vision_dataset(num_rows=2)]
+    text = processor.apply_chat_template(CONVERSATION, tokenize=False)
+    scores = model(**processor(text=[text, text], images=images, return_tensors="pt")).logits
+    assert scores.shape == (2, 1) and scores[0] != scores[1]  # different pictures, different rewards
+
+
 @pytest.mark.parametrize("config_name", VISION_DATASET_CONFIGS)
 def test_tiny_vision_datasets(config_name):
     dataset = build_tiny_vision_dataset(config_name, num_rows=4, num_images=2)
@@ -278,3 +290,23 @@ def test_stack_vision_inputs_puts_the_kl_rows_after_the_completion_rows(processo
     assert stacked["image_grid_thw"].shape[0] == 6
     assert stacked["mm_token_type_ids"].shape == (6, length)
     assert torch.equal(stacked["mm_token_type_ids"][:3, : batch["input_ids"].shape[1]], batch["mm_token_type_ids"])
+
+
+@pytest.mark.parametrize("config_name", ["conversational_preference", "conversational_language_modeling"])
+def test_vision_reward_collator(processors, config_name):
+    from trl.trainer.vision_collators import DataCollatorForVisionRewardPreference
+
+    processor = processors["gemma3"]
+    rows = _rows("conversational_preference", num_rows=2)
+    if config_name == "conversational_language_modeling":  # implicit prompt: the prompt inside both sides
+        rows = [{"images": r["images"], "chosen": r["prompt"] + r["chosen"], "rejected": r["prompt"] + r["rejected"]}
+                for r in rows]  # fmt: skip
+    rows[0]["margin"], rows[1]["margin"] = 1.0, 2.0
+    batch = DataCollatorForVisionRewardPreference(processor)(rows)
+    assert batch["input_ids"].shape[0] == 4 and VISION_KEYS["gemma3"] <= set(batch)
+    assert batch["pixel_values"].shape[0] == 4 and batch["margin"].tolist() == [1.0, 2.0]
+    texts = processor.tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=False)
+    assert all("What colour is the picture?" in text for text in texts)
+    assert ["Red." in texts[0], "Blue." in texts[2]] == [True, True]
+    image_ids = torch.tensor(sorted(image_token_ids(processor)))
+    assert (torch.isin(batch["input_ids"], image_ids).sum(dim=1) > 0).all()

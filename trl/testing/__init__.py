@@ -18,6 +18,7 @@ from .tiny_tokenizer import TINY_TEMPLATES, build_tiny_tokenizer, get_tiny_token
 from .tiny_vlms import (
     VISION_DATASET_CONFIGS,
     VLM_ARCHITECTURES,
+    VLM_SEQUENCE_CLASSIFICATION_ARCHITECTURES,
     build_tiny_vision_dataset,
     build_tiny_vlm,
     build_tiny_vlm_processor,
@@ -38,6 +39,7 @@ __all__ = [
     "TOKEN_CLASSIFICATION_ARCHITECTURES",
     "VISION_DATASET_CONFIGS",
     "VLM_ARCHITECTURES",
+    "VLM_SEQUENCE_CLASSIFICATION_ARCHITECTURES",
     "build_tiny_model",
     "build_tiny_tokenizer",
     "build_tiny_vision_dataset",

@@ -78,15 +78,24 @@ _FAMILIES = {
     ),
 }
 VLM_ARCHITECTURES = tuple(_FAMILIES)
+# Reward-model heads (`num_labels=1`) on the families transformers has a multimodal sequence classifier for.
+_SEQ_CLS = {"gemma3-seq-cls": "Gemma3ForSequenceClassification"}
+VLM_SEQUENCE_CLASSIFICATION_ARCHITECTURES = tuple(_SEQ_CLS)
 # Number of image tokens one image becomes in the text (fixed for all but the Qwen families, whose count depends on
 # the image size: one token per 28x28 pixels, between 1 and 8).
 _IMAGE_SEQ_LEN = {"idefics3": 4, "llava": 4, "gemma3": 4}
 
 
 def _check_arch(arch: str) -> _Family:
-    if arch not in _FAMILIES:
-        raise ValueError(f"Unknown vision-language arch {arch!r}; choose one of {VLM_ARCHITECTURES}.")
-    return _FAMILIES[arch]
+    if arch not in _FAMILIES and arch not in _SEQ_CLS:
+        choices = VLM_ARCHITECTURES + VLM_SEQUENCE_CLASSIFICATION_ARCHITECTURES
+        raise ValueError(f"Unknown vision-language arch {arch!r}; choose one of {choices}.")
+    return _FAMILIES[_base(arch)]
+
+
+def _base(arch: str) -> str:
+    """The family of an arch: `"gemma3"` for `"gemma3-seq-cls"`."""
+    return arch.removesuffix("-seq-cls")
 
 
 def _chat_template(family: _Family) -> str:
@@ -183,6 +192,7 @@ def build_tiny_vlm_processor(arch: str = "qwen2-vl"):
     import transformers
 
     family = _check_arch(arch)
+    arch = _base(arch)
     tokenizer = build_tiny_vlm_tokenizer(arch)
     image_processor = _image_processor(arch)
     template = _chat_template(family)
@@ -285,11 +295,14 @@ def _build_model(arch: str, processor):
     import torch
     import transformers
 
-    config = _model_config(arch, processor)
+    config = _model_config(_base(arch), processor)
+    if arch in _SEQ_CLS:
+        config.num_labels = 1
+    model_class = getattr(transformers, _SEQ_CLS.get(arch) or _FAMILIES[arch].model_class)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_SEED)
-        model = getattr(transformers, _FAMILIES[arch].model_class)(config).to(torch.float32)
-        if arch == "gemma3":
+        model = model_class(config).to(torch.float32)
+        if _base(arch) == "gemma3":
             # Gemma 3 initialises its image projection to zeros (the real weights are trained): with it, no image
             # would reach the language model and the vision tower would get no gradient.
             projection = model.model.multi_modal_projector.mm_input_projection_weight
@@ -307,7 +320,8 @@ def build_tiny_vlm(arch: str = "qwen2-vl"):
 
     Args:
         arch (`str`, *optional*, defaults to `"qwen2-vl"`):
-            One of [`VLM_ARCHITECTURES`]: `"qwen2-vl"`, `"qwen2.5-vl"`, `"idefics3"`, `"llava"`, `"gemma3"`.
+            One of [`VLM_ARCHITECTURES`] (`"qwen2-vl"`, `"qwen2.5-vl"`, `"idefics3"`, `"llava"`, `"gemma3"`), or of
+            [`VLM_SEQUENCE_CLASSIFICATION_ARCHITECTURES`] (`"gemma3-seq-cls"`, a reward model with `num_labels=1`).
 
     Returns:
         `tuple`: `(model, processor)`, the model in float32 with its `generation_config` ids set.
@@ -391,10 +405,11 @@ def load_tiny_vlm(arch: str = "qwen2-vl"):
         `tuple`: `(model, processor)`.
     """
     import torch
-    from transformers import AutoModelForImageTextToText
+    from transformers import AutoModelForImageTextToText, AutoModelForSequenceClassification
 
     path = get_tiny_vlm_path(arch)
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32)
+    auto_class = AutoModelForSequenceClassification if arch in _SEQ_CLS else AutoModelForImageTextToText
+    model = auto_class.from_pretrained(path, dtype=torch.float32)
     return model, load_tiny_vlm_processor(path, arch)
 
 

@@ -345,6 +345,44 @@ def prompt_completion_rows(
     return batch
 
 
+def conversation_rows(
+    processor: Any,
+    conversations: list[list[dict[str, Any]]],
+    max_length: int | None = None,
+    pad_to_multiple_of: int | None = None,
+    chat_template: str | None = None,
+    assistant_masks: bool = False,
+) -> dict[str, Any]:
+    """One right-padded row per whole conversation (images in its content parts), rendered and processed at once.
+
+    Args:
+        processor (`ProcessorMixin`):
+            The processor.
+        conversations (`list[list[dict[str, Any]]]`):
+            Conversations whose image parts hold their images ([`multimodal_conversation`]).
+        max_length (`int` or `None`, *optional*, defaults to `None`):
+            Truncate the rows to this many tokens (never inside an image).
+        pad_to_multiple_of (`int` or `None`, *optional*, defaults to `None`):
+            Round the padded length up to a multiple of this value.
+        chat_template (`str` or `None`, *optional*, defaults to `None`):
+            Template used instead of the processor's.
+        assistant_masks (`bool`, *optional*, defaults to `False`):
+            Also return `assistant_masks` (the template needs generation markers).
+    """
+    kwargs = {"chat_template": chat_template} if chat_template is not None else {}
+    batch = dict(
+        processor.apply_chat_template(
+            conversations, tokenize=True, return_dict=True, return_assistant_tokens_mask=assistant_masks,
+            processor_kwargs={"padding": True, "padding_side": "right", "return_tensors": "pt"}, **kwargs,
+        )
+    )  # fmt: skip
+    if "assistant_masks" in batch:
+        batch["assistant_masks"] = torch.as_tensor(batch["assistant_masks"])
+    batch = truncate_keeping_images(batch, max_length, image_token_ids(processor), ("assistant_masks",))
+    _pad_columns(batch, [*_token_keys(batch), "assistant_masks"], pad_to_multiple_of, _pad_id(processor))
+    return batch
+
+
 def _pad_id(processor: Any) -> int:
     tokenizer = getattr(processor, "tokenizer", processor)
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -419,19 +457,10 @@ class DataCollatorForVisionLanguageModeling(_VisionCollator):
 
     def _language_modeling(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         conversations = [multimodal_conversation(example, ("messages",))["messages"] for example in examples]
-        processor_kwargs = {"padding": True, "padding_side": "right", "return_tensors": "pt"}
-        kwargs = {"chat_template": self.chat_template} if self.chat_template is not None else {}
-        batch = dict(
-            self.processor.apply_chat_template(
-                conversations, tokenize=True, return_dict=True, return_assistant_tokens_mask=self.assistant_only_loss,
-                processor_kwargs=processor_kwargs, **kwargs,
-            )
+        return conversation_rows(
+            self.processor, conversations, self.max_length, self.pad_to_multiple_of, self.chat_template,
+            self.assistant_only_loss,
         )  # fmt: skip
-        if "assistant_masks" in batch:
-            batch["assistant_masks"] = torch.as_tensor(batch["assistant_masks"])
-        batch = truncate_keeping_images(batch, self.max_length, image_token_ids(self.processor), ("assistant_masks",))
-        _pad_columns(batch, [*_token_keys(batch), "assistant_masks"], self.pad_to_multiple_of, _pad_id(self.processor))
-        return batch
 
     def _prompt_completion(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         rendered = [render_prompt_and_completions(self.processor, ex, ("completion",), self.chat_template)
@@ -506,4 +535,34 @@ class DataCollatorForVisionUnpairedPreference(_VisionCollator):
             kl = prompt_completion_rows(*rows, shifted, images, self.max_length, self.pad_to_multiple_of)
             batch.update({f"kl_{key}": value for key, value in kl.items()})
         batch.update(_scalars(examples, ("ref_logps", "ref_kl_logps")))
+        return batch
+
+
+@dataclass
+class DataCollatorForVisionRewardPreference(_VisionCollator):
+    """Collator for reward modelling on image data: the chosen conversations (prompt + chosen, or the implicit-prompt
+    `chosen`) then the rejected ones, each with its example's images.
+
+    Output: `input_ids`, `attention_mask` `[2B, L]`, the processor's image tensors for the `2B` rows, and `margin`
+    (float, `[B]`) when the examples have one.
+
+    Args:
+        processor, max_length, pad_to_multiple_of, return_tensors:
+            As in [`DataCollatorForVisionLanguageModeling`] (`max_length` cuts each row, never inside an image).
+    """
+
+    processor: Any
+    max_length: int | None = None
+    pad_to_multiple_of: int | None = None
+    return_tensors: str = "pt"
+
+    def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        conversations = {"chosen": [], "rejected": []}
+        for example in examples:
+            for key in conversations:
+                full = {"images": example_images(example), key: list(example.get("prompt") or []) + list(example[key])}
+                conversations[key].append(multimodal_conversation(full, (key,))[key])
+        rows = conversations["chosen"] + conversations["rejected"]
+        batch = conversation_rows(self.processor, rows, self.max_length, self.pad_to_multiple_of)
+        batch.update(_scalars(examples, ("margin",)))
         return batch
