@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -40,6 +39,7 @@ from .model_utils import (
 )
 from .papers import PAPERS
 from .run_report import RunReportMixin
+from .trainer_inputs import LossCall, TrainerInputs  # the skeleton's step arguments, importable from here
 from .utils import disable_dropout_in_model
 
 
@@ -49,30 +49,6 @@ from .utils import disable_dropout_in_model
 # accumulation. "examples": a mean over the micro-batch, which Trainer divides by the accumulation steps. "step": the
 # trainer normalises by its own optimizer-step count (online trainers): Trainer neither counts nor divides.
 _LOSS_NORMALIZATIONS = {"tokens": (True, True), "examples": (False, False), "step": (False, True)}
-
-
-@dataclass(frozen=True)
-class TrainerInputs:
-    """What the user passed to a trainer, as given (`model` is `None` with `model_init`), for the steps that check or
-    load from it: `_validate` and `_setup_auxiliary_models`."""
-
-    model: Any
-    ref_model: Any = None
-    train_dataset: Any = None
-    eval_dataset: Any = None
-    processing_class: Any = None
-    peft_config: Any = None
-    quantization_config: Any = None
-    model_init: Callable | None = None
-
-
-@dataclass(frozen=True)
-class LossCall:
-    """What `compute_loss` was called with besides the model and the batch, for the `_loss_and_outputs` hook."""
-
-    mode: str  # "train" or "eval" (`model.training`)
-    num_items_in_batch: torch.Tensor | int | None = None  # `Trainer`'s labelled-token count (`None` in evaluation)
-    return_outputs: bool = False  # whether the caller reads the outputs (evaluation predictions)
 
 
 class BaseTrainer(RunReportMixin, CheckpointingMixin, Trainer):
