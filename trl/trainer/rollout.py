@@ -45,7 +45,7 @@ from .data_preparation import to_map_style
 from .model_utils import accepts_logits_to_keep, is_peft_model, prepare_auxiliary_model
 from .reward_scoring import RewardFunc, RewardScorer
 from .rollout_engine import SEQUENCE_KEYS, Rollout, RolloutBatch
-from .rollout_utils import RolloutSampler, policy_inputs, used_columns
+from .rollout_utils import RolloutSampler, apply_deprecated_kwargs, policy_inputs, used_columns
 from .utils import identity, use_adapter
 
 
@@ -137,8 +137,8 @@ class OnlineTrainer(BaseTrainer):
     ):
         # The reference's GRPO / RLOO signature (RLOO's ends at `peft_config`); PPO and the online preference trainers
         # keep their own and call this with `ref_model`. The agent-training hooks are checked in `_validate`.
-        given = self._apply_deprecated_kwargs({"args": args, "reward_funcs": reward_funcs, "model": model},
-                                              deprecated_kwargs)  # fmt: skip
+        given = {"args": args, "reward_funcs": reward_funcs, "model": model}
+        apply_deprecated_kwargs(type(self).__name__, given, deprecated_kwargs, self._deprecated_init_kwargs)
         if given["model"] is None:
             raise ValueError(f"{type(self).__name__} needs a model (an id, a path or a PreTrainedModel).")
         self._reward_funcs, self._reward_processing_classes = given["reward_funcs"], reward_processing_classes
@@ -152,28 +152,6 @@ class OnlineTrainer(BaseTrainer):
             processing_class=processing_class, callbacks=callbacks, optimizers=optimizers,
             quantization_config=quantization_config, peft_config=peft_config, ref_model=ref_model,
         )  # fmt: skip
-
-    def _apply_deprecated_kwargs(self, given: dict[str, Any], deprecated: dict[str, Any]) -> dict[str, Any]:
-        """`given` with the values of the trl <= 0.21 names of `_deprecated_init_kwargs` moved to the new names."""
-        name = type(self).__name__
-        unknown = sorted(set(deprecated) - set(self._deprecated_init_kwargs))
-        if unknown:
-            raise TypeError(f"{name} got unexpected keyword arguments {unknown}.")
-        for old, value in deprecated.items():
-            new = self._deprecated_init_kwargs[old]
-            if new is None:
-                warnings.warn(
-                    f"`{old}` is no longer used by {name} and is ignored: the reference model is a frozen copy of "
-                    "the policy (or the base model under PEFT) and prompts are collated internally. Remove it.",
-                    FutureWarning,
-                    stacklevel=3,
-                )
-                continue
-            warnings.warn(f"`{old}` is deprecated; use `{new}` instead.", FutureWarning, stacklevel=3)
-            if given[new] is not None:
-                raise ValueError(f"Both `{old}` and `{new}` were given; pass only `{new}`.")
-            given[new] = value
-        return given
 
     # ------------------------------------------------------------------------------------- skeleton steps
     def _validate(self, args: Any, inputs: TrainerInputs) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -130,6 +131,32 @@ class RolloutSampler(RepeatSampler):
         if self.shuffle:
             self.generator.manual_seed((self.seed or 0) + self.epoch)
         return super().__iter__()
+
+
+# --------------------------------------------------------------------------------------- trainer arguments
+def apply_deprecated_kwargs(
+    name: str, given: dict[str, Any], deprecated: dict[str, Any], renames: dict[str, str | None]
+) -> None:
+    """Move the values of trl <= 0.21 keyword arguments (`deprecated`) of the trainer `name` to their new names in
+    `given`, each with a `FutureWarning`; `renames` maps old name -> new name (`None`: ignored). An unknown name is
+    a `TypeError`; an old and a new name given together are a `ValueError`."""
+    unknown = sorted(set(deprecated) - set(renames))
+    if unknown:
+        raise TypeError(f"{name} got unexpected keyword arguments {unknown}.")
+    for old, value in deprecated.items():
+        new = renames[old]
+        if new is None:
+            warnings.warn(
+                f"`{old}` is no longer used by {name} and is ignored: the reference model is a frozen copy of the "
+                "policy (or the base model under PEFT) and prompts are collated internally. Remove it.",
+                FutureWarning,
+                stacklevel=3,
+            )
+            continue
+        warnings.warn(f"`{old}` is deprecated; use `{new}` instead.", FutureWarning, stacklevel=3)
+        if given[new] is not None:
+            raise ValueError(f"Both `{old}` and `{new}` were given; pass only `{new}`.")
+        given[new] = value
 
 
 # ---------------------------------------------------------------------------------- prompts and completions
