@@ -202,6 +202,14 @@ def prepare_vision_preference_dataset(dataset: Any, num_proc: int | None = None)
     return extract_prompts(convert_to_chatml(dataset, num_proc), num_proc)
 
 
+def prepare_vision_reward_dataset(dataset: Any, num_proc: int | None = None) -> Any:
+    """Image preference data for the reward trainer: ShareGPT turns as ChatML (explicit and implicit prompts are
+    both read by [`DataCollatorForVisionRewardPreference`])."""
+    from .data_preparation import convert_to_chatml
+
+    return convert_to_chatml(dataset, num_proc)
+
+
 def prepare_vision_unpaired_dataset(dataset: Any, num_proc: int | None = None) -> Any:
     """Image data for KTO / BCO as the vision collator reads it: ShareGPT turns as ChatML, paired preference data
     unpaired (chosen rows `label=True`, rejected rows `label=False`, the images copied to both)."""
