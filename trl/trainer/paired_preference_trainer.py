@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -21,13 +22,12 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 from .base_config import _ReferenceFreePairedConfig
 from .base_trainer import BaseTrainer, LossCall, TrainerInputs
 from .collators import DataCollatorForPreference
-from .input_checks import warn_unlearnable
 from .model_utils import accepts_logits_to_keep, get_tokenizer, load_trained_model
 from .paired_forward import PairedScores, paired_forward
 from .preference_data import (
     PREFERENCE_TOKEN_COLUMNS,
+    PreferenceDatasetStep,
     count_empty_completions,
-    prepare_on_main_process_first,
     prepare_preference_dataset,
 )
 from .utils import pad
@@ -89,7 +89,7 @@ def _check_encoder_decoder(args: _ReferenceFreePairedConfig, config: Any, name: 
         )
 
 
-class _ReferenceFreePairedTrainer(PairedPreferenceTrainer):
+class _ReferenceFreePairedTrainer(PreferenceDatasetStep, PairedPreferenceTrainer):
     """Scaffolding of the trainers that score [chosen; rejected] pairs with the policy alone (CPO, ORPO).
 
     It loads the model (a causal LM, or an encoder-decoder), wraps it with PEFT, tokenises paired preference data
@@ -121,6 +121,10 @@ class _ReferenceFreePairedTrainer(PairedPreferenceTrainer):
     """
 
     _config_class: type = _ReferenceFreePairedConfig
+    # The `_prepare_dataset` step (`PreferenceDatasetStep`); the collator keeps the start of rows over `max_length`.
+    _prepare_preference_data = prepare_preference_dataset
+    _count_empty_rows = partial(count_empty_completions, truncation_mode="keep_start")
+    _data_rows = "pair(s)"
 
     def __init__(
         self,
@@ -175,17 +179,6 @@ class _ReferenceFreePairedTrainer(PairedPreferenceTrainer):
     def _after_init(self, auxiliary_models: dict[str, Any]) -> None:
         unwrapped = self.accelerator.unwrap_model(self.model)
         self._logits_to_keep_supported = not self.is_encoder_decoder and accepts_logits_to_keep(unwrapped)
-
-    def _prepare_dataset(
-        self, dataset: Dataset | IterableDataset, processing_class: Any, args: Any, name: str
-    ) -> Dataset | IterableDataset:
-        dataset = prepare_on_main_process_first(prepare_preference_dataset, dataset, processing_class, args, name,
-                                                type(self).__name__, truncation_mode=args.truncation_mode)  # fmt: skip
-        limits = f"max_length={args.max_length} (max_prompt_length={args.max_prompt_length})"
-        rows = f"pair(s) of the {name} dataset keep no chosen or rejected completion token once cut to {limits}"
-        empty = count_empty_completions(dataset, args.max_length, "keep_start")
-        warn_unlearnable(empty, rows, "Set max_prompt_length below max_length, or raise max_length.")
-        return dataset
 
     # --------------------------------------------------------------------------------------------------- loss
     def _loss_and_outputs(self, model: torch.nn.Module, inputs: dict, call: LossCall) -> tuple[torch.Tensor, Any]:

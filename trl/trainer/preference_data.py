@@ -28,6 +28,7 @@ from datasets import Dataset, IterableDataset
 from ..data_utils import apply_chat_template, get_dataset_column_names, is_conversational
 from ..data_utils import maybe_extract_prompt as _maybe_extract_prompt
 from .data_preparation import _map_kwargs, check_conversational_template, convert_to_chatml, first_example
+from .input_checks import warn_unlearnable
 from .model_utils import get_tokenizer
 
 
@@ -314,6 +315,27 @@ def prepare_on_main_process_first(
         return prepare(dataset, processing_class, options)
 
 
+class PreferenceDatasetStep:
+    """The `_prepare_dataset` skeleton step of the reference-free paired trainers (CPO, ORPO) and the unpaired ones
+    (KTO, BCO), a mixin of their bases: `_prepare_preference_data` ([`prepare_preference_dataset`] or
+    `prepare_unpaired_dataset`) with the config's [`TokenizeOptions`] (the prompt cut at its `truncation_mode` end),
+    then a warning for the `_data_rows` that keep no completion token once cut to `max_length`
+    (`_count_empty_rows(dataset, max_length)`)."""
+
+    _prepare_preference_data: Callable
+    _count_empty_rows: Callable
+    _data_rows: str
+
+    def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, name: str) -> Any:
+        dataset = prepare_on_main_process_first(type(self)._prepare_preference_data, dataset, processing_class, args,
+                                                name, type(self).__name__, truncation_mode=args.truncation_mode)  # fmt: skip
+        limits = f"max_length={args.max_length} (max_prompt_length={args.max_prompt_length})"
+        rows = f"{self._data_rows} of the {name} dataset keep no completion token once cut to {limits}"
+        fix = "Set max_prompt_length below max_length, or raise max_length."
+        warn_unlearnable(type(self)._count_empty_rows(dataset, args.max_length), rows, fix)
+        return dataset
+
+
 def count_empty_completions(dataset: Dataset, max_length: int | None, truncation_mode: str) -> int:
     """Number of rows whose chosen or rejected completion loses every token to the `max_length` cut.
 
@@ -377,42 +399,34 @@ def tokenize_reward_example(
 
 
 def prepare_reward_dataset(
-    dataset: Dataset | IterableDataset,
-    processing_class: Any,
-    *,
-    max_length: int | None = None,
-    tools: list | None = None,
-    eos_token: str | None = None,
-    num_proc: int | None = None,
+    dataset: Dataset | IterableDataset, processing_class: Any, options: TokenizeOptions, max_length: int | None = None
 ) -> Dataset | IterableDataset:
     """Tokenise preference data into `chosen_ids` / `rejected_ids` and drop pairs longer than `max_length`.
 
-    Pairs are filtered rather than truncated: cutting an answer would change what is being preferred. The legacy
-    pre-tokenised columns `input_ids_chosen` / `input_ids_rejected` are accepted too (a `margin` column, if any, is
-    kept).
+    Pairs are filtered rather than truncated: cutting an answer would change what is being preferred, so only the
+    chat-template `tools`, the `eos_token` appended to standard sequences and `num_proc` of `options` apply. The
+    legacy pre-tokenised columns `input_ids_chosen` / `input_ids_rejected` are accepted too (a `margin` column, if
+    any, is kept).
 
     Args:
         dataset (`Dataset` or `IterableDataset`):
             Preference data.
         processing_class (`PreTrainedTokenizerBase` or `ProcessorMixin`):
             The tokenizer.
+        options ([`TokenizeOptions`]):
+            Named trainer, tools, EOS token and processes.
         max_length (`int` or `None`, *optional*, defaults to `None`):
             Drop pairs with a sequence longer than this; `None` keeps all.
-        tools (`list` or `None`, *optional*, defaults to `None`):
-            Tools for the chat template.
-        eos_token (`str` or `None`, *optional*, defaults to `None`):
-            Appended to standard sequences.
-        num_proc (`int` or `None`, *optional*, defaults to `None`):
-            Processes for `Dataset.map`.
     """
+    tools, eos_token, num_proc = options.tools, options.eos_token, options.num_proc
     columns = get_dataset_column_names(dataset)
     if all(name in columns for name in _LEGACY_REWARD_COLUMNS):
         dataset = dataset.rename_columns(_LEGACY_REWARD_COLUMNS)
         legacy_masks = [name for name in ("attention_mask_chosen", "attention_mask_rejected") if name in columns]
         dataset = dataset.remove_columns(legacy_masks) if legacy_masks else dataset
         columns = get_dataset_column_names(dataset)
-    check_preference_columns(columns, "RewardTrainer")
-    _check_no_images(first_example(dataset), "RewardTrainer")
+    check_preference_columns(columns, options.trainer_name)
+    _check_no_images(first_example(dataset), options.trainer_name)
     if not all(name in columns for name in REWARD_TOKEN_COLUMNS):
         dataset = convert_to_chatml(dataset, num_proc)
         # A reward model scores whole conversations: no prompt/completion boundary to preserve.

@@ -29,7 +29,7 @@ from .model_utils import (
     load_trained_model,
     prepare_peft_model,
 )
-from .preference_data import prepare_reward_dataset
+from .preference_data import TokenizeOptions, prepare_reward_dataset
 from .reward_config import RewardConfig
 
 
@@ -116,14 +116,10 @@ class RewardTrainer(BaseTrainer):
     def _prepare_dataset(
         self, dataset: Dataset | IterableDataset, processing_class: Any, args: RewardConfig, name: str
     ) -> Dataset | IterableDataset:
+        eos_token = args.eos_token or get_tokenizer(processing_class).eos_token
+        options = TokenizeOptions("RewardTrainer", eos_token=eos_token, num_proc=args.dataset_num_proc)
         with args.main_process_first(desc=f"preparing the {name} dataset"):
-            return prepare_reward_dataset(
-                dataset,
-                processing_class,
-                max_length=args.max_length,
-                eos_token=args.eos_token or get_tokenizer(processing_class).eos_token,
-                num_proc=args.dataset_num_proc,
-            )
+            return prepare_reward_dataset(dataset, processing_class, options, args.max_length)
 
     def _default_collator(self, processing_class: Any, args: RewardConfig) -> DataCollatorForRewardPreference:
         return DataCollatorForRewardPreference(self.pad_token_id, pad_to_multiple_of=args.pad_to_multiple_of)

@@ -12,13 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from datasets import Dataset, IterableDataset
+from datasets import Dataset
 
 from .base_trainer import BaseTrainer, LossCall, TrainerInputs
 from .collators import DataCollatorForUnpairedPreference
-from .input_checks import warn_unlearnable
 from .model_utils import accepts_logits_to_keep
-from .preference_data import prepare_on_main_process_first
+from .preference_data import PreferenceDatasetStep
 from .reference import ReferenceModelMixin
 from .unpaired_data import UNPAIRED_TOKEN_COLUMNS, count_empty_completions, kl_pairs_dataset, prepare_unpaired_dataset
 from .unpaired_forward import (
@@ -34,12 +33,16 @@ _METRICS = ("rewards", "logps", "logits")
 _SPLITS = ("chosen", "rejected")
 
 
-class UnpairedPreferenceTrainer(ReferenceModelMixin, BaseTrainer):
+class UnpairedPreferenceTrainer(PreferenceDatasetStep, ReferenceModelMixin, BaseTrainer):
     """Base of [`KTOTrainer`] and [`BCOTrainer`] (the loss is a mean over the examples of a micro-batch)."""
 
     loss_normalization = "examples"
     _predictions_from_loss = True
     _extra_columns: tuple[str, ...] = ()
+    # The `_prepare_dataset` step (`PreferenceDatasetStep`); the collator keeps the start of rows over `max_length`.
+    _prepare_preference_data = prepare_unpaired_dataset
+    _count_empty_rows = count_empty_completions
+    _data_rows = "example(s)"
 
     # ------------------------------------------------------------------------------------------------- setup
     @staticmethod
@@ -73,17 +76,6 @@ class UnpairedPreferenceTrainer(ReferenceModelMixin, BaseTrainer):
         self._policy_keeps_logits = accepts_logits_to_keep(self.accelerator.unwrap_model(self.model))
         reference = self.ref_model if self.ref_model is not None else self.model
         self._ref_keeps_logits = accepts_logits_to_keep(getattr(reference, "module", reference))
-
-    def _prepare_dataset(
-        self, dataset: Dataset | IterableDataset, processing_class: Any, args: Any, name: str
-    ) -> Dataset | IterableDataset:
-        dataset = prepare_on_main_process_first(prepare_unpaired_dataset, dataset, processing_class, args, name,
-                                                type(self).__name__, truncation_mode=args.truncation_mode)  # fmt: skip
-        limits = f"max_length={args.max_length}, max_prompt_length={args.max_prompt_length}"
-        rows = f"example(s) of the {name} dataset have no completion token left after truncation ({limits})"
-        warn_unlearnable(count_empty_completions(dataset, args.max_length), rows, "Lower max_prompt_length or raise "
-                         "max_length.")  # fmt: skip
-        return dataset
 
     def _collator_columns(self) -> list[str]:
         return [*UNPAIRED_TOKEN_COLUMNS, "ref_logps", "ref_kl_logps", *self._extra_columns]
