@@ -3,7 +3,8 @@ share: `TRUNCATION_MODES` / `check_truncation_mode`, `resolve_pad_to_multiple_of
 `trl.trainer.sft_config`), and the family bases `_ReferenceFreePairedConfig` (CPO, ORPO; also from
 `trl.trainer.orpo_config`) and `_UnpairedPreferenceConfig` (KTO, BCO; also from `trl.trainer.kto_config`), and
 the field mixins `_ModelLoadingFields` (the offline configs), `_ReferenceSyncFields` (DPO, KTO),
-`_PreferenceLengthFields` (DPO and both preference families) and `_PadToMultipleOfField` (DPO, KTO, Reward, SFT)."""
+`_PreferenceLengthFields` (DPO and both preference families), `_ReferencePreferenceFields` (DPO, KTO, BCO) and
+`_PadToMultipleOfField` (DPO, KTO, Reward, SFT)."""
 
 from __future__ import annotations
 
@@ -240,6 +241,19 @@ class _PreferenceLengthFields:
 
 
 @dataclass
+class _ReferencePreferenceFields:
+    r"""
+    Fields of the preference configs with a reference model ([`DPOConfig`], `_UnpairedPreferenceConfig`; a mixin
+    listed before the config's base, each config documents them): the 0.x `padding_value` (deprecated), the inverse
+    temperature `beta` of the implicit reward and `generate_during_eval` (policy and reference generations).
+    """
+
+    padding_value: int | None = field(default=None, metadata={"help": "Deprecated: set tokenizer.pad_token."})
+    beta: float = field(default=0.1, metadata={"help": "Inverse temperature beta."})
+    generate_during_eval: bool = field(default=False, metadata={"help": "Log policy/reference generations at eval."})
+
+
+@dataclass
 class _ReferenceFreePairedConfig(_PreferenceLengthFields, _ModelLoadingFields, _BaseConfig):
     r"""
     Fields shared by the configurations of the reference-free paired trainers ([`CPOConfig`], [`ORPOConfig`]).
@@ -307,7 +321,7 @@ class _ReferenceFreePairedConfig(_PreferenceLengthFields, _ModelLoadingFields, _
 
 
 @dataclass
-class _UnpairedPreferenceConfig(_PreferenceLengthFields, _ModelLoadingFields, _BaseConfig):
+class _UnpairedPreferenceConfig(_ReferencePreferenceFields, _PreferenceLengthFields, _ModelLoadingFields, _BaseConfig):
     r"""
     Fields shared by the configurations of the unpaired preference trainers ([`KTOConfig`], [`BCOConfig`]).
 
@@ -376,11 +390,6 @@ class _UnpairedPreferenceConfig(_PreferenceLengthFields, _ModelLoadingFields, _B
         default="keep_end",
         metadata={"help": "Which end of a long prompt to keep.", "choices": list(TRUNCATION_MODES)},
     )
-    padding_value: int | None = field(default=None, metadata={"help": "Deprecated: set tokenizer.pad_token."})
-
-    # loss and evaluation
-    beta: float = field(default=0.1, metadata={"help": "Inverse temperature beta."})
-    generate_during_eval: bool = field(default=False, metadata={"help": "Log policy/reference generations at eval."})
 
     def __post_init__(self):
         super().__post_init__()

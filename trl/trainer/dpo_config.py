@@ -12,6 +12,7 @@ from .base_config import (
     _ModelLoadingFields,
     _PadToMultipleOfField,
     _PreferenceLengthFields,
+    _ReferencePreferenceFields,
     _ReferenceSyncFields,
 )
 
@@ -56,7 +57,12 @@ class FDivergenceConstants:
 
 @dataclass
 class DPOConfig(
-    _ReferenceSyncFields, _PreferenceLengthFields, _PadToMultipleOfField, _ModelLoadingFields, _BaseConfig
+    _ReferenceSyncFields,
+    _ReferencePreferenceFields,
+    _PreferenceLengthFields,
+    _PadToMultipleOfField,
+    _ModelLoadingFields,
+    _BaseConfig,
 ):
     r"""
     Configuration class for the [`DPOTrainer`].
@@ -205,7 +211,6 @@ class DPOConfig(
     )
     padding_free: bool = field(default=False, metadata={"help": "Flatten batches into one row without padding."})
     pad_token: str | None = field(default=None, metadata={"help": "Deprecated: set tokenizer.pad_token instead."})
-    padding_value: int | None = field(default=None, metadata={"help": "Deprecated: set tokenizer.pad_token."})
 
     # loss
     loss_type: list[str] = field(
@@ -213,7 +218,6 @@ class DPOConfig(
         metadata={"help": "One or several loss types, e.g. --loss_type sigmoid bco_pair sft."},
     )
     loss_weights: list[float] | None = field(default=None, metadata={"help": "One weight per loss type."})
-    beta: float = field(default=0.1, metadata={"help": "Inverse temperature beta."})
     label_smoothing: float = field(default=0.0, metadata={"help": "Label flip probability (cDPO, robust, exo)."})
     f_divergence_type: str = field(
         default="reverse_kl",
@@ -228,7 +232,6 @@ class DPOConfig(
     use_liger_loss: bool = field(default=False, metadata={"help": "Use Liger's fused DPO loss."})
     base_model_attribute_name: str = field(default="model", metadata={"help": "Decoder attribute (Liger)."})
     activation_offloading: bool = field(default=False, metadata={"help": "Offload activations to CPU memory."})
-    generate_during_eval: bool = field(default=False, metadata={"help": "Log policy/reference generations at eval."})
 
     def __post_init__(self):
         super().__post_init__()
