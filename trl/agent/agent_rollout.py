@@ -5,20 +5,25 @@
 
 1. `prepare(rows)`: environments are reset (their text joins the prompt) and the tool schemas go into each row's
    `tools` column, which the chat template renders.
-2. `generate(rows, prompt_ids, num_generations, generate_fn)`: the tool loop ([`~trl.agent.run_tool_loop`]), or the
+2. `generate(rollout, rows, prompt_ids, num_generations)`: the tool loop ([`~trl.agent.run_tool_loop`]), or the
    user's `rollout_func`, in place of one plain generation. It returns an [`AgentOutput`]: the completion ids, the
-   `tool_mask` (1 on the model's tokens), the completions as messages, the extra reward-function columns
-   (`environments`, the `rollout_func`'s own fields) and which rollouts failed.
-3. `fail_rows(rewards_B_F, failed_B)`: failed rollouts get no reward (NaN), hence a zero advantage; their
-   `tool_mask` is all zeros, so they are not trained.
-4. `log(log_metric, mode, gather)`: `tools/call_frequency` (calls per completion), `tools/failure_frequency`
-   (failed calls per call), `tools/malformed_frequency` (unparsable calls per completion),
-   `tools/mean_iterations` and `environments/failed_rollouts` (a count per generation batch).
+   `tool_mask` (1 on the model's tokens), the completions as messages and the extra reward-function columns
+   (`environments`, the `rollout_func`'s own fields; `AgentOutput.scored_rows` adds them to the rows).
+3. `finish(rollout, output, tensors, rewards_B_F, mode)`, after scoring: `completion_mask` keeps only the model's
+   tokens of rollouts that did not fail (`completion_attention_mask` keeps every completion token for the forward
+   passes); failed rollouts get no reward (NaN), hence a zero advantage; the metrics are logged:
+   `tools/call_frequency` (calls per completion), `tools/failure_frequency` (failed calls per call),
+   `tools/malformed_frequency` (unparsable calls per completion), `tools/mean_iterations` and
+   `environments/failed_rollouts` (a count per generation batch).
+
+The trainer side: `check_agent_features` (in `_validate`), `build_agent` and `with_environment_rewards` (with the
+reward functions), `environment_prompts` (the prompts when the environments' `reset()` supplies them).
 """
 
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,8 +129,6 @@ class AgentRollout:
     Args:
         args (`GRPOConfig`-like):
             Reads `max_tool_calling_iterations`, `max_completion_length` and `chat_template_kwargs`.
-        processing_class:
-            The tokenizer or processor (renders the tool turns, parses the calls).
         tools (`list[Callable]` or `None`, *optional*, defaults to `None`):
             Sync or async functions with type hints and a docstring.
         environment_factory (`Callable`, `dict[str, Callable]` or `None`, *optional*, defaults to `None`):
@@ -139,7 +142,6 @@ class AgentRollout:
     def __init__(
         self,
         args: Any,
-        processing_class: Any,
         tools: list[Callable] | None = None,
         environment_factory: Any = None,
         rollout_func: Callable | None = None,
@@ -161,11 +163,13 @@ class AgentRollout:
                 warn_experimental(feature)
         if rollout_func is not None:
             warn_experimental("rollout_func")
-        self.args, self.processing_class, self.trainer = args, processing_class, trainer
+        self.args, self.trainer = args, trainer
         self.tools = list(tools or [])
         self.schemas = tool_schemas(self.tools)
         self.runner = ToolRunner(self.tools)
         self.environments = EnvironmentPool(environment_factory) if environment_factory is not None else None
+        if self.environments is not None:  # `close()` the instances when the trainer goes away (or at exit)
+            weakref.finalize(self, self.environments.close)
         if self.environments is not None:
             clashes = {tool_name(tool) for tool in self.tools} & {
                 schema["function"]["name"] for schemas in self.environments.schemas.values() for schema in schemas
@@ -206,34 +210,28 @@ class AgentRollout:
         return prepared
 
     def generate(
-        self,
-        rows: list[dict[str, Any]],
-        prompt_ids: list[list[int]],
-        num_generations: int,
-        generate_fn: Callable,
-        eos_token_ids: list[int],
+        self, rollout: Any, rows: list[dict[str, Any]], prompt_ids: list[list[int]], num_generations: int
     ) -> AgentOutput:
-        """The completions of `rows` (already `prepare`d and tokenized into `prompt_ids`).
-
-        `generate_fn(prompt_ids, num_generations, max_tokens) -> (completion_ids, truncated, sampler_logps)`
-        samples plain completions (the rollout's backend, on its random stream)."""
+        """The completions of `rows` (already `prepare`d and tokenized into `prompt_ids`) for a
+        [`~trl.trainer.rollout_engine.Rollout`]: its `generate(prompt_ids, num_generations, max_tokens)` samples
+        each turn (its backend, on its random stream), its `processing_class` renders and parses the turns."""
         if self.rollout_func is not None:
-            return self._user_rollout(rows, eos_token_ids)
+            return self._user_rollout(rows, rollout.eos_token_ids)
         environments = self._environments
         tools = None
         if environments is not None:
             own = {tool_name(tool): tool for tool in self.tools}
             tools = [{**own, **{tool_name(t): t for t in environment_tools(env)}} for env in environments]
         result = run_tool_loop(
-            self.processing_class,
+            rollout.processing_class,
             [row["prompt"] for row in rows],
             prompt_ids,
-            generate_fn,
+            rollout.generate,
             self.runner,
             num_generations=num_generations,
             max_completion_length=self.args.max_completion_length,
             max_iterations=getattr(self.args, "max_tool_calling_iterations", None),
-            eos_token_ids=eos_token_ids,
+            eos_token_ids=rollout.eos_token_ids,
             tools_per_rollout=tools,
             schemas_per_rollout=[row["tools"] for row in rows],
             chat_template_kwargs=self.args.chat_template_kwargs,
@@ -283,13 +281,7 @@ class AgentRollout:
 
     # ------------------------------------------------------------------------------------------- afterwards
     def finish(
-        self,
-        output: AgentOutput,
-        tensors: dict[str, torch.Tensor],
-        rewards_B_F: torch.Tensor,
-        accelerator: Any,
-        log_metric: Callable,
-        mode: str,
+        self, rollout: Any, output: AgentOutput, tensors: dict[str, torch.Tensor], rewards_B_F: torch.Tensor, mode: str
     ) -> torch.Tensor:
         """After scoring: mask the tool glue and the failed rollouts out of the loss, give failed rollouts no reward
         (NaN, hence a zero advantage) and log the batch's metrics. Returns the rewards.
@@ -312,14 +304,14 @@ class AgentRollout:
             tensors["tool_mask"] = tool_mask_B_C
             mask_B_C = mask_B_C * tool_mask_B_C
         tensors["completion_mask"] = mask_B_C * (~failed_B).long()[:, None]
-        failed_global_B = accelerator.gather(failed_B)
+        failed_global_B = rollout.accelerator.gather(failed_B)
         if failed_global_B.any():
             rewards_B_F = rewards_B_F.clone()
             rewards_B_F[failed_global_B] = float("nan")
         for name, value in self._stats.items():
-            log_metric(name, value, mode)
+            rollout.log_metric(name, value, mode)
         if self.environments is not None:
-            log_metric("environments/failed_rollouts", int(failed_global_B.sum()), mode)
+            rollout.log_metric("environments/failed_rollouts", int(failed_global_B.sum()), mode)
         self._stats = {}
         return rewards_B_F
 
@@ -358,7 +350,6 @@ def build_agent(args: Any, features: dict[str, Any], trainer: Any = None) -> Age
         return None
     return AgentRollout(
         args,
-        None,
         tools=features.get("tools"),
         environment_factory=features.get("environment_factory"),
         rollout_func=features.get("rollout_func"),

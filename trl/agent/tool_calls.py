@@ -26,14 +26,12 @@ from ..chat_template_utils._common import template_of, tokenizer_of
 
 __all__ = ["ParsedTurn", "call_style", "parse_harmony", "parse_turn", "tool_name", "tool_schemas"]
 
-# A tool call in Harmony: the recipient in the header, the JSON arguments in the message.
-_HARMONY_CALL = re.compile(
-    r"<\|channel\|>\s*(\w+)[^<]*?\bto=functions\.([\w\-.]+)[^<]*(?:<\|constrain\|>[^<]*)?<\|message\|>(.*?)"
-    r"(?:<\|call\|>|<\|end\|>|<\|return\|>|$)",
-    re.S,
+# A Harmony message: its header (role, channel, recipient `to=functions.NAME`, constraint) then its body.
+_HARMONY_MESSAGE = re.compile(
+    r"((?:(?!<\|message\|>).)*)<\|message\|>(.*?)(?:<\|call\|>|<\|end\|>|<\|return\|>|$)", re.S
 )
-_HARMONY_FINAL = re.compile(r"<\|channel\|>\s*final\s*<\|message\|>(.*?)(?:<\|return\|>|<\|end\|>|$)", re.S)
-_HARMONY_STOP = ("<|call|>", "<|return|>")
+_HARMONY_RECIPIENT = re.compile(r"\bto=functions\.([\w\-.]+)")
+_HARMONY_CHANNEL = re.compile(r"<\|channel\|>\s*(\w+)")
 
 
 @dataclass
@@ -98,30 +96,32 @@ def call_style(processing_class: Any) -> str:
 def parse_harmony(text: str) -> ParsedTurn:
     """Parse a GPT-OSS (Harmony) assistant turn decoded with its special tokens.
 
-    The `final` channel is the content; each `commentary to=functions.NAME` message is a call whose message is the
-    JSON arguments. Text outside any channel (an un-prefixed answer) is the content.
+    The `final` channel is the content; each message addressed `to=functions.NAME` (in its channel or role header)
+    is a call whose body is the JSON arguments; `analysis` messages are reasoning and dropped. Text without any
+    message marker (an un-prefixed answer) is the content.
 
     Example:
         `parse_harmony('<|channel|>commentary to=functions.add <|constrain|>json<|message|>{"a": 1}<|call|>')`
         gives one call of `add` with arguments `{"a": 1}`.
     """
-    calls, malformed = [], 0
-    for match in _HARMONY_CALL.finditer(text):
-        try:
-            arguments = json.loads(match.group(3).strip() or "{}")
-        except json.JSONDecodeError:
-            malformed += 1
-            continue
-        calls.append({"type": "function", "function": {"name": match.group(2), "arguments": arguments}})
-    final = _HARMONY_FINAL.search(text)
-    if final is not None:
-        content = final.group(1)
-    elif "<|channel|>" in text or "<|message|>" in text:
-        content = "" if calls else re.sub(r"<\|[a-z_]+\|>", "", text)
+    calls, finals, malformed = [], [], 0
+    for header, body in _HARMONY_MESSAGE.findall(text):
+        recipient, channel = _HARMONY_RECIPIENT.search(header), _HARMONY_CHANNEL.search(header)
+        if recipient is not None:
+            try:
+                arguments = json.loads(body.strip() or "{}")
+            except json.JSONDecodeError:
+                malformed += 1
+                continue
+            calls.append({"type": "function", "function": {"name": recipient.group(1), "arguments": arguments}})
+        elif channel is not None and channel.group(1) == "final":
+            finals.append(body)
+    if finals:
+        content = finals[-1]
+    elif "<|message|>" in text:
+        content = ""  # only analysis or calls
     else:
-        content = text
-    for stop in _HARMONY_STOP:
-        content = content.split(stop)[0]
+        content = re.sub(r"<\|[a-z_]+\|>", "", text)  # an answer without channels
     message = {"role": "assistant", "content": content.strip()}
     if calls:
         message["tool_calls"] = calls

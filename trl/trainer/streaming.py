@@ -23,7 +23,7 @@ import torch
 from .runtime_utils import repeat_iterable_dataset
 
 
-__all__ = ["RepeatedStream", "check_streaming_dataset", "is_streaming", "read_on_every_process"]
+__all__ = ["RepeatedStream", "check_streaming_dataset", "is_streaming", "read_on_every_process", "training_rows"]
 
 
 def is_streaming(dataset: Any) -> bool:
@@ -90,3 +90,24 @@ def read_on_every_process(accelerator: Any) -> Iterator[None]:
         yield
     finally:
         config.dispatch_batches = dispatch
+
+
+@contextlib.contextmanager
+def training_rows(trainer: Any) -> Iterator[Any]:
+    """The dataset an online trainer's train dataloader reads, for the block that prepares it: the train dataset,
+    or for a streaming one a [`RepeatedStream`] read by every process (see [`read_on_every_process`]). Without a
+    train dataset, environments whose `reset()` supplies the prompts get an endless stream of empty prompts (it
+    becomes `trainer.train_dataset`); otherwise `None`."""
+    args = trainer.args
+    if trainer.train_dataset is None and getattr(trainer, "_agent_features", {}).get("environment_factory"):
+        from ..agent.agent_rollout import environment_prompts
+
+        trainer.train_dataset = environment_prompts()
+    dataset = trainer.train_dataset
+    if not is_streaming(dataset):
+        yield dataset
+        return
+    prompts = args.generation_batch_size // args.num_generations
+    stream = RepeatedStream(dataset, args.num_generations, prompts, args.num_iterations * args.steps_per_generation)
+    with read_on_every_process(trainer.accelerator):
+        yield stream
