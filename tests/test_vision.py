@@ -310,3 +310,13 @@ def test_vision_reward_collator(processors, config_name):
     assert ["Red." in texts[0], "Blue." in texts[2]] == [True, True]
     image_ids = torch.tensor(sorted(image_token_ids(processor)))
     assert (torch.isin(batch["input_ids"], image_ids).sum(dim=1) > 0).all()
+
+
+def test_prepare_vision_dataset_refuses_keep_end(processors):
+    from trl.trainer.vision_collators import prepare_vision_dataset
+
+    dataset = build_tiny_vision_dataset("conversational_preference", num_rows=2)
+    assert prepare_vision_dataset(dataset, processors["llava"], "DPOTrainer")
+    with pytest.raises(ValueError, match="keep_end"):
+        prepare_vision_dataset(dataset, processors["llava"], "DPOTrainer", truncation_mode="keep_end")
+    assert not prepare_vision_dataset(build_tiny_vision_dataset(num_rows=2).remove_columns("images"), None, "X")

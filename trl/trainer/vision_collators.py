@@ -26,7 +26,6 @@ import torch
 from transformers.data.data_collator import DataCollatorMixin
 
 from ..data_utils import apply_chat_template, is_conversational, prepare_multimodal_messages
-from .collators import _scalars
 from .tensor_utils import flush_left, pad_to_length
 
 
@@ -156,7 +155,12 @@ def vision_inputs(batch: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def prepare_vision_dataset(
-    dataset: Any, processing_class: Any, trainer_name: str, packing: bool = False, padding_free: bool = False
+    dataset: Any,
+    processing_class: Any,
+    trainer_name: str,
+    packing: bool = False,
+    padding_free: bool = False,
+    truncation_mode: str = "keep_start",
 ) -> bool:
     """Whether `dataset` is a vision dataset, after checking that it can be trained on as one.
 
@@ -174,9 +178,12 @@ def prepare_vision_dataset(
             Whether packing was asked for (not supported with images).
         padding_free (`bool`, *optional*, defaults to `False`):
             Whether padding-free batches were asked for (not supported with images).
+        truncation_mode (`str`, *optional*, defaults to `"keep_start"`):
+            How rows over `max_length` are cut; `"keep_end"` is refused (it would cut the prompt and its images).
 
     Raises:
-        `ValueError`: for images with a text tokenizer, standard-format image data, packing or padding-free.
+        `ValueError`: for images with a text tokenizer, standard-format image data, packing, padding-free or
+        `truncation_mode="keep_end"`.
     """
     from ..data_utils import get_dataset_column_names
     from .data_preparation import first_example
@@ -189,6 +196,11 @@ def prepare_vision_dataset(
         raise ValueError(
             f"{option} is not supported with images: packed or flattened rows would mix the image features of "
             f"several examples, which vision-language models cannot tell apart. Set {option.split('=')[0]}=False."
+        )
+    if truncation_mode == "keep_end":
+        raise ValueError(
+            "truncation_mode='keep_end' is not supported with images: cutting the start of a row would cut the "
+            "prompt's image tokens. Use truncation_mode='keep_start' (rows over max_length lose their end)."
         )
     return True
 
@@ -389,6 +401,13 @@ def conversation_rows(
     batch = truncate_keeping_images(batch, max_length, image_token_ids(processor), ("assistant_masks",))
     _pad_columns(batch, [*_token_keys(batch), "assistant_masks"], pad_to_multiple_of, _pad_id(processor))
     return batch
+
+
+def _scalars(examples: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    # Imported here: `trl.trainer.collators` re-exports this module's collators.
+    from .collators import _scalars as scalars
+
+    return scalars(examples, keys)
 
 
 def _pad_id(processor: Any) -> int:
