@@ -320,3 +320,10 @@ def test_prepare_vision_dataset_refuses_keep_end(processors):
     with pytest.raises(ValueError, match="keep_end"):
         prepare_vision_dataset(dataset, processors["llava"], "DPOTrainer", truncation_mode="keep_end")
     assert not prepare_vision_dataset(build_tiny_vision_dataset(num_rows=2).remove_columns("images"), None, "X")
+
+
+def test_vision_collator_image_count_must_match_the_placeholders(processors):
+    rows = build_tiny_vision_dataset("conversational_language_modeling", num_rows=2, num_images=2, image_blocks=True)
+    rows = [{**row, "images": row["images"][:1]} for row in rows]  # two image parts, one image
+    with pytest.raises(ValueError, match=r"2 image block\(s\) but 1 image\(s\)"):
+        DataCollatorForVisionLanguageModeling(processors["qwen2-vl"])(rows)
