@@ -131,6 +131,8 @@ def image_token_ids(processor: Any) -> set[int]:
                 ids.add(tokenizer.convert_tokens_to_ids(token))
     vocab = tokenizer.get_vocab()
     ids.update(vocab[token] for token in _IMAGE_DELIMITERS if token in vocab)
+    # Idefics3 / SmolVLM image splitting: the `<row_i_col_j>` tags of the tiles.
+    ids.update(getattr(processor, "row_col_ids", None) or ())
     ids.discard(None)
     ids.discard(getattr(tokenizer, "unk_token_id", None))
     return {int(i) for i in ids}
