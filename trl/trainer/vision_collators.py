@@ -501,7 +501,17 @@ class DataCollatorForVisionLanguageModeling(_VisionCollator):
 
 
 @dataclass
-class DataCollatorForVisionPreference(_VisionCollator):
+class _VisionPairCollator(_VisionCollator):
+    """The fields of the collators whose examples become two rows each (preference pairs)."""
+
+    processor: Any
+    max_length: int | None = None
+    pad_to_multiple_of: int | None = None
+    return_tensors: str = "pt"
+
+
+@dataclass
+class DataCollatorForVisionPreference(_VisionPairCollator):
     """Collator for DPO on image data: every pair becomes two rows, all chosen rows (prompt + chosen) before all
     rejected rows (prompt + rejected); each prompt is processed with its images for both rows.
 
@@ -513,11 +523,6 @@ class DataCollatorForVisionPreference(_VisionCollator):
         processor, max_length, pad_to_multiple_of, return_tensors:
             As in [`DataCollatorForVisionLanguageModeling`] (`max_length` cuts each row, never inside an image).
     """
-
-    processor: Any
-    max_length: int | None = None
-    pad_to_multiple_of: int | None = None
-    return_tensors: str = "pt"
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         rendered = [render_prompt_and_completions(self.processor, ex, ("chosen", "rejected")) for ex in examples]
@@ -568,7 +573,7 @@ class DataCollatorForVisionUnpairedPreference(_VisionCollator):
 
 
 @dataclass
-class DataCollatorForVisionRewardPreference(_VisionCollator):
+class DataCollatorForVisionRewardPreference(_VisionPairCollator):
     """Collator for reward modelling on image data: the chosen conversations (prompt + chosen, or the implicit-prompt
     `chosen`) then the rejected ones, each with its example's images.
 
@@ -579,11 +584,6 @@ class DataCollatorForVisionRewardPreference(_VisionCollator):
         processor, max_length, pad_to_multiple_of, return_tensors:
             As in [`DataCollatorForVisionLanguageModeling`] (`max_length` cuts each row, never inside an image).
     """
-
-    processor: Any
-    max_length: int | None = None
-    pad_to_multiple_of: int | None = None
-    return_tensors: str = "pt"
 
     def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         conversations = {"chosen": [], "rejected": []}
