@@ -32,6 +32,27 @@ def pil_to_base64(image) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def encode_prompt_images(images: list | None) -> list | None:
+    """
+    The `images` field of a `/generate/` request: per prompt, `None`, one base64 PNG (for one image, the
+    reference's format) or a list of them.
+
+    Args:
+        images (`list` or `None`):
+            One entry per prompt: `None`, a PIL image, or a list of PIL images (in the order of the prompt's image
+            placeholders).
+    """
+    if not images:
+        return None
+    encoded = []
+    for entry in images:
+        if entry is None or isinstance(entry, list | tuple):
+            encoded.append([pil_to_base64(image) for image in entry] if entry else None)
+        else:
+            encoded.append(pil_to_base64(entry))
+    return encoded if any(entry is not None for entry in encoded) else None
+
+
 def to_openai_messages(messages: list[dict]) -> list[dict]:
     """
     Turn trl-style messages into OpenAI-style ones: image parts (`{"type": "image", "image": <PIL>}` or

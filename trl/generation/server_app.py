@@ -323,13 +323,12 @@ class ServerApp(OpenAIEndpoints):
             raise RequestError("`prompts` must be a list of strings or of token-id lists.")
         truncate = check.integer(body, "truncate_prompt_tokens", None, minimum=1)
         regex = check.optional(body, "guided_decoding_regex", str, "a regular expression (a string)")
-        images = check.optional(body, "images", list, "a list with one base64 image (or null) per prompt")
-        if images is not None and (len(images) != len(prompts) or not all(isinstance(i, str | None) for i in images)):
-            raise RequestError("`images` needs one entry (a base64 string, or null) per prompt.")
+        images = check.image_entries(body.get("images"), len(prompts))
         sampling = self.sampling_from_request(body, self._wants_logprobs(body.get("logprobs", 0)))
         texts = prompts if prompts and all(isinstance(p, str) for p in prompts) else None
         prompt_ids = self._tokenize(prompts, truncate) if prompts else []
         self._check_budget(prompt_ids, sampling)
+        images = self.policy.decode_images(images) if images is not None else None
         return _generation_answer(self._run(prompt_ids, sampling, texts, images, regex))
 
     def chat(self, body: dict) -> dict:
@@ -340,11 +339,13 @@ class ServerApp(OpenAIEndpoints):
         regex = check.optional(body, "guided_decoding_regex", str, "a regular expression (a string)")
         sampling = self.sampling_from_request(body, self._wants_logprobs(body.get("logprobs", 0)))
         tools, template, kwargs = body.get("tools"), body.get("chat_template"), body.get("chat_template_kwargs")
-        prompt_ids = [
+        rendered = [
             self._render_chat(c, f"messages[{i}]", tools, template, kwargs) for i, c in enumerate(conversations)
         ]
+        prompt_ids = [ids for ids, _ in rendered]
         self._check_budget(prompt_ids, sampling)
-        return _generation_answer(self._run(prompt_ids, sampling, None, None, regex))
+        images = self._message_images([images for _, images in rendered], "messages")
+        return _generation_answer(self._run(prompt_ids, sampling, None, images, regex))
 
     def get_sequence_logprobs(self, body: dict) -> dict:
         self._check_keys(
@@ -386,8 +387,14 @@ class ServerApp(OpenAIEndpoints):
             self.engine.generate, prompt_ids, sampling, texts=texts, images=images, regex=regex, deadline=deadline
         )
 
-    def _render_chat(self, conversation, name, tools=None, chat_template=None, template_kwargs=None) -> list[int]:
-        check.messages(conversation, name)
+    def _message_images(self, images: list[list[str]], name: str) -> list[list[Any]] | None:
+        """The decoded images of rendered conversations (`None` when there are none)."""
+        return self.policy.decode_images(images, name) if any(images) else None
+
+    def _render_chat(self, conversation, name, tools=None, chat_template=None, template_kwargs=None):
+        """The token ids of `conversation` rendered with the chat template (image parts become the model's image
+        placeholder), and the base64 data of its images in order."""
+        conversation, images = check.split_message_images(check.messages(conversation, name))
         check.optional({"tools": tools}, "tools", list, "a list of tool schemas (objects)")
         if tools is not None and not all(isinstance(tool, dict) for tool in tools):
             raise RequestError("`tools` must be a list of tool schemas (JSON objects).")
@@ -408,7 +415,7 @@ class ServerApp(OpenAIEndpoints):
         if len(text) > max_chars:
             raise RequestError(f"`{name}` renders to {len(text)} characters, over the {max_chars} allowed.")
         with self.tokenizer_lock:
-            return self._tokenize_rendered(text, name)
+            return self._tokenize_rendered(text, name), images
 
     def _tokenize_rendered(self, text: str, name: str) -> list[int]:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]

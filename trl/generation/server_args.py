@@ -78,6 +78,12 @@ class ScriptArguments:
             Seconds a request-supplied chat template may take to render.
         max_connections (`int`, *optional*, defaults to `256`):
             Connections served at once (more are answered 503).
+        max_images (`int`, *optional*, defaults to `64`):
+            Most images in one request (400 above).
+        max_image_bytes (`int`, *optional*, defaults to `8388608`):
+            Largest encoded image of a request, after base64 decoding (400 above).
+        max_image_pixels (`int`, *optional*, defaults to `16777216`):
+            Most pixels (width x height) of one request image, checked from its header before decoding.
         vllm_engine_args (`list[str]` or `None`, *optional*, defaults to `None`):
             Flags of the vLLM engine that `trl vllm-serve` does not define itself (e.g. `--max-num-seqs 64`,
             `--quantization awq`): the command line collects every flag it does not know here, as the reference
@@ -125,6 +131,9 @@ class ScriptArguments:
     )
     chat_template_timeout: float = field(default=2.0, metadata={"help": "Seconds a request chat template may take."})
     max_connections: int = field(default=256, metadata={"help": "Connections served at once."})
+    max_images: int = field(default=64, metadata={"help": "Most images in one request."})
+    max_image_bytes: int = field(default=8 * 2**20, metadata={"help": "Largest encoded request image (bytes)."})
+    max_image_pixels: int = field(default=2**24, metadata={"help": "Most pixels (width x height) of one image."})
     vllm_engine_args: list[str] | None = field(
         default=None, metadata={"help": "vLLM engine flags trl does not define (filled with every unknown flag)."}
     )

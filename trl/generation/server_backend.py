@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .base import GenerationBackend, GenerationResult, SamplingParams, check_prompts, iter_inference_weights
 from .vllm_client import VLLMClient
+from .vllm_generation import check_images
 
 
 if TYPE_CHECKING:
@@ -64,10 +65,26 @@ class VLLMServerBackend(GenerationBackend):
     def _distributed(self) -> bool:
         return self.accelerator is not None and self.accelerator.num_processes > 1
 
-    def generate(self, prompt_ids: list[list[int]], sampling: SamplingParams) -> GenerationResult:
+    def generate(
+        self, prompt_ids: list[list[int]], sampling: SamplingParams, images: list | None = None
+    ) -> GenerationResult:
+        """
+        Generate `sampling.n` completions per prompt on the server.
+
+        Args:
+            prompt_ids (`list[list[int]]`):
+                Token ids of each prompt; a prompt with images holds one image placeholder per image (the chat
+                template rendered by the tokenizer, not the processor's expanded ids: the server expands them).
+            sampling ([`~trl.generation.base.SamplingParams`]):
+                How to sample.
+            images (`list[list[PIL.Image.Image] | None]` or `None`, *optional*, defaults to `None`):
+                The images of each prompt, in the order of its placeholders (a vision-language model served).
+        """
         check_prompts(prompt_ids)
+        check_images(images, len(prompt_ids))
         all_prompts, counts = self._gather_prompts(prompt_ids)
-        answer = self._request(all_prompts, sampling) if self._is_main else None
+        all_images = self._gather_images(images, len(prompt_ids))
+        answer = self._request(all_prompts, sampling, all_images) if self._is_main else None
         if self._distributed:
             from accelerate.utils import broadcast_object_list
 
@@ -95,9 +112,19 @@ class VLLMServerBackend(GenerationBackend):
         counts = gather_object([len(prompt_ids)])
         return gather_object([list(p) for p in prompt_ids]), counts
 
-    def _request(self, prompts: list[list[int]], sampling: SamplingParams) -> dict:
+    def _gather_images(self, images: list | None, num_prompts: int) -> list | None:
+        """Every process's images, aligned with the gathered prompts (`None` when no process has any)."""
+        rows = list(images) if images is not None else [None] * num_prompts
+        if self._distributed:
+            from accelerate.utils import gather_object
+
+            rows = gather_object(rows)
+        return rows if any(rows) else None
+
+    def _request(self, prompts: list[list[int]], sampling: SamplingParams, images: list | None = None) -> dict:
         return self.client.generate(
             prompts=prompts,
+            images=images,
             n=sampling.n,
             repetition_penalty=sampling.repetition_penalty,
             temperature=sampling.temperature,

@@ -3,9 +3,7 @@ vLLM (GPU; data-parallel worker processes, NCCL weight sync through [`WeightSync
 
 from __future__ import annotations
 
-import base64
 import dataclasses
-import io
 import logging
 import multiprocessing
 import os
@@ -14,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from trl.generation.base import GenerationResult, sanitize_logprob
 from trl.generation.server_args import engine_kwargs_from_flags
-from trl.generation.vllm_generation import vllm_sampling_kwargs
+from trl.generation.vllm_generation import vllm_prompts, vllm_sampling_kwargs
 from trl.import_utils import is_vllm_available
 
 
@@ -78,10 +76,11 @@ class TransformersEngine:
 
     def __init__(self, args: ScriptArguments, tokenizer):
         import torch
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
         from trl.generation.transformers_backend import TransformersBackend
         from trl.generation.vllm_client import parse_dtype
+        from trl.trainer.vision_models import is_vision_language_config, load_processor
 
         if args.tensor_parallel_size != 1 or args.data_parallel_size != 1:
             raise ValueError(
@@ -91,9 +90,12 @@ class TransformersEngine:
         _warn_vllm_only_arguments(args)
         dtype = "auto" if args.dtype == "auto" else parse_dtype(args.dtype)
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = AutoModelForCausalLM.from_pretrained(
-            args.model, revision=args.revision, dtype=dtype, trust_remote_code=args.trust_remote_code
-        ).to(device)
+        load = {"revision": args.revision, "trust_remote_code": args.trust_remote_code}
+        # A vision-language checkpoint is served with its processor, so that prompts may carry images.
+        vision = is_vision_language_config(AutoConfig.from_pretrained(args.model, **load))
+        self.processor = load_processor(args.model, **load) if vision else None
+        auto_class = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+        self.model = auto_class.from_pretrained(args.model, dtype=dtype, **load).to(device)
         self.model.eval()
         eos = _as_list(self.model.generation_config.eos_token_id) + _as_list(tokenizer.eos_token_id)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
@@ -102,24 +104,95 @@ class TransformersEngine:
         self.vocab_size = self.model.get_input_embeddings().num_embeddings
 
     def generate(self, prompt_ids, sampling, texts=None, images=None, regex=None, deadline=None) -> GenerationResult:
-        if images is not None and any(image is not None for image in images):
-            raise RequestError("Images need `--backend vllm`; the transformers backend serves text models.")
+        """`images`: `None` or one list of PIL images per prompt, whose ids hold one image placeholder per image."""
+        with_images = images is not None and any(images)
+        if with_images and self.processor is None:
+            raise RequestError(
+                "The served model is a text-only model: it cannot take images. Serve a vision-language model "
+                "(`AutoModelForImageTextToText` checkpoint with its processor), or send prompts without images."
+            )
         if regex is not None:
             raise RequestError("`guided_decoding_regex` needs `--backend vllm`.")
-        if self.max_model_len is not None and max(map(len, prompt_ids)) + sampling.max_tokens > self.max_model_len:
-            raise RequestError(
-                f"Prompt + `max_tokens` exceeds the model length ({self.max_model_len}); lower `max_tokens` or "
-                "`truncate_prompt_tokens`."
-            )
+        self._check_length(map(len, prompt_ids), sampling)
         if deadline is not None:  # stop decoding at the request's deadline (the server then answers 504)
             time_limit = max(deadline - time.monotonic(), 0.01)
             sampling = dataclasses.replace(
                 sampling, generation_kwargs={**sampling.generation_kwargs, "max_time": time_limit}
             )
         try:
-            return self.generator.generate(prompt_ids, sampling)
+            if not with_images:
+                return self.generator.generate(prompt_ids, sampling)
+            return self._generate_with_images(prompt_ids, sampling, images)
         except (TypeError, ValueError) as error:  # bad generation_kwargs and the like
             raise RequestError(f"`generation_kwargs`: {error}") from error
+
+    def _check_length(self, prompt_lengths, sampling) -> None:
+        if self.max_model_len is not None and max(prompt_lengths) + sampling.max_tokens > self.max_model_len:
+            raise RequestError(
+                f"Prompt + `max_tokens` exceeds the model length ({self.max_model_len}); lower `max_tokens` or "
+                "`truncate_prompt_tokens`."
+            )
+
+    def _generate_with_images(self, prompt_ids, sampling, images) -> GenerationResult:
+        """One `generate` call per prompt (its `n` rows together) on the processor's inputs for its images."""
+        import torch
+
+        from trl.generation.base import cut_at_eos
+        from trl.generation.transformers_backend import sampled_logprobs
+
+        extra = dict(sampling.generation_kwargs)
+        seed = extra.pop("seed", None)
+        config = self.generator.generation_config(sampling, extra)
+        eos = set(self.generator.eos_token_ids)
+        inputs = []
+        for index, (ids, row_images) in enumerate(zip(prompt_ids, images)):
+            inputs.append(self._image_inputs(ids, row_images, index, sampling.n))
+        self._check_length([batch["input_ids"].shape[1] for batch in inputs], sampling)
+        completions, reasons, logprobs = [], [], []
+        device = next(self.model.parameters()).device
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            if seed is not None:
+                torch.manual_seed(seed)
+            for batch in inputs:
+                batch = batch.to(device)
+                output = self.model.generate(**batch, generation_config=config)
+                generated = output.sequences[:, batch["input_ids"].shape[1] :]
+                cut = [cut_at_eos(row, eos, config.max_new_tokens) for row in generated.tolist()]
+                completions += [row for row, _ in cut]
+                reasons += [reason for _, reason in cut]
+                if sampling.return_logprobs:
+                    temperature = 1.0 if sampling.greedy else sampling.temperature
+                    logprobs += sampled_logprobs(output.logits, generated, temperature, [len(r) for r, _ in cut])
+        return GenerationResult(
+            completion_ids=completions,
+            finish_reasons=reasons,
+            logprobs=logprobs if sampling.return_logprobs else None,
+            prompt_ids=[list(ids) for ids in prompt_ids],
+        )
+
+    def _image_inputs(self, ids: list[int], row_images: list, index: int, n: int):
+        """The processor's batch of `n` copies of one prompt and its images (the prompt's text is its decoded ids,
+        so text and token-id prompts alike carry one image placeholder per image)."""
+        tokenizer = self.processor.tokenizer
+        text = tokenizer.decode(ids, skip_special_tokens=False)
+        if tokenizer(text, add_special_tokens=False)["input_ids"] != list(ids):
+            raise RequestError(
+                f"`prompts[{index}]` does not survive decoding and re-encoding, which images need (the processor "
+                "expands the image placeholders in text): send it as text."
+            )
+        placeholder = tokenizer.convert_tokens_to_ids(self.processor.image_token)
+        found = sum(token == placeholder for token in ids)
+        if found != len(row_images):
+            raise RequestError(
+                f"`prompts[{index}]` has {found} image placeholders ({self.processor.image_token!r}) for "
+                f"{len(row_images)} images: render the prompt with the tokenizer's chat template, one placeholder "
+                "per image (not the processor's expanded ids)."
+            )
+        if not row_images:
+            return self.processor(text=[text] * n, add_special_tokens=False, return_tensors="pt")
+        return self.processor(
+            text=[text] * n, images=[row_images] * n, add_special_tokens=False, padding=True, return_tensors="pt"
+        )
 
     def sequence_logprobs(self, sequences, prompt_lengths, top_logprobs, temperature) -> dict[str, list]:
         import torch
@@ -245,15 +318,7 @@ class VLLMEngine:
         return self._call(method, [args] * len(self.connections), fire_and_forget)
 
     def generate(self, prompt_ids, sampling, texts=None, images=None, regex=None, deadline=None) -> GenerationResult:
-        prompts = []
-        for index, ids in enumerate(prompt_ids):
-            image = images[index] if images else None
-            if image is not None:
-                if texts is None:
-                    raise RequestError("Prompts with images must be texts (with the model's image placeholder).")
-                prompts.append({"prompt": texts[index], "image_b64": image})
-            else:
-                prompts.append({"prompt_token_ids": ids})
+        prompts = vllm_prompts(prompt_ids, images)
         kwargs = vllm_sampling_kwargs(sampling)
         chunks = chunk_list(prompts, len(self.connections))
         # A worker with nothing to do still joins the data-parallel step, on a placeholder it then drops.
@@ -360,15 +425,7 @@ def _worker_generate(llm, prompts: list[dict], sampling_kwargs: dict, regex: str
     kwargs = dict(sampling_kwargs)
     if regex is not None:
         kwargs.update(guided_decoding_kwargs(regex))
-    inputs = []
-    for prompt in prompts:
-        if "image_b64" in prompt:
-            inputs.append(
-                {"prompt": prompt["prompt"], "multi_modal_data": {"image": _decode_image(prompt["image_b64"])}}
-            )
-        else:
-            inputs.append(prompt)
-    outputs = llm.generate(inputs, VLLMSamplingParams(**kwargs), use_tqdm=False)
+    outputs = llm.generate(prompts, VLLMSamplingParams(**kwargs), use_tqdm=False)
     with_logprobs = kwargs.get("logprobs") is not None
     return [
         {
@@ -409,12 +466,6 @@ def _worker_sequence_logprobs(llm, items: list, top_logprobs: int, temperature: 
         for key in answer:
             answer[key].append(rows[key])
     return answer
-
-
-def _decode_image(data: str):
-    from PIL import Image
-
-    return Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")
 
 
 class WeightSyncWorkerExtension:

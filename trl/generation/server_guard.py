@@ -1,9 +1,13 @@
 """What keeps `trl vllm-serve` from being taken over or wedged: the API key, the hosts allowed to change weights, the
-size and time limits on requests, and the bounded, time-limited reading of request bodies."""
+size and time limits on requests, the bounded, time-limited reading of request bodies, and the bounded decoding of
+request images."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
+import io
 import ipaddress
 import logging
 import os
@@ -13,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from trl.generation.server_engines import RequestError
 from trl.generation.vllm_client import API_KEY_ENV  # read by the server and the client alike
 
 
@@ -24,6 +29,8 @@ WEIGHT_ENDPOINTS = frozenset(
 )
 _WEIGHT_BODY_ENDPOINTS = frozenset({"/update_named_param", "/update_named_params"})
 _READ_CHUNK = 1 << 16
+# Pillow decoders a request image may use: still-image formats only (no TIFF, PSD, EPS or other exotic parsers).
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 
 
 class HTTPFailure(Exception):
@@ -86,6 +93,13 @@ class ServerPolicy:
             Seconds a request-supplied chat template may take to render.
         max_connections (`int`, *optional*, defaults to `256`):
             Connections served at once; more are answered 503 and closed.
+        max_images (`int`, *optional*, defaults to `64`):
+            Most images in one request (all prompts together).
+        max_image_bytes (`int`, *optional*, defaults to `8388608`):
+            Largest encoded image (8 MiB after base64 decoding).
+        max_image_pixels (`int`, *optional*, defaults to `16777216`):
+            Most pixels (width x height) of one image, read from its header before it is decoded (a guard against
+            decompression bombs).
     """
 
     api_key: str | None = None
@@ -100,12 +114,15 @@ class ServerPolicy:
     allow_request_chat_template: bool = False
     chat_template_timeout: float = 2.0
     max_connections: int = 256
+    max_images: int = 64
+    max_image_bytes: int = 8 * 2**20
+    max_image_pixels: int = 2**24
 
     def __post_init__(self):
         for name in ("max_request_bytes", "max_weight_update_bytes", "max_prompt_tokens", "max_n"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`--{name}` must be at least 1, got {getattr(self, name)}.")
-        for name in ("max_total_tokens", "max_connections"):
+        for name in ("max_total_tokens", "max_connections", "max_images", "max_image_bytes", "max_image_pixels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`--{name}` must be at least 1, got {getattr(self, name)}.")
         for name in ("request_timeout", "read_timeout", "chat_template_timeout"):
@@ -172,8 +189,75 @@ class ServerPolicy:
     def describe(self) -> dict:
         """The limits a client may want to know (reported by `/get_server_info/`)."""
         names = ["max_request_bytes", "max_weight_update_bytes", "max_prompt_tokens", "max_n", "max_total_tokens"]
-        names += ["request_timeout", "allow_request_chat_template"]
+        names += [
+            "request_timeout",
+            "allow_request_chat_template",
+            "max_images",
+            "max_image_bytes",
+            "max_image_pixels",
+        ]
         return {name: getattr(self, name) for name in names}
+
+    def decode_images(self, entries: list[list[str]], name: str = "images") -> list[list[Any]]:
+        """
+        The RGB PIL images of a request, one list per prompt, decoded within the image limits.
+
+        Args:
+            entries (`list[list[str]]`):
+                Base64 images (optionally `data:image/...;base64,` URLs), one list per prompt.
+            name (`str`, *optional*, defaults to `"images"`):
+                The field, named in errors.
+
+        Raises:
+            RequestError: More than `max_images` images, or an image that is not base64, too large, not one of
+                [`IMAGE_FORMATS`] or corrupt (400).
+        """
+        total = sum(len(entry) for entry in entries)
+        if total > self.max_images:
+            raise RequestError(
+                f"The request holds {total} images, over the server's `--max_images` ({self.max_images}): send "
+                "fewer images per request."
+            )
+        decoded = []
+        for i, row in enumerate(entries):
+            decoded.append([self._decode_image(data, f"{name}[{i}][{j}]") for j, data in enumerate(row)])
+        return decoded
+
+    def _decode_image(self, data: str, name: str):
+        from PIL import Image, UnidentifiedImageError
+
+        if data.startswith("data:"):
+            header, _, data = data.partition(",")
+            if not header.endswith(";base64") or not header[5:].startswith("image/"):
+                raise RequestError(f"`{name}`: a data URL must be `data:image/<format>;base64,<data>`.")
+        if len(data) > 4 * (self.max_image_bytes // 3 + 1):
+            raise RequestError(
+                f"`{name}` is over the server's `--max_image_bytes` ({self.max_image_bytes}): send smaller images."
+            )
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise RequestError(f"`{name}` is not valid base64 (standard alphabet, with padding).") from None
+        if len(raw) > self.max_image_bytes:
+            raise RequestError(
+                f"`{name}` is over the server's `--max_image_bytes` ({self.max_image_bytes}): send smaller images."
+            )
+        try:
+            image = Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS)  # reads the header only
+            width, height = image.size
+            if width * height > self.max_image_pixels:
+                raise RequestError(
+                    f"`{name}` is {width}x{height} pixels, over the server's `--max_image_pixels` "
+                    f"({self.max_image_pixels}): resize it before sending."
+                )
+            image.load()
+            return image.convert("RGB")
+        except RequestError:
+            raise
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
+            raise RequestError(
+                f"`{name}` is not a readable {'/'.join(IMAGE_FORMATS)} image ({type(error).__name__}: {error})."
+            ) from None
 
     def warn_if_exposed(self, host: str) -> None:
         """Warn loudly when the server listens beyond loopback without an API key."""

@@ -33,7 +33,7 @@ CHAT_COMPLETIONS_KEYS |= {"tools", "tool_choice", "chat_template", "chat_templat
 
 class OpenAIEndpoints:
     """The `/v1/*` handlers; the host class provides `engine`, `tokenizer`, `model_name`, `_tokenize`,
-    `_render_chat`, `_run`, `_check_budget`, `_decode` and `sampling_from_request`."""
+    `_render_chat`, `_message_images`, `_run`, `_check_budget`, `_decode` and `sampling_from_request`."""
 
     def v1_models(self, body: dict) -> dict:
         created = int(time.time())
@@ -73,11 +73,12 @@ class OpenAIEndpoints:
         top_logprobs = integer(body, "top_logprobs", 0, minimum=0)
         conversation, tools = body.get("messages"), body.get("tools")
         template, template_kwargs = body.get("chat_template"), body.get("chat_template_kwargs")
-        prompt_ids = [self._render_chat(conversation, "messages", tools, template, template_kwargs)]
+        prompt, images = self._render_chat(conversation, "messages", tools, template, template_kwargs)
+        prompt_ids = [prompt]
         with_logprobs = bool(body.get("logprobs")) and self._wants_logprobs(top_logprobs, "top_logprobs")
         name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
         sampling = self._openai_sampling(body, body.get(name), with_logprobs, prompt_ids, name)
-        result = self._run(prompt_ids, sampling, None, None, None)
+        result = self._run(prompt_ids, sampling, None, self._message_images([images], "messages"), None)
         message = lambda ids: {"message": {"role": "assistant", "content": self._decode(ids)}}  # noqa: E731
         choices = self._choices(body, result, self._chat_logprobs if with_logprobs else None, message)
         if body.get("return_token_ids"):

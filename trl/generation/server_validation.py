@@ -144,7 +144,8 @@ def token_ids(value: Any, name: str, vocab_size: int | None) -> list[int]:
 def messages(conversation: Any, name: str) -> list[dict]:
     """
     `conversation` when it is a non-empty list of messages, each with a string `role` and a `content` that is a
-    string, `null` or a list of `{"type": "text", "text": ...}` parts.
+    string, `null` or a list of parts: text (`{"type": "text", "text": ...}`) or image (`{"type": "image_url",
+    "image_url": {"url": "data:image/png;base64,..."}}`, or `{"type": "image", "image": "<base64>"}`).
 
     Args:
         conversation (`Any`):
@@ -163,15 +164,80 @@ def messages(conversation: Any, name: str) -> list[dict]:
         content = message.get("content")
         if isinstance(content, list):
             for part_index, part in enumerate(content):
-                part_name = f"{where}.content[{part_index}]"
-                if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                if _image_part_data(part) is None and not (
+                    isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+                ):
                     raise RequestError(
-                        f"`{part_name}` must be a text part `{{'type': 'text', 'text': ...}}`: only text content is "
-                        "supported by `trl vllm-serve`."
+                        f"`{where}.content[{part_index}]` must be a text part `{{'type': 'text', 'text': ...}}` or "
+                        "an image part `{'type': 'image_url', 'image_url': {'url': 'data:image/png;base64,...'}}`."
                     )
         elif content is not None and not isinstance(content, str):
-            raise RequestError(f"`{where}.content` must be a string, a list of text parts or null.")
+            raise RequestError(f"`{where}.content` must be a string, a list of text and image parts, or null.")
     return conversation
+
+
+def split_message_images(conversation: list[dict]) -> tuple[list[dict], list[str]]:
+    """
+    A checked conversation's image parts taken out: the conversation with `{"type": "image"}` in their place (what
+    chat templates render as the model's image placeholder), and the images' base64 data in order.
+
+    Args:
+        conversation (`list[dict]`):
+            Messages accepted by [`messages`]. They are not modified.
+    """
+    images, converted = [], []
+    for message in conversation:
+        content = message.get("content")
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                data = _image_part_data(part)
+                if data is not None:
+                    images.append(data)
+                parts.append({"type": "image"} if data is not None else part)
+            message = {**message, "content": parts}
+        converted.append(message)
+    return converted, images
+
+
+def _image_part_data(part: Any) -> str | None:
+    """The base64 data (or data URL) of an image content part, `None` for anything else."""
+    if not isinstance(part, dict):
+        return None
+    if part.get("type") == "image_url" and isinstance(part.get("image_url"), dict):
+        url = part["image_url"].get("url")
+        return url if isinstance(url, str) and url.startswith("data:") else None
+    if part.get("type") in ("image", "image_pil") and isinstance(part.get(part["type"]), str):
+        return part[part["type"]]
+    return None
+
+
+def image_entries(value: Any, num_prompts: int) -> list[list[str]] | None:
+    """
+    The `images` field of `/generate/` as one list of base64 images per prompt (`None` when absent).
+
+    Each entry is `null` (no image), one base64 string (the reference's one image per prompt) or a list of them
+    (several images, in the order of the prompt's placeholders).
+
+    Args:
+        value (`Any`):
+            The JSON value.
+        num_prompts (`int`):
+            The number of prompts.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != num_prompts:
+        raise RequestError(
+            f"`images` needs one entry per prompt ({num_prompts}): a base64 image, a list of them, or null."
+        )
+    entries = []
+    for index, entry in enumerate(value):
+        entry = [] if entry is None else [entry] if isinstance(entry, str) else entry
+        if not isinstance(entry, list) or not all(isinstance(image, str) for image in entry):
+            raise RequestError(f"`images[{index}]` must be a base64 image, a list of them, or null.")
+        entries.append(entry)
+    return entries if any(entries) else None
 
 
 def generation_kwargs(value: Any) -> dict:

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 from trl.generation.client_wire import (  # re-exported: part of this module's public names
     decode_tensor,
+    encode_prompt_images,
     encode_tensor,
     parse_dtype,
     parse_logprobs,
@@ -52,6 +53,7 @@ __all__ = [
     "API_KEY_ENV",
     "VLLMClient",
     "decode_tensor",
+    "encode_prompt_images",
     "encode_tensor",
     "parse_dtype",
     "parse_logprobs",
@@ -263,8 +265,10 @@ class VLLMClient:
         Args:
             prompts (`list[str]` or `list[list[int]]`):
                 Text prompts (tokenized by the server) or token ids.
-            images (`list[PIL.Image.Image | None]` or `None`, *optional*, defaults to `None`):
-                One image (or `None`) per prompt (vLLM server only).
+            images (`list[PIL.Image.Image | list[PIL.Image.Image] | None]` or `None`, *optional*, defaults to `None`):
+                The images of each prompt: one image, a list of images (in the order of its placeholders) or `None`.
+                A prompt with images holds one image placeholder per image, as the chat template renders it with the
+                tokenizer (the server expands them). Needs a vision-language model on the server.
             n (`int`, *optional*, defaults to `1`):
                 Completions per prompt.
             repetition_penalty (`float`, *optional*, defaults to `1.0`):
@@ -293,8 +297,9 @@ class VLLMClient:
             `None`) and `finish_reasons` (one per completion, prompt-major).
         """
         payload = _sampling_fields(locals())
-        images = [pil_to_base64(image) if image is not None else None for image in images] if images else None
-        payload.update(prompts=prompts, images=images, truncate_prompt_tokens=truncate_prompt_tokens)
+        payload.update(
+            prompts=prompts, images=encode_prompt_images(images), truncate_prompt_tokens=truncate_prompt_tokens
+        )
         return self._post("/generate/", payload)
 
     def chat(
@@ -319,7 +324,9 @@ class VLLMClient:
 
         Args:
             messages (`list[list[dict]]`):
-                Conversations (`{"role", "content"}` messages).
+                Conversations (`{"role", "content"}` messages). A content may be a list of parts: text
+                (`{"type": "text", "text": ...}`) and PIL images (`{"type": "image", "image": <PIL.Image>}`), sent as
+                base64 PNG; images need a vision-language model on the server.
             n, repetition_penalty, temperature, top_p, top_k, min_p, max_tokens, logprobs, guided_decoding_regex, generation_kwargs:
                 As in [`~VLLMClient.generate`].
             chat_template_kwargs (`dict` or `None`, *optional*, defaults to `None`):

@@ -128,16 +128,29 @@ class VLLMGeneration(GenerationBackend):
             self.llm.sleep(level=2)
             self._weights_loaded = False
 
-    def generate(self, prompt_ids: list[list[int]], sampling: SamplingParams) -> GenerationResult:
+    def generate(
+        self, prompt_ids: list[list[int]], sampling: SamplingParams, images: list | None = None
+    ) -> GenerationResult:
+        """
+        Generate `sampling.n` completions per prompt.
+
+        Args:
+            prompt_ids (`list[list[int]]`):
+                Token ids of each prompt; a prompt with images holds one image placeholder per image (the
+                tokenizer's rendering of the chat template: vLLM expands the placeholders itself).
+            sampling ([`~trl.generation.base.SamplingParams`]):
+                How to sample.
+            images (`list[list[PIL.Image.Image] | None]` or `None`, *optional*, defaults to `None`):
+                The images of each prompt (see [`vllm_prompts`]).
+        """
         check_prompts(prompt_ids)
         if not self._weights_loaded:
             raise RuntimeError("The sleeping vLLM engine dropped its weights: call `sync_weights(model)` first.")
-        group_prompts, offset = self._gather_group(prompt_ids)
+        check_images(images, len(prompt_ids))
+        group_prompts, offset = self._gather_group(vllm_prompts(prompt_ids, images))
         if self.enable_sleep_mode:
             self.llm.wake_up(tags=["kv_cache"])
-        outputs = self.llm.generate(
-            [{"prompt_token_ids": list(p)} for p in group_prompts], self._vllm_sampling(sampling), use_tqdm=False
-        )
+        outputs = self.llm.generate(group_prompts, self._vllm_sampling(sampling), use_tqdm=False)
         if self.enable_sleep_mode:
             self.llm.sleep(level=2)
             self._weights_loaded = False
@@ -163,14 +176,14 @@ class VLLMGeneration(GenerationBackend):
             kwargs.update(guided_decoding_kwargs(self.guided_decoding_regex))
         return VLLMSamplingParams(**kwargs)
 
-    def _gather_group(self, prompt_ids: list[list[int]]) -> tuple[list[list[int]], int]:
-        """All prompts of this process's TP group, and where this process's prompts start among them."""
+    def _gather_group(self, prompts: list[dict]) -> tuple[list[dict], int]:
+        """All vLLM prompts of this process's TP group, and where this process's prompts start among them."""
         if self.tp_group is None:
-            return [list(p) for p in prompt_ids], 0
+            return prompts, 0
         import torch.distributed as dist
 
         gathered: list = [None] * self.tensor_parallel_size
-        dist.all_gather_object(gathered, [list(p) for p in prompt_ids], group=self.tp_group)
+        dist.all_gather_object(gathered, prompts, group=self.tp_group)
         local_rank = dist.get_rank(group=self.tp_group)
         return [p for part in gathered for p in part], sum(len(part) for part in gathered[:local_rank])
 
@@ -198,6 +211,48 @@ class VLLMGeneration(GenerationBackend):
 
         self.llm = None
         torch.cuda.empty_cache()
+
+
+def check_images(images: list | None, num_prompts: int) -> None:
+    """
+    Raise a `ValueError` unless `images` is `None` or holds one entry (`None`, or a list of images) per prompt.
+
+    Args:
+        images (`list` or `None`):
+            The images given to a backend.
+        num_prompts (`int`):
+            The number of prompts.
+    """
+    if images is None:
+        return
+    if not isinstance(images, list | tuple) or len(images) != num_prompts:
+        raise ValueError(f"`images` needs one entry per prompt ({num_prompts}): a list of images, or None.")
+    if any(entry is not None and not isinstance(entry, list | tuple) for entry in images):
+        raise ValueError("Each entry of `images` must be a list of PIL images (or None for a prompt without any).")
+
+
+def vllm_prompts(prompt_ids: list[list[int]], images: list | None = None) -> list[dict]:
+    """
+    The prompts of a `vllm.LLM.generate` call: `{"prompt_token_ids": ids}`, with `"multi_modal_data": {"image":
+    [...]}` for a prompt that has images.
+
+    vLLM's multimodal processor expands each image placeholder itself, so the prompts must hold one placeholder per
+    image (the chat template rendered by the tokenizer), not the processor's expanded ids.
+
+    Args:
+        prompt_ids (`list[list[int]]`):
+            Token ids of each prompt.
+        images (`list[list[PIL.Image.Image] | None]` or `None`, *optional*, defaults to `None`):
+            The images of each prompt, in the order of its placeholders.
+    """
+    prompts = []
+    for index, ids in enumerate(prompt_ids):
+        prompt = {"prompt_token_ids": list(ids)}
+        row_images = images[index] if images is not None else None
+        if row_images:
+            prompt["multi_modal_data"] = {"image": list(row_images)}
+        prompts.append(prompt)
+    return prompts
 
 
 def vllm_sampling_kwargs(sampling: SamplingParams) -> dict:
