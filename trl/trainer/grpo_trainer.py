@@ -139,7 +139,7 @@ class GRPOTrainer(OnlineTrainer):
         keep_B_C = None
         if args.top_entropy_quantile < 1.0:
             keep_B_C = entropy_mask(entropies_B_C, mask_B_C, args.top_entropy_quantile)
-        loss, metrics = policy_loss_from_options(
+        loss, metrics = self._policy_loss(
             logps_B_C,
             self._old_logps(inputs, mode),
             advantages_B,
@@ -159,6 +159,15 @@ class GRPOTrainer(OnlineTrainer):
         loss = self._scale_loss(loss, global_normaliser, mode) + self._aux_loss(outputs, mode)
         self._log_loss_metrics(metrics, entropies_B_C, mask_B_C, mode)
         return loss
+
+    def _policy_loss(self, *tensors, **kwargs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The policy term: [`~trl.losses.policy_loss_from_options`] (a variant swaps it, e.g. GMPO's)."""
+        return policy_loss_from_options(*tensors, **kwargs)
+
+    def get_high_entropy_mask(self, entropies: torch.Tensor, mask: torch.Tensor, threshold: float) -> torch.Tensor:
+        """The reference's helper: the tokens of `mask` whose entropy is at or above the `threshold` quantile of the
+        entropies of the `mask` tokens (a bool `[B, T]`; [`~trl.losses.entropy_mask`] keeps the top `1 − threshold`)."""
+        return entropy_mask(entropies, mask, 1.0 - threshold)
 
     def _off_policy_mask(self, logps_B_C, inputs, advantages_B, mode: str) -> torch.Tensor | None:
         threshold = self.args.off_policy_mask_threshold
