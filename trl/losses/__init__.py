@@ -41,6 +41,7 @@ from .distillation import (
     token_generalized_jsd,
     token_reverse_kl,
 )
+from .gmpo import GMPO_LOSS_TYPES, gmpo_loss, gmpo_loss_from_options  # GMPO (trl.experimental.gmpo)
 from .odds_ratio import OddsRatioLossOutput, log1mexp, odds_ratio_loss
 from .online_preference import ONLINE_PREFERENCE_LOSS_TYPES, nash_md_loss, preference_probability, xpo_loss
 from .policy import (
