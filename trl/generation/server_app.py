@@ -15,6 +15,7 @@ from trl.generation import server_validation as check
 from trl.generation.base import GenerationResult, SamplingParams, sanitize_logprob
 from trl.generation.server_args import check_engine_flags
 from trl.generation.server_engines import (
+    TEXT_ONLY_MODEL,
     VLLM_MISSING,
     EndpointNotFound,
     RequestError,
@@ -328,7 +329,7 @@ class ServerApp(OpenAIEndpoints):
         texts = prompts if prompts and all(isinstance(p, str) for p in prompts) else None
         prompt_ids = self._tokenize(prompts, truncate) if prompts else []
         self._check_budget(prompt_ids, sampling)
-        images = self.policy.decode_images(images) if images is not None else None
+        images = self._decode_images(images, "images") if images is not None else None
         return _generation_answer(self._run(prompt_ids, sampling, texts, images, regex))
 
     def chat(self, body: dict) -> dict:
@@ -389,12 +390,19 @@ class ServerApp(OpenAIEndpoints):
 
     def _message_images(self, images: list[list[str]], name: str) -> list[list[Any]] | None:
         """The decoded images of rendered conversations (`None` when there are none)."""
-        return self.policy.decode_images(images, name) if any(images) else None
+        return self._decode_images(images, name) if any(images) else None
+
+    def _decode_images(self, images: list[list[str]], name: str) -> list[list[Any]]:
+        if not getattr(self.engine, "accepts_images", False):
+            raise RequestError(TEXT_ONLY_MODEL)
+        return self.policy.decode_images(images, name)
 
     def _render_chat(self, conversation, name, tools=None, chat_template=None, template_kwargs=None):
         """The token ids of `conversation` rendered with the chat template (image parts become the model's image
         placeholder), and the base64 data of its images in order."""
         conversation, images = check.split_message_images(check.messages(conversation, name))
+        if images and not getattr(self.engine, "accepts_images", False):
+            raise RequestError(TEXT_ONLY_MODEL)
         check.optional({"tools": tools}, "tools", list, "a list of tool schemas (objects)")
         if tools is not None and not all(isinstance(tool, dict) for tool in tools):
             raise RequestError("`tools` must be a list of tool schemas (JSON objects).")

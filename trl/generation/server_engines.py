@@ -48,6 +48,12 @@ def chunk_list(items: list, n: int) -> list[list]:
     return chunks
 
 
+TEXT_ONLY_MODEL = (
+    "The served model is a text-only model: it cannot take images. Serve a vision-language model (an "
+    "`AutoModelForImageTextToText` checkpoint with its processor), or send prompts without images."
+)
+
+
 class RequestError(ValueError):
     """A request the server cannot serve as asked (answered with HTTP 400 and this message)."""
 
@@ -97,6 +103,7 @@ class TransformersEngine:
         auto_class = AutoModelForImageTextToText if vision else AutoModelForCausalLM
         self.model = auto_class.from_pretrained(args.model, dtype=dtype, **load).to(device)
         self.model.eval()
+        self.accepts_images = vision
         eos = _as_list(self.model.generation_config.eos_token_id) + _as_list(tokenizer.eos_token_id)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
         self.generator = TransformersBackend(self.model, pad_token_id=pad, eos_token_id=sorted(set(eos)))
@@ -106,11 +113,8 @@ class TransformersEngine:
     def generate(self, prompt_ids, sampling, texts=None, images=None, regex=None, deadline=None) -> GenerationResult:
         """`images`: `None` or one list of PIL images per prompt, whose ids hold one image placeholder per image."""
         with_images = images is not None and any(images)
-        if with_images and self.processor is None:
-            raise RequestError(
-                "The served model is a text-only model: it cannot take images. Serve a vision-language model "
-                "(`AutoModelForImageTextToText` checkpoint with its processor), or send prompts without images."
-            )
+        if with_images and not self.accepts_images:
+            raise RequestError(TEXT_ONLY_MODEL)
         if regex is not None:
             raise RequestError("`guided_decoding_regex` needs `--backend vllm`.")
         self._check_length(map(len, prompt_ids), sampling)
@@ -281,6 +285,7 @@ class VLLMEngine:
 
     backend = "vllm"
     weight_transport = "nccl"
+    accepts_images = True  # the vLLM engine refuses them for a text-only model
 
     def __init__(self, args: ScriptArguments):
         if not is_vllm_available():
