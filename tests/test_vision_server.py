@@ -217,11 +217,31 @@ def test_images_field_shape(app, images, match):
 
 
 def test_placeholders_must_match_the_images(app):
-    with pytest.raises(RequestError, match="1 image placeholders .* for 2 images"):
+    with pytest.raises(RequestError, match=r"^`prompts\[0\]`: 1 image placeholders .* for 2 images"):
         _generate(app, [[_png(RED), _png(BLUE)]])
     expanded = app.engine.processor(text=[_prompt_text(app)], images=[[RED]])["input_ids"][0]
     with pytest.raises(RequestError, match="not the processor's expanded ids"):
         _generate(app, [_png(RED)], prompts=[list(map(int, expanded))])
+
+
+def test_logprobs_with_images_match_a_forward_pass(vlm, app):
+    text = _prompt(vlm)
+    answer = _generate(app, [_png(RED)], prompts=[text], temperature=0.0, max_tokens=MAX_TOKENS)
+    completion, logprobs = answer["completion_ids"][0], answer["logprobs"][0]
+    inputs = vlm.processor(text=[text], images=[[RED]], return_tensors="pt")
+    full = torch.cat([inputs["input_ids"], torch.tensor([completion])], dim=1)
+    with torch.no_grad():
+        logits = vlm.model(input_ids=full, pixel_values=inputs["pixel_values"]).logits[0]
+    start = inputs["input_ids"].shape[1] - 1
+    expected = torch.log_softmax(logits[start : start + len(completion)], -1)
+    expected = expected.gather(-1, torch.tensor(completion)[:, None]).squeeze(-1)
+    torch.testing.assert_close(torch.tensor(logprobs), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_openai_chat_completions_take_image_urls(vlm, app):
+    body = {"messages": to_openai_messages(_user(1, images=[BLUE])), "max_tokens": MAX_TOKENS, "temperature": 0.0}
+    answer = app.dispatch("POST", "/v1/chat/completions", {**body, "return_token_ids": True})
+    assert answer["choices"][0]["token_ids"] == _reference(vlm, _prompt(vlm), [BLUE])
 
 
 def test_text_only_model_refuses_images():

@@ -65,6 +65,46 @@ class EndpointNotFound(LookupError):
 # ======================================================================================================= engines
 
 
+def image_prompt_batch(processor, prompt_ids: list[int], images: list, n: int = 1):
+    """
+    The processor's inputs (`input_ids` with the image placeholders expanded, `pixel_values`, ...) for `n` copies
+    of one prompt and its images.
+
+    The prompt is given as token ids holding one image placeholder (`processor.image_token`) per image, as the
+    tokenizer renders a chat template; the text they decode to is what the processor expands.
+
+    Args:
+        processor ([`~transformers.ProcessorMixin`]):
+            The vision-language model's processor.
+        prompt_ids (`list[int]`):
+            The prompt.
+        images (`list[PIL.Image.Image]`):
+            Its images, in the order of the placeholders (may be empty).
+        n (`int`, *optional*, defaults to `1`):
+            Rows of the batch.
+
+    Raises:
+        ValueError: When the placeholders do not match the images, or the ids do not survive decoding.
+    """
+    tokenizer = processor.tokenizer
+    text = tokenizer.decode(prompt_ids, skip_special_tokens=False)
+    if tokenizer(text, add_special_tokens=False)["input_ids"] != list(prompt_ids):
+        raise ValueError(
+            "the prompt does not survive decoding and re-encoding, which images need (the processor expands the "
+            "image placeholders in text): send it as text."
+        )
+    placeholder = tokenizer.convert_tokens_to_ids(processor.image_token)
+    found = sum(token == placeholder for token in prompt_ids)
+    if found != len(images):
+        raise ValueError(
+            f"{found} image placeholders ({processor.image_token!r}) for {len(images)} images: render the prompt "
+            "with the tokenizer's chat template, one placeholder per image (not the processor's expanded ids)."
+        )
+    if not images:
+        return processor(text=[text] * n, add_special_tokens=False, return_tensors="pt")
+    return processor(text=[text] * n, images=[images] * n, add_special_tokens=False, return_tensors="pt")
+
+
 class TransformersEngine:
     """
     Serves a transformers model (CPU, or one GPU when available); weights arrive in the HTTP body.
@@ -118,15 +158,16 @@ class TransformersEngine:
         if regex is not None:
             raise RequestError("`guided_decoding_regex` needs `--backend vllm`.")
         self._check_length(map(len, prompt_ids), sampling)
+        batches = self._image_batches(prompt_ids, images, sampling.n) if with_images else None
         if deadline is not None:  # stop decoding at the request's deadline (the server then answers 504)
             time_limit = max(deadline - time.monotonic(), 0.01)
             sampling = dataclasses.replace(
                 sampling, generation_kwargs={**sampling.generation_kwargs, "max_time": time_limit}
             )
         try:
-            if not with_images:
+            if batches is None:
                 return self.generator.generate(prompt_ids, sampling)
-            return self._generate_with_images(prompt_ids, sampling, images)
+            return self._generate_with_images(prompt_ids, sampling, batches)
         except (TypeError, ValueError) as error:  # bad generation_kwargs and the like
             raise RequestError(f"`generation_kwargs`: {error}") from error
 
@@ -137,8 +178,18 @@ class TransformersEngine:
                 "`truncate_prompt_tokens`."
             )
 
-    def _generate_with_images(self, prompt_ids, sampling, images) -> GenerationResult:
-        """One `generate` call per prompt (its `n` rows together) on the processor's inputs for its images."""
+    def _image_batches(self, prompt_ids, images, n: int) -> list:
+        """The processor's batch of each prompt (`n` copies of it with its images), checked."""
+        batches = []
+        for index, (ids, row_images) in enumerate(zip(prompt_ids, images)):
+            try:
+                batches.append(image_prompt_batch(self.processor, ids, row_images, n))
+            except ValueError as error:
+                raise RequestError(f"`prompts[{index}]`: {error}") from None
+        return batches
+
+    def _generate_with_images(self, prompt_ids, sampling, inputs: list) -> GenerationResult:
+        """One `generate` call per prompt (its `n` rows together) on the processor's `inputs` for its images."""
         import torch
 
         from trl.generation.base import cut_at_eos
@@ -148,9 +199,6 @@ class TransformersEngine:
         seed = extra.pop("seed", None)
         config = self.generator.generation_config(sampling, extra)
         eos = set(self.generator.eos_token_ids)
-        inputs = []
-        for index, (ids, row_images) in enumerate(zip(prompt_ids, images)):
-            inputs.append(self._image_inputs(ids, row_images, index, sampling.n))
         self._check_length([batch["input_ids"].shape[1] for batch in inputs], sampling)
         completions, reasons, logprobs = [], [], []
         device = next(self.model.parameters()).device
@@ -172,30 +220,6 @@ class TransformersEngine:
             finish_reasons=reasons,
             logprobs=logprobs if sampling.return_logprobs else None,
             prompt_ids=[list(ids) for ids in prompt_ids],
-        )
-
-    def _image_inputs(self, ids: list[int], row_images: list, index: int, n: int):
-        """The processor's batch of `n` copies of one prompt and its images (the prompt's text is its decoded ids,
-        so text and token-id prompts alike carry one image placeholder per image)."""
-        tokenizer = self.processor.tokenizer
-        text = tokenizer.decode(ids, skip_special_tokens=False)
-        if tokenizer(text, add_special_tokens=False)["input_ids"] != list(ids):
-            raise RequestError(
-                f"`prompts[{index}]` does not survive decoding and re-encoding, which images need (the processor "
-                "expands the image placeholders in text): send it as text."
-            )
-        placeholder = tokenizer.convert_tokens_to_ids(self.processor.image_token)
-        found = sum(token == placeholder for token in ids)
-        if found != len(row_images):
-            raise RequestError(
-                f"`prompts[{index}]` has {found} image placeholders ({self.processor.image_token!r}) for "
-                f"{len(row_images)} images: render the prompt with the tokenizer's chat template, one placeholder "
-                "per image (not the processor's expanded ids)."
-            )
-        if not row_images:
-            return self.processor(text=[text] * n, add_special_tokens=False, return_tensors="pt")
-        return self.processor(
-            text=[text] * n, images=[row_images] * n, add_special_tokens=False, padding=True, return_tensors="pt"
         )
 
     def sequence_logprobs(self, sequences, prompt_lengths, top_logprobs, temperature) -> dict[str, list]:
