@@ -279,6 +279,12 @@ class BaseTrainer(RunReportMixin, CheckpointingMixin, Trainer):
         super().log(logs, start_time)
         self._metrics[mode].clear()
 
+    @property
+    def aux_loss_enabled(self) -> bool:
+        """Whether the MoE router loss is on: the model config's `output_router_logits` (the reference's attribute)."""
+        config = getattr(self.accelerator.unwrap_model(self.model), "config", None)
+        return bool(getattr(config, "output_router_logits", False))
+
     def router_aux_loss(self, aux_loss: torch.Tensor | None, mode: str) -> torch.Tensor | float:
         """The MoE router load-balancing term to add to the loss, logged as `aux_loss`.
 

@@ -269,6 +269,10 @@ class OnlineTrainer(BaseTrainer):
     _on_policy = _rollout_view(
         "on_policy", "Whether the log-probs of the generating policy equal the current ones ([`Rollout.on_policy`])."
     )
+    reward_processing_classes = property(
+        lambda self: getattr(self.reward_scorer, "processing_classes", []),
+        doc="Tokenizers aligned with the reward functions (`None` for callables; `[]` when a judge scores).",
+    )
 
     def _set_signature_columns_if_needed(self) -> None:
         # With remove_unused_columns=True only what prompt rendering reads is kept (reward functions then receive no
