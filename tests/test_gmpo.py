@@ -2,7 +2,9 @@
 trainer (training on the tiny model, checkpoint resume)."""
 
 import math
+import runpy
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -219,3 +221,12 @@ def test_default_args_and_resume_reproduces_the_uninterrupted_run(tmp_path):
     resumed_losses = {row["step"]: row["loss"] for row in resumed.state.log_history if "loss" in row}
     assert {step: resumed_losses[step] for step in (2, 3)} == {step: losses[step] for step in (2, 3)}
     assert len(set(losses.values())) > 1
+
+
+def test_example_script_trains_and_the_reward_rises(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = Path(__file__).parent.parent / "examples" / "scripts" / "gmpo.py"
+    trainer = runpy.run_path(str(path), run_name="__main__")["trainer"]
+    rewards = [row["reward"] for row in trainer.state.log_history if "reward" in row]
+    assert trainer.state.global_step == 10 and len(rewards) == 10
+    assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.2, rewards
