@@ -326,11 +326,10 @@ class ServerApp(OpenAIEndpoints):
         regex = check.optional(body, "guided_decoding_regex", str, "a regular expression (a string)")
         images = check.image_entries(body.get("images"), len(prompts))
         sampling = self.sampling_from_request(body, self._wants_logprobs(body.get("logprobs", 0)))
-        texts = prompts if prompts and all(isinstance(p, str) for p in prompts) else None
         prompt_ids = self._tokenize(prompts, truncate) if prompts else []
         self._check_budget(prompt_ids, sampling)
         images = self._decode_images(images, "images") if images is not None else None
-        return _generation_answer(self._run(prompt_ids, sampling, texts, images, regex))
+        return _generation_answer(self._run(prompt_ids, sampling, images, regex))
 
     def chat(self, body: dict) -> dict:
         self._check_keys(body, _CHAT_KEYS, "/chat/")
@@ -346,7 +345,7 @@ class ServerApp(OpenAIEndpoints):
         prompt_ids = [ids for ids, _ in rendered]
         self._check_budget(prompt_ids, sampling)
         images = self._message_images([images for _, images in rendered], "messages")
-        return _generation_answer(self._run(prompt_ids, sampling, None, images, regex))
+        return _generation_answer(self._run(prompt_ids, sampling, images, regex))
 
     def get_sequence_logprobs(self, body: dict) -> dict:
         self._check_keys(
@@ -380,12 +379,12 @@ class ServerApp(OpenAIEndpoints):
             return {"logprobs": [], "logprob_token_ids": [], "actual_logprobs": [], "actual_token_ids": []}
         return self._engine_call(self.engine.sequence_logprobs, sequences, prompt_lengths, top_logprobs, temperature)
 
-    def _run(self, prompt_ids, sampling, texts, images, regex) -> GenerationResult:
+    def _run(self, prompt_ids, sampling, images, regex) -> GenerationResult:
         if not prompt_ids:
             return GenerationResult(completion_ids=[], finish_reasons=[], logprobs=[], prompt_ids=[])
         deadline = getattr(self._local, "deadline", None)
         return self._engine_call(
-            self.engine.generate, prompt_ids, sampling, texts=texts, images=images, regex=regex, deadline=deadline
+            self.engine.generate, prompt_ids, sampling, images=images, regex=regex, deadline=deadline
         )
 
     def _message_images(self, images: list[list[str]], name: str) -> list[list[Any]] | None:

@@ -150,7 +150,7 @@ class TransformersEngine:
         self.max_model_len = args.max_model_len or getattr(self.model.config, "max_position_embeddings", None)
         self.vocab_size = self.model.get_input_embeddings().num_embeddings
 
-    def generate(self, prompt_ids, sampling, texts=None, images=None, regex=None, deadline=None) -> GenerationResult:
+    def generate(self, prompt_ids, sampling, images=None, regex=None, deadline=None) -> GenerationResult:
         """`images`: `None` or one list of PIL images per prompt, whose ids hold one image placeholder per image."""
         with_images = images is not None and any(images)
         if with_images and not self.accepts_images:
@@ -346,7 +346,7 @@ class VLLMEngine:
     def _broadcast(self, method: str, *args, fire_and_forget: bool = False) -> list:
         return self._call(method, [args] * len(self.connections), fire_and_forget)
 
-    def generate(self, prompt_ids, sampling, texts=None, images=None, regex=None, deadline=None) -> GenerationResult:
+    def generate(self, prompt_ids, sampling, images=None, regex=None, deadline=None) -> GenerationResult:
         prompts = vllm_prompts(prompt_ids, images)
         kwargs = vllm_sampling_kwargs(sampling)
         chunks = chunk_list(prompts, len(self.connections))

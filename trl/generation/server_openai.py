@@ -54,7 +54,7 @@ class OpenAIEndpoints:
         with_logprobs = self._wants_logprobs(logprobs)
         prompt_ids = self._tokenize(prompt, None, "prompt")
         sampling = self._openai_sampling(body, body.get("max_tokens"), with_logprobs, prompt_ids, "max_tokens")
-        result = self._run(prompt_ids, sampling, None, None, None)
+        result = self._run(prompt_ids, sampling, None, None)
         logprobs_format = self._completion_logprobs if with_logprobs else None
         choices = self._choices(body, result, logprobs_format, lambda ids: {"text": self._decode(ids)})
         if body.get("return_token_ids"):
@@ -78,7 +78,7 @@ class OpenAIEndpoints:
         with_logprobs = bool(body.get("logprobs")) and self._wants_logprobs(top_logprobs, "top_logprobs")
         name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
         sampling = self._openai_sampling(body, body.get(name), with_logprobs, prompt_ids, name)
-        result = self._run(prompt_ids, sampling, None, self._message_images([images], "messages"), None)
+        result = self._run(prompt_ids, sampling, self._message_images([images], "messages"), None)
         message = lambda ids: {"message": {"role": "assistant", "content": self._decode(ids)}}  # noqa: E731
         choices = self._choices(body, result, self._chat_logprobs if with_logprobs else None, message)
         if body.get("return_token_ids"):
