@@ -7,7 +7,9 @@ r = f(x, y). Per batch of B pairs,
 
 where m is the optional per-pair `margin` column (Llama 2's preference strength; 0 when absent) and
 c = `center_rewards_coefficient` (Eisenstein et al., 2023; the term is off when `None`). The formula lives in
-`trl.losses.bradley_terry_loss`. Chosen and rejected sequences go through the model in one forward pass.
+`trl.losses.bradley_terry_loss`. Chosen and rejected sequences go through the model in one forward pass, without
+padding where the model keeps packed sequences apart (`trl.trainer.packed_rows.sequence_classification_logits`; the
+padded forward otherwise, or with `_padding_free = False`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .model_utils import (
     load_trained_model,
     prepare_peft_model,
 )
+from .packed_rows import sequence_classification_logits
 from .preference_data import TokenizeOptions, prepare_reward_dataset
 from .reward_config import RewardConfig
 
@@ -72,6 +75,7 @@ class RewardTrainer(BaseTrainer):
     _name = "Reward"
     _template_file = "rm_model_card.md"
     _predictions_from_loss = True  # the [N, 2] rewards, label 0 (BaseTrainer._eval_predictions)
+    _padding_free = True  # False: the padded forward (same rewards to fp32 rounding)
 
     # ------------------------------------------------------------------------------------------------- setup
     def _setup_model(
@@ -141,7 +145,8 @@ class RewardTrainer(BaseTrainer):
 
     # --------------------------------------------------------------------------------------------------- loss
     def _loss_and_outputs(self, model: torch.nn.Module, inputs: dict, call: LossCall) -> tuple[torch.Tensor, Any]:
-        rewards_R = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits.squeeze(-1)
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        rewards_R = sequence_classification_logits(model, ids, mask, self._padding_free).squeeze(-1)
         half = rewards_R.shape[0] // 2
         chosen_rewards, rejected_rewards = rewards_R[:half], rewards_R[half:]
         loss, _ = bradley_terry_loss(

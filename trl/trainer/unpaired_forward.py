@@ -5,8 +5,9 @@ log-probs of unpaired batches. The trainer base built on them is
 Forward pass. A batch from `DataCollatorForUnpairedPreference` holds B rows `prompt + completion` (`labels` says
 which are desirable) and, for KTO, B rows `prompt_i + completion_{(i+1) mod B}`. The LM head runs only at the
 positions that predict a completion token (a boolean `logits_to_keep`), and the sequence log-prob is the sum over the
-completion tokens. The policy runs the completion rows with gradients and the KL rows without (the KL estimate is
-detached); the reference runs both in one pass.
+completion tokens. The policy runs the completion rows and the KL rows in one pass ([`policy_scores`]; the KL
+log-probs are detached), and so does the reference. Right-padded rows run without padding where the model keeps
+packed sequences apart (`trl.trainer.packed_rows`; the padded forward otherwise).
 
 Metrics follow the reference's sum/count scheme: per step the sums of rewards, log-probs and mean logits of the
 desirable (`chosen`) and undesirable (`rejected`) examples and their counts are stored, summed over processes; at
@@ -16,10 +17,13 @@ logging time `rewards/chosen = rewards/chosen_sum / count/chosen` (and so on) an
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from ..kernels import token_logps
+from ..kernels.token_logps import _unwrapped
+from .packed_rows import is_right_padded, packed_token_logps, packing_mode
 from .utils import pad_to_length
 
 
@@ -58,7 +62,12 @@ class UnpairedLogps:
 
 
 def completion_scores(
-    model: torch.nn.Module, batch: dict[str, torch.Tensor], prefix: str = "", keep_logits: bool = True
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    prefix: str = "",
+    keep_logits: bool = True,
+    padding_free: bool = False,
+    pad_token_id: int = 0,
 ) -> UnpairedScores:
     """Sequence log-probs of the completions of the rows `{prefix}input_ids` of a collated batch.
 
@@ -72,9 +81,18 @@ def completion_scores(
         keep_logits (`bool`, *optional*, defaults to `True`):
             Whether the model accepts a boolean `logits_to_keep` (the LM head then runs at completion positions
             only); otherwise the full logits are computed and those positions selected.
+        padding_free (`bool`, *optional*, defaults to `False`):
+            Run the rows without padding where `trl.trainer.packed_rows.packing_mode` allows it (same values to
+            fp32 rounding).
+        pad_token_id (`int`, *optional*, defaults to `0`):
+            Fills the end of packed rows (any id: the filler is a sequence of its own).
     """
     rows = {key: batch[f"{prefix}{key}"] for key in ("input_ids", "attention_mask", "completion_mask")}
-    token = token_logps(model, rows, logits_to_keep=keep_logits)
+    mode = packing_mode(model, rows) if padding_free else None
+    if mode is not None and is_right_padded(rows["attention_mask"]):
+        token = packed_token_logps(model, rows, mode, pad_token_id, logits_to_keep=keep_logits)
+    else:
+        token = token_logps(model, rows, logits_to_keep=keep_logits)
     with torch.no_grad():
         # Sum, then mean, over each row's completion positions of the logit averaged over the vocabulary.
         rows_N = token.mask.nonzero()[:, 0]
@@ -82,6 +100,46 @@ def completion_scores(
         logit_sums_B.index_add_(0, rows_N, token.mean_logits())
         mean_logits_B = logit_sums_B / token.mask.sum(dim=-1).clamp(min=1)
     return UnpairedScores(token.logps.sum(dim=-1), mean_logits_B, token.aux_loss)
+
+
+def policy_scores(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    with_kl: bool,
+    kl_in_same_pass: bool = True,
+    **options: Any,
+) -> tuple[UnpairedScores, torch.Tensor | None]:
+    """The policy's scores of the completion rows and, `with_kl`, the detached log-probs `[B]` of the KL rows.
+
+    With `kl_in_same_pass` (the default) one forward pass runs the completion rows then the KL rows; the KL
+    log-probs leave the graph, so the loss and its gradients are those of a separate pass without gradients (the
+    path `kl_in_same_pass=False` keeps). MoE models that return router logits keep the separate pass: their
+    load-balancing loss would otherwise count the KL rows.
+
+    Args:
+        model (`torch.nn.Module`):
+            The policy.
+        batch (`dict[str, torch.Tensor]`):
+            A collated batch (with `kl_*` rows when `with_kl`).
+        with_kl (`bool`):
+            Whether to score the KL rows.
+        kl_in_same_pass (`bool`, *optional*, defaults to `True`):
+            One forward pass for both kinds of rows.
+        **options:
+            `keep_logits`, `padding_free`, `pad_token_id` of [`completion_scores`].
+    """
+    if not with_kl:
+        return completion_scores(model, batch, **options), None
+    config = getattr(_unwrapped(model), "config", None)
+    if kl_in_same_pass and not getattr(config, "output_router_logits", False):
+        size = batch["input_ids"].shape[0]
+        rows = stack_completion_and_kl_rows(batch, options.get("pad_token_id", 0))
+        scores = completion_scores(model, rows, **options)
+        completions = UnpairedScores(scores.logps[:size], scores.mean_logits[:size], scores.aux_loss)
+        return completions, scores.logps[size:].detach()
+    scores = completion_scores(model, batch, **options)
+    with torch.no_grad():
+        return scores, completion_scores(model, batch, "kl_", **options).logps
 
 
 def stack_completion_and_kl_rows(batch: dict[str, torch.Tensor], pad_token_id: int) -> dict[str, torch.Tensor]:

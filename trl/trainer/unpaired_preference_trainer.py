@@ -3,7 +3,8 @@
 [`UnpairedPreferenceTrainer`] tokenises unpaired data (paired data is unpaired first) with
 `trl.trainer.unpaired_data`, collates it with [`DataCollatorForUnpairedPreference`] (with KTO's mismatched KL rows
 when the method needs them), takes its reference from [`~trl.trainer.reference.ReferenceModelMixin`], scores
-completion rows with `trl.trainer.unpaired_forward.completion_scores`, and logs the sum/count metrics. A subclass sets
+completion rows with `trl.trainer.unpaired_forward.completion_scores` (the policy's completion and KL rows in one
+pass, without padding where the model allows), and logs the sum/count metrics. A subclass sets
 `_config_class`, says whether it needs the KL rows (`_uses_kl`) and implements `_unpaired_loss`.
 """
 
@@ -25,6 +26,7 @@ from .unpaired_forward import (
     UnpairedScores,
     _without_kl_rows,
     completion_scores,
+    policy_scores,
     stack_completion_and_kl_rows,
 )
 
@@ -43,6 +45,10 @@ class UnpairedPreferenceTrainer(PreferenceDatasetStep, ReferenceModelMixin, Base
     _prepare_preference_data = prepare_unpaired_dataset
     _count_empty_rows = count_empty_completions
     _data_rows = "example(s)"
+    # Forward passes without padding where the model allows (`trl.trainer.packed_rows`), and the policy's KL rows in
+    # the pass of its completion rows: False on either gives the padded path / the separate KL pass (same results).
+    _padding_free = True
+    _kl_rows_in_policy_pass = True
 
     # ------------------------------------------------------------------------------------------------- setup
     @staticmethod
@@ -101,7 +107,7 @@ class UnpairedPreferenceTrainer(PreferenceDatasetStep, ReferenceModelMixin, Base
         with_kl = "kl_input_ids" in batch
         rows = stack_completion_and_kl_rows(batch, self.pad_token_id) if with_kl else batch
         with self._reference_model() as reference:
-            logps = completion_scores(reference, rows, keep_logits=self._ref_keeps_logits).logps
+            logps = completion_scores(reference, rows, **self._forward_options(self._ref_keeps_logits)).logps
         size = batch["input_ids"].shape[0]
         return (logps[:size], logps[size:]) if with_kl else (logps, None)
 
@@ -130,11 +136,8 @@ class UnpairedPreferenceTrainer(PreferenceDatasetStep, ReferenceModelMixin, Base
     # -------------------------------------------------------------------------------------------------- loss
     def _loss_and_outputs(self, model: torch.nn.Module, inputs: dict, call: LossCall) -> tuple[torch.Tensor, Any]:
         ref_logps, ref_kl_logps = self._reference_logps(inputs)
-        scores = completion_scores(model, inputs, keep_logits=self._policy_keeps_logits)
-        kl_logps = None
-        if self._needs_kl:
-            with torch.no_grad():
-                kl_logps = completion_scores(model, inputs, "kl_", self._policy_keeps_logits).logps
+        options = self._forward_options(self._policy_keeps_logits)
+        scores, kl_logps = policy_scores(model, inputs, self._needs_kl, self._kl_rows_in_policy_pass, **options)
         labels_B = inputs["labels"].bool()
         assert scores.logps.shape == ref_logps.shape == labels_B.shape, "log-probs and labels are misaligned"
         logps = UnpairedLogps(scores.logps, ref_logps, kl_logps, ref_kl_logps, labels_B, inputs.get("udm_weights"))
@@ -143,6 +146,9 @@ class UnpairedPreferenceTrainer(PreferenceDatasetStep, ReferenceModelMixin, Base
         rewards_B = self.args.beta * (scores.logps - ref_logps).detach()
         self._log_unpaired_metrics(labels_B, rewards_B, scores, call.mode)
         return loss, {"rewards": rewards_B}
+
+    def _forward_options(self, keep_logits: bool) -> dict[str, Any]:
+        return {"keep_logits": keep_logits, "padding_free": self._padding_free, "pad_token_id": self.pad_token_id}
 
     def _unpaired_loss(self, logps: UnpairedLogps, mode: str) -> torch.Tensor:
         """The method's scalar loss of the micro-batch."""
