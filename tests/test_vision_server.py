@@ -160,6 +160,8 @@ def _png(image) -> str:
 
 
 def test_image_count_limit(app, monkeypatch):
+    limits = app.dispatch("GET", "/get_server_info/", {})["limits"]
+    assert (limits["max_images"], limits["max_image_bytes"], limits["max_image_pixels"]) == (64, 8 * 2**20, 2**24)
     monkeypatch.setattr(app, "policy", ServerPolicy(max_images=1))
     text = _prompt_text(app)
     with pytest.raises(RequestError, match="--max_images"):
@@ -360,3 +362,32 @@ def test_each_family_generates_like_in_process(arch):
     body = {"prompts": [text], "images": [_png(RED)], "temperature": 0.0, "max_tokens": MAX_TOKENS}
     answer = family_app.dispatch("POST", "/generate/", body)
     assert answer["completion_ids"] == [_reference(vlm, text, [RED])]
+
+
+def test_server_backend_gathers_images_with_the_prompts(monkeypatch):
+    """Two processes: rank 0 (main) sends both ranks' prompts and images in one request and keeps its slice."""
+    import accelerate.utils
+
+    # What the other rank contributes to each gather, in call order: its prompt count, its prompts, its images.
+    other_rank = iter([[1], [[9, 9]], [[BLUE]]])
+
+    def gather_object(rows):
+        return [*rows, *next(other_rank)]
+
+    monkeypatch.setattr(accelerate.utils, "gather_object", gather_object)
+    monkeypatch.setattr(accelerate.utils, "broadcast_object_list", lambda objects, from_process=0: objects)
+    sent = {}
+
+    class _Client:
+        def generate(self, prompts, images, n, **kwargs):
+            sent.update(prompts=prompts, images=images)
+            return {"completion_ids": [[i] for i in range(len(prompts) * n)], "logprobs": None,
+                    "finish_reasons": ["stop"] * len(prompts) * n}  # fmt: skip
+
+    backend = VLLMServerBackend.__new__(VLLMServerBackend)
+    backend.accelerator = SimpleNamespace(num_processes=2, is_main_process=True, process_index=0)
+    backend.client, backend.guided_decoding_regex = _Client(), None
+    result = backend.generate([[1, 2], [3]], SamplingParams(n=2), images=[None, [RED]])
+    assert sent["prompts"] == [[1, 2], [3], [9, 9]]
+    assert sent["images"] == [None, [RED], [BLUE]]
+    assert result.completion_ids == [[0], [1], [2], [3]]  # this rank's two prompts x n, not the other rank's
