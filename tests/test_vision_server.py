@@ -391,3 +391,15 @@ def test_server_backend_gathers_images_with_the_prompts(monkeypatch):
     assert sent["prompts"] == [[1, 2], [3], [9, 9]]
     assert sent["images"] == [None, [RED], [BLUE]]
     assert result.completion_ids == [[0], [1], [2], [3]]  # this rank's two prompts x n, not the other rank's
+
+
+def test_the_model_length_counts_the_expanded_image_tokens(vlm, app, monkeypatch):
+    text = _prompt(vlm)
+    unexpanded = len(vlm.processor.tokenizer(text)["input_ids"])
+    expanded = len(vlm.processor(text=[text], images=[[RED]])["input_ids"][0])
+    assert expanded > unexpanded
+    assert app.engine.max_model_len == 512  # read from the text part of the vision-language config
+    monkeypatch.setattr(app.engine, "max_model_len", unexpanded + 2)
+    assert len(_generate(app, None, prompts=[text])["completion_ids"]) == 1  # fits without its image
+    with pytest.raises(RequestError, match="exceeds the model length"):
+        _generate(app, [_png(RED)], prompts=[text])

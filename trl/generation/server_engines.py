@@ -147,7 +147,8 @@ class TransformersEngine:
         eos = _as_list(self.model.generation_config.eos_token_id) + _as_list(tokenizer.eos_token_id)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
         self.generator = TransformersBackend(self.model, pad_token_id=pad, eos_token_id=sorted(set(eos)))
-        self.max_model_len = args.max_model_len or getattr(self.model.config, "max_position_embeddings", None)
+        text_config = self.model.config.get_text_config()  # a vision-language config keeps it in its text part
+        self.max_model_len = args.max_model_len or getattr(text_config, "max_position_embeddings", None)
         self.vocab_size = self.model.get_input_embeddings().num_embeddings
 
     def generate(self, prompt_ids, sampling, images=None, regex=None, deadline=None) -> GenerationResult:
