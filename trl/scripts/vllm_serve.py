@@ -33,6 +33,14 @@ Endpoints (JSON in, JSON out; a trailing `/` is optional):
 
 Completions are prompt-major: the `n` completions of prompt 0, then those of prompt 1, ...
 
+Images: `images` holds one entry per prompt, `null`, one base64 image or a list of them, and `/chat/` and
+`/v1/chat/completions` take image parts (`{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}`).
+A prompt with images holds one image placeholder per image, as the tokenizer renders the chat template; the server
+expands them (the transformers backend with the model's processor, vLLM with its own). A vision-language checkpoint
+is loaded with `AutoModelForImageTextToText` and its `AutoProcessor`; a text-only model answers 400 to images.
+Images are decoded with Pillow (PNG, JPEG, WEBP, GIF, BMP only) within `--max_images` per request,
+`--max_image_bytes` and `--max_image_pixels` (read from the header before decoding).
+
 Access and limits (see `ScriptArguments`): `--api_key` (or `$TRL_VLLM_SERVER_API_KEY`) makes every endpoint require
 `Authorization: Bearer <key>`; `--weight_update_allowed_hosts` restricts the weight endpoints; body, prompt, `n`,
 total-token and time limits answer 413 / 400 / 408 / 503 / 504; malformed fields get a 400 naming them. Listening
