@@ -183,6 +183,17 @@ def make_trainer(tmp_path, **overrides):
     )  # fmt: skip
 
 
+def test_a_grpo_config_is_used_as_it_is_and_checked(tmp_path):
+    args = GRPOConfig(output_dir=str(tmp_path), report_to="none", num_generations=4, per_device_train_batch_size=4)
+    dataset = load_test_dataset("standard_prompt_only")
+    trainer = GMPOTrainer(get_tiny_model_path("qwen2"), even_tokens, args=args, train_dataset=dataset)
+    assert trainer.args is args and trainer.loss_options.epsilon == 0.2 and trainer.loss_options.loss_type == "dapo"
+    args = GRPOConfig(output_dir=str(tmp_path), report_to="none", num_generations=4, per_device_train_batch_size=4,
+                      loss_type="cispo", epsilon_high=5.0)  # fmt: skip
+    with pytest.raises(ValueError, match="loss_type='cispo' does not apply"):
+        GMPOTrainer(get_tiny_model_path("qwen2"), even_tokens, args=args, train_dataset=dataset)
+
+
 def test_training_changes_every_parameter_through_the_gmpo_loss(tmp_path, monkeypatch):
     import trl.experimental.gmpo.gmpo_trainer as module
     import trl.trainer.grpo_trainer as grpo_module

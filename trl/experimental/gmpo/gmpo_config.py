@@ -52,15 +52,21 @@ class GMPOConfig(GRPOConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.loss_type not in GMPO_LOSS_TYPES:
-            raise ValueError(
-                f"GMPO replaces GRPO's objective, so loss_type={self.loss_type!r} does not apply: use one of "
-                f"{list(GMPO_LOSS_TYPES)} (the reduction; 'grpo', the paper's mean over completions, by default)."
-            )
-        if self.importance_sampling_level != "token":
-            raise ValueError(
-                "GMPO's geometric mean of the token ratios is already a sequence-level ratio: set "
-                "importance_sampling_level='token'."
-            )
-        if self.delta is not None:
-            raise ValueError("delta caps GRPO's ratio and is not used by GMPO, whose clip is epsilon: unset delta.")
+        check_gmpo_options(self)
+
+
+def check_gmpo_options(config: GRPOConfig) -> None:
+    """Refuse the GRPO options that GMPO's objective replaces (for a [`GMPOConfig`], and for a [`~trl.GRPOConfig`]
+    given to [`GMPOTrainer`])."""
+    if config.loss_type not in GMPO_LOSS_TYPES:
+        raise ValueError(
+            f"GMPO replaces GRPO's objective, so loss_type={config.loss_type!r} does not apply: use one of "
+            f"{list(GMPO_LOSS_TYPES)} (the reduction; 'grpo', the paper's mean over completions, by default)."
+        )
+    if config.importance_sampling_level != "token":
+        raise ValueError(
+            "GMPO's geometric mean of the token ratios is already a sequence-level ratio: set "
+            "importance_sampling_level='token'."
+        )
+    if config.delta is not None:
+        raise ValueError("delta caps GRPO's ratio and is not used by GMPO, whose clip is epsilon: unset delta.")

@@ -13,18 +13,21 @@ from typing import Any
 import torch
 
 from ...losses.gmpo import gmpo_loss_from_options
+from ...trainer.base_trainer import TrainerInputs
+from ...trainer.grpo_config import GRPOConfig
 from ...trainer.grpo_trainer import GRPOTrainer
 from ...trainer.papers import paper
-from .gmpo_config import GMPOConfig
+from .gmpo_config import GMPOConfig, check_gmpo_options
 
 
 class GMPOTrainer(GRPOTrainer):
     """Trainer for Geometric-Mean Policy Optimization (GMPO).
 
     Takes the arguments of [`~trl.GRPOTrainer`] (`model`, `reward_funcs`, `args`, datasets, processing classes,
-    callbacks, ...); `args=None` uses `GMPOConfig(output_dir="<model>-GMPO")`. The loss is
-    [`~trl.losses.gmpo_loss`] with the options of [`GMPOConfig`]; the logged metrics are GRPO's (`clip_ratio/*`
-    count the tokens whose log-ratio left the log-space range in the advantage's direction).
+    callbacks, ...); `args=None` uses `GMPOConfig(output_dir="<model>-GMPO")`; a `GRPOConfig` is used as it is (its
+    `epsilon` then read in log space). The loss is [`~trl.losses.gmpo_loss`] with the options of the config; the
+    logged metrics are GRPO's (`clip_ratio/*` count the tokens whose log-ratio left the log-space range in the
+    advantage's direction).
     """
 
     _config_class = GMPOConfig
@@ -37,6 +40,15 @@ class GMPOTrainer(GRPOTrainer):
             "Yuzhong Zhao and Yue Liu and Junpeng Liu and Jingye Chen and Xun Wu and Yaru Hao and Tengchao Lv and "
             "Shaohan Huang and Lei Cui and Qixiang Ye and Fang Wan and Furu Wei", 2025, eprint="arXiv:2507.20673",
         )  # fmt: skip
+
+    def _resolve_args(self, args: Any, model: Any) -> Any:
+        # A GRPOConfig is used as it is, as by the reference (every field GMPO reads is GRPO's); converting it would
+        # set its already resolved generation-batch fields twice.
+        return args if isinstance(args, GRPOConfig) else super()._resolve_args(args, model)
+
+    def _validate(self, args: GRPOConfig, inputs: TrainerInputs) -> None:
+        super()._validate(args, inputs)
+        check_gmpo_options(args)
 
     def _policy_loss(self, *tensors: Any, **kwargs: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return gmpo_loss_from_options(*tensors, **kwargs)
