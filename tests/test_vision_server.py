@@ -403,3 +403,14 @@ def test_the_model_length_counts_the_expanded_image_tokens(vlm, app, monkeypatch
     assert len(_generate(app, None, prompts=[text])["completion_ids"]) == 1  # fits without its image
     with pytest.raises(RequestError, match="exceeds the model length"):
         _generate(app, [_png(RED)], prompts=[text])
+
+
+def test_a_processor_transformers_cannot_build_is_a_clear_startup_error():
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("with torchvision the Qwen2-VL processor builds")
+    with pytest.raises(ValueError, match="could not build its processor.*torchvision"):
+        build_app(ScriptArguments(model=get_tiny_vlm_path("qwen2-vl"), backend="transformers", device="cpu"))
