@@ -1,8 +1,10 @@
 """
 The trainer side of server mode: generation and weight sync through a `trl vllm-serve` server.
 
-Only the main process talks to the server. Every process hands its prompts to [`VLLMServerBackend.generate`];
-they are gathered, sent in one request, and each process gets back the completions of its own prompts. Weight sync
+Only the main process talks to the server. Every process hands its prompts (and, for a vision-language model, their
+images: `generate(prompt_ids, sampling, images=...)`, one list per prompt, each prompt holding one image
+placeholder per image) to [`VLLMServerBackend.generate`]; they are gathered, sent in one request, and each process
+gets back the completions of its own prompts. Weight sync
 is collective too (DeepSpeed ZeRO-3 gathers parameters on every rank), so every process calls
 [`VLLMServerBackend.sync_weights`].
 """
