@@ -137,6 +137,16 @@ def test_packing_falls_back_where_it_would_change_the_maths():
     assert packing_mode(model) == "flat"
 
 
+def test_the_flattened_row_gives_the_padded_values():
+    # The layout FlashAttention gets; sdpa keeps its sequences apart through the position ids as well.
+    model = AutoModelForCausalLM.from_pretrained(MODEL).eval()
+    batch = padded_batch(LENGTHS, pad_token_id=0)
+    with torch.no_grad():
+        padded, flat = token_logps(model, batch), packed_token_logps(model, batch, "flat", pad_token_id=0)
+    torch.testing.assert_close(flat.logps, padded.logps)
+    torch.testing.assert_close(flat.mean_logits(), padded.mean_logits())
+
+
 def test_the_first_completion_token_of_a_row_is_never_scored():
     # An empty prompt: in a packed row the previous sequence would predict it; on the padded path nothing does.
     model = AutoModelForCausalLM.from_pretrained(MODEL).eval()

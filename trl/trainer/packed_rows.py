@@ -21,7 +21,8 @@ encoder-decoder models, PEFT prompt learning (virtual tokens are prepended to ev
 router logits (the load-balancing loss would count the filler and mix other rows in), attention implementations
 other than the four above, model types not in `PACKING_MODEL_TYPES` (those whose transformers code builds its mask
 from `position_ids`, checked against the tiny fixtures; GPT-OSS does not), batches that are not right-padded and
-batches with inputs other than token ids (pixel values, token type ids).
+batches with inputs other than token ids (pixel values, token type ids). A collator's `pad_to_multiple_of` shapes the
+padded batch only: packed shapes follow the lengths.
 """
 
 from __future__ import annotations
