@@ -198,6 +198,8 @@ def _batch(trainer) -> dict[str, torch.Tensor]:
 
 def test_kto_scores_completion_and_kl_rows_in_one_policy_pass_without_padding(tmp_path):
     trainer = unpaired_trainer(KTOTrainer, KTOConfig, tmp_path)
+    assert trainer._kl_rows_in_policy_pass is False  # the default: the KL rows' own no-grad pass is faster
+    trainer._kl_rows_in_policy_pass = True
     batch = _batch(trainer)
     real = int(batch["attention_mask"].sum() + batch["kl_attention_mask"].sum())
     policy, reference = ForwardCounter(trainer.model), ForwardCounter(trainer.ref_model)
@@ -219,6 +221,18 @@ def test_kto_scores_completion_and_kl_rows_in_one_policy_pass_without_padding(tm
     assert trainer._metrics["train"]["kl"][-1] == pytest.approx(new_kl, rel=1e-5, abs=1e-7)
 
 
+def test_kto_default_packs_and_scores_the_kl_rows_in_their_own_no_grad_pass(tmp_path):
+    trainer = unpaired_trainer(KTOTrainer, KTOConfig, tmp_path)
+    batch = _batch(trainer)
+    real_completion, real_kl = int(batch["attention_mask"].sum()), int(batch["kl_attention_mask"].sum())
+    policy, reference = ForwardCounter(trainer.model), ForwardCounter(trainer.ref_model)
+    new = loss_and_grads(trainer, batch)
+    assert (policy.calls, reference.calls) == (2, 1)
+    assert policy.positions <= MAX_POSITIONS_PER_TOKEN * (real_completion + real_kl)
+    trainer._padding_free = False
+    assert_same_loss_and_grads(new, loss_and_grads(trainer, batch))
+
+
 def test_kto_with_precomputed_reference_runs_one_pass(tmp_path):
     trainer = unpaired_trainer(KTOTrainer, KTOConfig, tmp_path, precompute_ref_log_probs=True)
     dataset = trainer._with_ref_log_probs(trainer.train_dataset, 8, "train")
@@ -226,7 +240,10 @@ def test_kto_with_precomputed_reference_runs_one_pass(tmp_path):
     assert "ref_kl_logps" in batch
     policy, reference = ForwardCounter(trainer.model), ForwardCounter(trainer.ref_model)
     new = loss_and_grads(trainer, batch)
-    assert (policy.calls, reference.calls) == (1, 0)
+    assert (policy.calls, reference.calls) == (2, 0)  # completion rows, then the KL rows without a graph
+    trainer._kl_rows_in_policy_pass = True
+    assert_same_loss_and_grads(new, loss_and_grads(trainer, batch))
+    assert (policy.calls, reference.calls) == (2 + 1, 0)
     trainer._padding_free, trainer._kl_rows_in_policy_pass = False, False
     assert_same_loss_and_grads(new, loss_and_grads(trainer, batch))
 
