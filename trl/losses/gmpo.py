@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from ._tokens import _advantages_column, _bool_mask, _check_aligned, _masked_log_ratio, _masked_token_mean
-from .kl import kl_k3
+from ._policy_inputs import _add_kl_term, _prepare_policy_inputs
+from ._tokens import _bool_mask
 from .policy import LOSS_AGGREGATIONS, PolicyLossOptions, _apply_token_weights, aggregate_loss, clip_fractions
 
 
@@ -95,23 +95,12 @@ def gmpo_loss(
             f"GMPO reduces its sequence objective with loss_type in {list(GMPO_LOSS_TYPES)}; got {loss_type!r} (a "
             "different objective). Use loss_type='grpo', the paper's mean over completions."
         )
-    if beta != 0.0 and ref_logps_B_T is None:
-        raise ValueError("beta != 0 needs ref_logps_B_T (reference log-probs); set beta=0.0 to train without KL.")
     epsilon_high = epsilon if epsilon_high is None else epsilon_high
-    old_logps_B_T = logps_B_T.detach() if old_logps_B_T is None else old_logps_B_T
-    _check_aligned(
-        mask_B_T,
-        logps_B_T=logps_B_T,
-        old_logps_B_T=old_logps_B_T,
-        ref_logps_B_T=ref_logps_B_T,
-        entropy_mask_B_T=entropy_mask_B_T,
-        sampler_weights_B_T=sampler_weights_B_T,
+    _, mask, advantages, log_ratio_B_T = _prepare_policy_inputs(
+        logps_B_T, old_logps_B_T, advantages_B, mask_B_T, beta, ref_logps_B_T, entropy_mask_B_T, sampler_weights_B_T
     )
-    mask = _bool_mask(mask_B_T)
-    advantages = _advantages_column(advantages_B, mask_B_T)
     if advantages.shape[1] != 1:
         raise ValueError("GMPO weighs whole completions: pass one advantage per completion, shape [B].")
-    log_ratio_B_T = _masked_log_ratio(logps_B_T, old_logps_B_T.detach(), mask)
     clipped_B_T = torch.where(
         advantages > 0, torch.clamp(log_ratio_B_T, max=epsilon_high), torch.clamp(log_ratio_B_T, min=-epsilon)
     )
@@ -123,11 +112,7 @@ def gmpo_loss(
     # The clip is active where the log-ratio left the range in the advantage's direction (ratio space bounds).
     bounds = 1.0 - math.exp(-epsilon), math.expm1(epsilon_high)
     metrics = clip_fractions(torch.exp(log_ratio_B_T.detach()), advantages, *bounds, mask)
-    if beta != 0.0:
-        safe = torch.where(mask, logps_B_T, torch.zeros_like(logps_B_T))
-        per_token_kl = kl_k3(safe, torch.where(mask, ref_logps_B_T, torch.zeros_like(ref_logps_B_T)))
-        per_token_loss = per_token_loss + beta * per_token_kl
-        metrics["kl"] = _masked_token_mean(per_token_kl.detach(), mask)
+    per_token_loss = _add_kl_term(per_token_loss, logps_B_T, ref_logps_B_T, mask, beta, metrics)
     loss = aggregate_loss(per_token_loss, mask, loss_type, max_completion_length, num_items_in_batch)
     return loss, metrics
 

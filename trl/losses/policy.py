@@ -37,7 +37,8 @@ from typing import Any
 
 import torch
 
-from ._tokens import _advantages_column, _bool_mask, _check_aligned, _masked_log_ratio, _masked_token_mean
+from ._policy_inputs import _add_kl_term, _prepare_policy_inputs
+from ._tokens import _bool_mask, _check_aligned, _masked_log_ratio, _masked_token_mean
 from .kl import KL_ESTIMATORS, kl_estimate, kl_k1, kl_k2, kl_k3, sequence_kl
 from .token_selection import SAMPLER_CORRECTION_MODES, entropy_mask, off_policy_mask, sampler_correction_weights
 from .value import clipped_value_loss
@@ -502,19 +503,9 @@ def policy_loss(
         raise ValueError(f"Unknown loss_type {loss_type!r}: use one of {list(POLICY_LOSS_TYPES)}.")
     if loss_type == "vespo" and importance_sampling_level != "token":
         raise ValueError("loss_type='vespo' weighs whole sequences itself: set importance_sampling_level='token'.")
-    if beta != 0.0 and ref_logps_B_T is None:
-        raise ValueError("beta != 0 needs ref_logps_B_T (reference log-probs); set beta=0.0 to train without KL.")
-    old_logps_B_T = logps_B_T.detach() if old_logps_B_T is None else old_logps_B_T
-    _check_aligned(
-        mask_B_T,
-        logps_B_T=logps_B_T,
-        old_logps_B_T=old_logps_B_T,
-        ref_logps_B_T=ref_logps_B_T,
-        entropy_mask_B_T=entropy_mask_B_T,
-        sampler_weights_B_T=sampler_weights_B_T,
+    old_logps_B_T, mask, advantages, log_ratio_B_T = _prepare_policy_inputs(
+        logps_B_T, old_logps_B_T, advantages_B, mask_B_T, beta, ref_logps_B_T, entropy_mask_B_T, sampler_weights_B_T
     )
-    mask = _bool_mask(mask_B_T)
-    advantages = _advantages_column(advantages_B, mask_B_T)
     safe_logps = torch.where(mask, logps_B_T, torch.zeros_like(logps_B_T))
     ratio_B_T = importance_weights(logps_B_T, old_logps_B_T, mask, importance_sampling_level)
     options = dict(
@@ -524,19 +515,14 @@ def policy_loss(
         vespo_k_pos=vespo_k_pos, vespo_lambda_pos=vespo_lambda_pos, vespo_k_neg=vespo_k_neg,
         vespo_lambda_neg=vespo_lambda_neg,
     )  # fmt: skip
-    log_ratio_B_T = _masked_log_ratio(logps_B_T, old_logps_B_T.detach(), mask)
     per_token_loss, metrics = _per_token_objective(
         loss_type, ratio_B_T, safe_logps, log_ratio_B_T, advantages, mask, options
     )
     # VESPO folds the sampler weights into its own weight.
     sampler_weights = sampler_weights_B_T if loss_type != "vespo" else None
     per_token_loss = _apply_token_weights(per_token_loss, off_policy_mask_B, entropy_mask_B_T, sampler_weights)
-    if beta != 0.0:
-        per_token_kl = kl_k3(safe_logps, torch.where(mask, ref_logps_B_T, torch.zeros_like(ref_logps_B_T)))
-        if use_bias_correction_kl:
-            per_token_kl = per_token_kl * ratio_B_T
-        per_token_loss = per_token_loss + beta * per_token_kl
-        metrics["kl"] = _masked_token_mean(per_token_kl.detach(), mask)
+    kl_ratio_B_T = ratio_B_T if use_bias_correction_kl else None
+    per_token_loss = _add_kl_term(per_token_loss, safe_logps, ref_logps_B_T, mask, beta, metrics, kl_ratio_B_T)
     loss = aggregate_loss(per_token_loss, mask, loss_type, max_completion_length, num_items_in_batch)
     return loss, metrics
 
