@@ -100,5 +100,10 @@ PAPERS: dict[str, dict[str, str]] = {
         "and Nikola Momchev and Olivier Bachem and Daniel J. Mankowitz and Doina Precup and Bilal Piot", 2024,
         booktitle="ICML 2024",
     ),
+    "GMPO": paper(
+        "2507.20673", "Geometric-Mean Policy Optimization", "zhao2025geometric",
+        "Yuzhong Zhao and Yue Liu and Junpeng Liu and Jingye Chen and Xun Wu and Yaru Hao and Tengchao Lv and "
+        "Shaohan Huang and Lei Cui and Qixiang Ye and Fang Wan and Furu Wei", 2025, eprint="arXiv:2507.20673",
+    ),
 }
 # fmt: on

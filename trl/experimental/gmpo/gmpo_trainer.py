@@ -16,7 +16,6 @@ from ...losses.gmpo import gmpo_loss_from_options
 from ...trainer.base_trainer import TrainerInputs
 from ...trainer.grpo_config import GRPOConfig
 from ...trainer.grpo_trainer import GRPOTrainer
-from ...trainer.papers import paper
 from .gmpo_config import GMPOConfig, check_gmpo_options
 
 
@@ -32,14 +31,6 @@ class GMPOTrainer(GRPOTrainer):
 
     _config_class = GMPOConfig
     _name = "GMPO"
-
-    @property
-    def _paper(self) -> dict[str, str]:
-        return paper(
-            "2507.20673", "Geometric-Mean Policy Optimization", "zhao2025geometric",
-            "Yuzhong Zhao and Yue Liu and Junpeng Liu and Jingye Chen and Xun Wu and Yaru Hao and Tengchao Lv and "
-            "Shaohan Huang and Lei Cui and Qixiang Ye and Fang Wan and Furu Wei", 2025, eprint="arXiv:2507.20673",
-        )  # fmt: skip
 
     def _resolve_args(self, args: Any, model: Any) -> Any:
         # A GRPOConfig is used as it is, as by the reference (every field GMPO reads is GRPO's); converting it would
