@@ -105,6 +105,12 @@ def test_reward_processing_classes_are_aligned_with_the_reward_functions(tmp_pat
     trainer = ONLINE[name]([reward_model, even_tokens], [tokenizer, None], tmp_path / "given")
     assert trainer.reward_processing_classes == [tokenizer, None]
     assert trainer.reward_processing_classes[0] is tokenizer
+    # A tokenizer passed for a callable is kept at its position (as the reference keeps it), not replaced by None.
+    trainer = ONLINE[name]([even_tokens, reward_model], [tokenizer, None], tmp_path / "callable")
+    classes = trainer.reward_processing_classes
+    assert len(classes) == 2 and classes[0] is tokenizer
+    assert isinstance(classes[1], PreTrainedTokenizerBase) and classes[1] is not tokenizer
+    assert classes[1].name_or_path == reward_model
 
 
 def test_online_dpo_judged_by_a_judge_has_no_reward_processing_classes(tmp_path):

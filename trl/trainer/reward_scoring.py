@@ -98,7 +98,8 @@ class RewardScorer:
         reward_funcs (`RewardFunc` or `list[RewardFunc]`):
             The reward functions and models.
         reward_processing_classes (`PreTrainedTokenizerBase`, `list` or `None`, *optional*, defaults to `None`):
-            Tokenizers of the reward models, aligned with `reward_funcs` (`None` entries load the model's own).
+            Tokenizers of the reward models, aligned with `reward_funcs` (`None` entries load the model's own);
+            entries for callables are kept as passed (unused).
         reward_weights (`list[float]` or `None`, *optional*, defaults to `None`):
             Weight of each function; `None` weighs them all 1.
         model_init_kwargs (`dict` or `None`, *optional*, defaults to `None`):
@@ -131,7 +132,7 @@ class RewardScorer:
             )
         self.funcs = [self._load(func, model_init_kwargs) for func in funcs]
         self.processing_classes = [
-            self._reward_tokenizer(func, cls) if isinstance(func, torch.nn.Module) else None
+            self._reward_tokenizer(func, cls) if isinstance(func, torch.nn.Module) else cls
             for func, cls in zip(self.funcs, reward_processing_classes, strict=True)
         ]
         self.names = [self._name(func) for func in self.funcs]

@@ -271,7 +271,7 @@ class OnlineTrainer(BaseTrainer):
     )
     reward_processing_classes = property(
         lambda self: getattr(self.reward_scorer, "processing_classes", []),
-        doc="Tokenizers aligned with the reward functions (`None` for callables; `[]` when a judge scores).",
+        doc="Tokenizers aligned with the reward functions (a callable's entry as passed; `[]` when a judge scores).",
     )
 
     def _set_signature_columns_if_needed(self) -> None:
