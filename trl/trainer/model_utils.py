@@ -264,8 +264,11 @@ def num_prepended_virtual_tokens(model: Any) -> int:
 def to_config(args: TrainingArguments | None, config_class: type, model_name: str, method: str) -> Any:
     """Return `args` as an instance of `config_class`.
 
-    `None` gives the default config with `output_dir="<model name>-<method>"`; a plain `TrainingArguments` is
-    converted field by field (not through `to_dict()`, which redacts the `*_token` fields).
+    `None` gives the default config with `output_dir="<model name>-<method>"`; another config (a plain
+    `TrainingArguments`, a `GRPOConfig` for a GRPO-based trainer) is converted field by field (not through
+    `to_dict()`, which redacts the `*_token` fields). A field that `args`' `__post_init__` derived from another, and
+    that `config_class` rejects set together with it (`generation_batch_size` with `steps_per_generation`), is passed
+    as its default and derived again (to the same value).
 
     Args:
         args (`TrainingArguments` or `None`):
@@ -282,7 +285,33 @@ def to_config(args: TrainingArguments | None, config_class: type, model_name: st
     if isinstance(args, config_class):
         return args
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
-    return config_class(**values)
+    try:
+        return config_class(**values)
+    except ValueError:
+        converted = _rederive_one_field(args, config_class, values)
+        if converted is None:
+            raise
+        return converted
+
+
+def _rederive_one_field(args: TrainingArguments, config_class: type, values: dict[str, Any]) -> Any:
+    # The first field, among those `args` holds at a value other than its default, that the target accepts at its
+    # default and derives back to the value `args` holds: the conversion with it, or `None` when there is none.
+    for f in dataclasses.fields(args):
+        if not f.init or (f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING):
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if values[f.name] is default or values[f.name] == default:
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                converted = config_class(**{**values, f.name: default})
+        except (ValueError, TypeError):
+            continue
+        if getattr(converted, f.name) == values[f.name]:
+            return converted
+    return None
 
 
 def model_name_of(model: str | PreTrainedModel) -> str:
