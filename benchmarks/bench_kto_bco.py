@@ -1,6 +1,13 @@
-"""KTO and BCO throughput (examples/s, tokens/s) and peak memory on the tiny and small test models: KTO with a frozen
-reference copy (policy completion pass + policy KL pass without gradients + one reference pass over completions and
-KL pairs) and with precomputed reference log-probs; BCO (no KL rows) with a frozen copy.
+"""KTO and BCO throughput (examples/s, tokens/s) and peak memory on the tiny and small test models.
+
+The passes of a step, each packed without padding where the model keeps packed sequences apart
+(`trl.trainer.packed_rows`; the padded forward otherwise):
+
+- KTO with a frozen reference copy: the policy's pass over the completion rows (with gradients), the KL rows' own
+  pass without gradients (`UnpairedPreferenceTrainer._kl_rows_in_policy_pass = False`), and one reference pass over
+  the completion and KL rows together;
+- KTO with precomputed reference log-probs: the two policy passes only;
+- BCO (no KL rows) with a frozen copy: the policy's pass over the completion rows and one reference pass over them.
 
 Run one case: `python -m benchmarks.bench_kto_bco '{"method": "kto", "size": "small", "precompute": false}'` (prints
 one JSON line). `benchmarks/run.py` runs every case in its own process and writes the table to JSON.
