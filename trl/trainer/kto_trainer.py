@@ -13,8 +13,8 @@ undesirable w_u·σ(βr).
 - Paired data is unpaired first (chosen → desirable, rejected → undesirable); the training data keeps its order and
   is read sequentially by default, so batches (and their precomputed KL pairs) follow the dataset. Shuffle the data
   beforehand, or set `train_sampling_strategy="random"`, for batches that mix both kinds.
-- The policy scores completions and KL pairs in one forward pass (the KL log-probs detached), the reference too;
-  both without padding where the model allows (`trl.trainer.packed_rows`).
+- The policy scores the completions, then the KL pairs in a no-grad pass; the reference scores both in one pass;
+  all without padding where the model allows (`trl.trainer.packed_rows`).
 - Reference handling (explicit, frozen copy, PEFT adapters disabled, precomputed, TR-DPO sync) is shared with DPO.
 - Metrics: `rewards/*`, `logps/*`, `logits/*` of desirable (`chosen`) and undesirable (`rejected`) examples from
   the `*_sum` / `count/*` sums, `rewards/margins`, and `kl`.

@@ -5,8 +5,9 @@ log-probs of unpaired batches. The trainer base built on them is
 Forward pass. A batch from `DataCollatorForUnpairedPreference` holds B rows `prompt + completion` (`labels` says
 which are desirable) and, for KTO, B rows `prompt_i + completion_{(i+1) mod B}`. The LM head runs only at the
 positions that predict a completion token (a boolean `logits_to_keep`), and the sequence log-prob is the sum over the
-completion tokens. The policy runs the completion rows and the KL rows in one pass ([`policy_scores`]; the KL
-log-probs are detached), and so does the reference. Right-padded rows run without padding where the model keeps
+completion tokens. The policy runs the completion rows with gradients, then the KL rows in their own no-grad pass
+([`policy_scores`]; `UnpairedPreferenceTrainer._kl_rows_in_policy_pass = True` scores both in one pass, same results,
+slower on CPU since the backward then spans the KL rows); the reference scores both in one pass. Right-padded rows run without padding where the model keeps
 packed sequences apart (`trl.trainer.packed_rows`; the padded forward otherwise).
 
 Metrics follow the reference's sum/count scheme: per step the sums of rewards, log-probs and mean logits of the
