@@ -2,7 +2,9 @@
 rollout_func, and GRPO training with tools, environments, rollout_func and streaming datasets on the tiny models."""
 
 import asyncio
+import contextlib
 import time
+import warnings
 
 import pytest
 
@@ -119,6 +121,11 @@ def test_parse_qwen_llama3_and_harmony_calls(chatml, llama3):
     assert harmony.calls == [call("add", a=7, b=8)] and harmony.message["content"] == ""
     final = parse_harmony("<|channel|>final<|message|>It is 15.<|return|>")
     assert final.calls == [] and final.message["content"] == "It is 15."
+    in_header = parse_harmony(
+        '<|start|>assistant to=functions.add<|channel|>commentary json<|message|>{"a": 1}<|call|>'
+    )
+    assert in_header.calls == [call("add", a=1)]
+    assert parse_harmony("It is 15.").message["content"] == "It is 15."
     broken = parse_harmony("<|channel|>commentary to=functions.add <|constrain|>json<|message|>{oops<|call|>")
     assert broken.calls == [] and broken.malformed == 1
 
@@ -348,9 +355,374 @@ def test_agent_rollout_rejects_bad_combinations(chatml):
         max_completion_length, max_tool_calling_iterations, chat_template_kwargs = 8, None, None
 
     with pytest.raises(ValueError, match="cannot be combined"):
-        AgentRollout(Args(), chatml, tools=[add], rollout_func=lambda prompts, trainer: {})
+        AgentRollout(Args(), tools=[add], rollout_func=lambda prompts, trainer: {})
     with pytest.raises(ValueError, match="list of Python functions"):
-        AgentRollout(Args(), chatml, tools=["add"])
-    agent = AgentRollout(Args(), chatml, tools=[add])
+        AgentRollout(Args(), tools=["add"])
+    agent = AgentRollout(Args(), tools=[add])
     with pytest.raises(ValueError, match="conversational prompts"):
         agent.prepare([{"prompt": "What is 2 + 3?"}])
+
+
+# ------------------------------------------------------------------------------------- training end to end
+class ScriptedFirstTurn:
+    """Wraps a generation backend: the first turn of every other completion is a fixed text (a tool call the tiny
+    random model would not write by itself); every other turn is sampled from the model."""
+
+    def __init__(self, backend, tokenizer, text, every=2):
+        self.backend, self.turn, self.every = backend, ids(tokenizer, text), every
+        self.provides_logprobs = backend.provides_logprobs
+        self.first_prompts = set()
+
+    def generate(self, prompt_ids, sampling):
+        result = self.backend.generate(prompt_ids, sampling)
+        fresh = [tuple(p) not in self.first_prompts for p in prompt_ids]
+        if sampling.n > 1 or all(fresh):  # a first turn: the prompts come straight from the dataset
+            self.first_prompts.update(tuple(p) for p in prompt_ids)
+            for index in range(0, len(result.completion_ids), self.every):
+                result.completion_ids[index] = list(self.turn)
+                result.finish_reasons[index] = "stop"
+        return result
+
+    def sync_weights(self, model):
+        self.backend.sync_weights(model)
+
+    def close(self):
+        self.backend.close()
+
+
+@contextlib.contextmanager
+def quiet():
+    """Silence the experimental warning (emitted once per process, see test_experimental_warning_once)."""
+    from trl.import_utils import TRLExperimentalWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TRLExperimentalWarning)
+        yield
+
+
+def test_experimental_warning_once(monkeypatch):
+    from trl.agent import agent_rollout
+    from trl.import_utils import TRLExperimentalWarning
+
+    monkeypatch.setattr(agent_rollout, "_WARNED", set())
+    with pytest.warns(TRLExperimentalWarning, match="`environment_factory` is experimental") as caught:
+        agent_rollout.warn_experimental("environment_factory")
+        agent_rollout.warn_experimental("environment_factory")
+    assert len([w for w in caught if issubclass(w.category, TRLExperimentalWarning)]) == 1
+
+
+def math_dataset(n=8):
+    from datasets import Dataset
+
+    rows = [{"prompt": [{"role": "user", "content": f"What is {a} + 3?"}], "answer": str(a + 3)} for a in range(n)]
+    return Dataset.from_list(rows)
+
+
+def answer_reward(completions, answer, **kwargs):
+    return [float(answer_ in completion[-1]["content"]) for completion, answer_ in zip(completions, answer)]
+
+
+def agent_config(tmp_path, **overrides):
+    from trl import GRPOConfig
+
+    values = dict(
+        output_dir=str(tmp_path / "out"), report_to="none", max_steps=2, per_device_train_batch_size=4,
+        num_generations=4, max_completion_length=48, logging_steps=1, save_strategy="no", learning_rate=1e-2,
+        seed=0, gradient_checkpointing=False,
+    )  # fmt: skip
+    values.update(overrides)
+    return GRPOConfig(**values)
+
+
+def scripted(trainer, text):
+    trainer.rollout.backend = ScriptedFirstTurn(trainer.rollout.backend, trainer.processing_class, text)
+    return trainer
+
+
+def logged(trainer, key):
+    return [row[key] for row in trainer.state.log_history if key in row]
+
+
+def calculator_trainer(tmp_path, **overrides):
+    from trl import GRPOTrainer
+    from trl.testing import get_tiny_model_path
+
+    with quiet():
+        trainer = GRPOTrainer(
+            get_tiny_model_path("qwen2"), reward_funcs=answer_reward, args=agent_config(tmp_path, **overrides),
+            train_dataset=math_dataset(), tools=[add],
+        )  # fmt: skip
+    return scripted(trainer, '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call><|im_end|>')
+
+
+def test_calculator_tool_trains_and_only_model_tokens_are_trained(tmp_path):
+    import torch
+
+    trainer = calculator_trainer(tmp_path, beta=0.1, steps_per_generation=2, gradient_accumulation_steps=1)
+    trainer.train()
+    assert logged(trainer, "tools/call_frequency")[0] == pytest.approx(0.5)  # every other completion calls add
+    assert logged(trainer, "tools/failure_frequency")[0] == 0.0 and "kl" in trainer.state.log_history[0]
+    tokenizer = trainer.processing_class
+    response_ids = ids(tokenizer, "<tool_response>\n5\n</tool_response>")
+    reference = trainer.ref_model  # frozen: its log-probs can be recomputed after training
+    checked = 0
+    for part in trainer.rollout.buffer.slices:
+        attention, tool_mask, mask = part["completion_attention_mask"], part["tool_mask"], part["completion_mask"]
+        assert torch.equal(mask, attention * tool_mask)
+        for row in range(mask.shape[0]):
+            completion = part["completion_ids"][row][attention[row].bool()].tolist()
+            trained = tool_mask[row][attention[row].bool()].tolist()
+            text = tokenizer.decode(completion)
+            if "<tool_response>" not in text:
+                assert set(trained) == {1}
+                continue
+            start = next(i for i in range(len(completion)) if completion[i : i + len(response_ids)] == response_ids)
+            assert trained[start : start + len(response_ids)] == [0] * len(response_ids)  # tool result: masked
+            assert trained[0] == 1 and completion[: len(ids(tokenizer, "<tool_call>"))] == ids(
+                tokenizer, "<tool_call>"
+            )
+            # The reference log-probs are those of the trained tokens given the whole sequence, tool results included.
+            prompt = part["prompt_ids"][row][part["prompt_mask"][row].bool()].tolist()
+            with torch.no_grad():
+                logits = reference(torch.tensor([prompt + completion])).logits[0, len(prompt) - 1 : -1]
+            logps = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(completion)[:, None])[:, 0]
+            old = part["ref_logps"][row][attention[row].bool()]
+            keep = torch.tensor(trained).bool()
+            torch.testing.assert_close(old[keep], logps[keep], atol=1e-4, rtol=1e-4)
+            checked += 1
+    assert checked >= 1
+
+
+def test_tool_errors_timeouts_and_malformed_calls_do_not_stop_training(tmp_path):
+    from trl import GRPOTrainer
+    from trl.testing import get_tiny_model_path
+
+    with quiet():
+        trainer = GRPOTrainer(
+            get_tiny_model_path("qwen2"), reward_funcs=answer_reward, args=agent_config(tmp_path, max_steps=1, max_completion_length=128, log_completions=True),
+            train_dataset=math_dataset(), tools=[explode, hang, as_object],
+        )  # fmt: skip
+    calls = "".join(
+        f'<tool_call>\n{{"name": "{name}", "arguments": {{"x": 1}}}}\n</tool_call>'
+        for name in ("explode", "hang", "as_object")
+    )
+    scripted(trainer, calls + "<|im_end|>")
+    trainer.train()
+    assert logged(trainer, "tools/call_frequency") == [1.5]  # 3 calls in every other completion
+    assert logged(trainer, "tools/failure_frequency") == [pytest.approx(2 / 3)]  # raise + timeout; non-text is fine
+
+    with quiet():
+        trainer = GRPOTrainer(
+            get_tiny_model_path("qwen2"), reward_funcs=answer_reward, args=agent_config(tmp_path, max_steps=1),
+            train_dataset=math_dataset(), tools=[add],
+        )  # fmt: skip
+    scripted(trainer, '<tool_call>{"name": "add", "arguments": {"a": 2</tool_call><|im_end|>')
+    trainer.train()
+    assert logged(trainer, "tools/malformed_frequency") == [0.5] and logged(trainer, "tools/call_frequency") == [0.0]
+    for part in trainer.rollout.buffer.slices:  # the malformed turn is trained as text
+        assert torch_equal(part["completion_mask"], part["completion_attention_mask"])
+
+
+def torch_equal(a, b):
+    import torch
+
+    return torch.equal(a, b)
+
+
+class Game(GuessTheNumber):
+    """Guess-the-number with a secret per row; the reward comes from the environment."""
+
+
+def test_guess_the_number_environment_trains_without_reward_funcs(tmp_path):
+    from datasets import Dataset
+
+    from trl import GRPOTrainer
+    from trl.testing import get_tiny_model_path
+
+    dataset = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": "Guess."}], "secret": s % 4} for s in range(8)]
+    )
+    with quiet():
+        trainer = GRPOTrainer(
+            get_tiny_model_path("qwen2"), args=agent_config(tmp_path), train_dataset=dataset, environment_factory=Game
+        )  # fmt: skip
+    scripted(trainer, '<tool_call>\n{"name": "guess", "arguments": {"number": 3}}\n</tool_call><|im_end|>')
+    trainer.train()
+    assert trainer.reward_scorer.names == ["Game"]
+    rewards = logged(trainer, "rewards/Game/mean")
+    assert len(rewards) == 2 and all(0.0 <= r <= 0.5 for r in rewards)
+    assert logged(trainer, "environments/failed_rollouts") == [0, 0]
+    pool = trainer.agent.environments
+    assert len(pool.instances[None]) == 4  # one per rollout of the generation batch
+    assert sum(env.guesses for env in pool.instances[None]) >= 1
+
+
+def test_environment_failures_get_zero_advantage_and_are_counted(tmp_path):
+    from trl import GRPOTrainer
+    from trl.testing import get_tiny_model_path
+
+    class Flaky(GuessTheNumber):
+        def reset(self, **kwargs):
+            raise RuntimeError("table unavailable")
+
+    with quiet():
+        trainer = GRPOTrainer(
+            get_tiny_model_path("qwen2"), args=agent_config(tmp_path, max_steps=1), environment_factory=Flaky,
+            reward_funcs=lambda completions, **kw: [1.0] * len(completions),
+        )  # fmt: skip
+    with pytest.warns(UserWarning, match=r"Flaky.reset\(\) raised RuntimeError: table unavailable"):
+        trainer.train()  # no train_dataset: reset() would supply the prompts; every rollout fails
+    assert logged(trainer, "environments/failed_rollouts") == [4]
+    for part in trainer.rollout.buffer.slices:
+        assert part["advantages"].abs().sum() == 0 and part["completion_mask"].sum() == 0
+
+
+def test_rloo_trains_with_the_calculator_tool_on_a_stream(tmp_path):
+    from trl import RLOOConfig, RLOOTrainer
+    from trl.testing import get_tiny_model_path
+
+    args = RLOOConfig(
+        output_dir=str(tmp_path / "rloo"), report_to="none", max_steps=1, per_device_train_batch_size=4,
+        num_generations=4, max_completion_length=48, logging_steps=1, save_strategy="no", seed=0,
+        gradient_checkpointing=False, beta=0.05,
+    )  # fmt: skip
+    with quiet():
+        trainer = RLOOTrainer(
+            get_tiny_model_path("qwen2"), reward_funcs=answer_reward, args=args,
+            train_dataset=math_dataset().to_iterable_dataset(), tools=[add],  # streaming, too
+        )  # fmt: skip
+    scripted(trainer, '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call><|im_end|>')
+    trainer.train()
+    assert logged(trainer, "tools/call_frequency") == [0.5] and "kl" in trainer.state.log_history[0]
+    part = trainer.rollout.buffer.slices[0]
+    assert torch_equal(part["completion_mask"], part["completion_attention_mask"] * part["tool_mask"])
+
+
+# ------------------------------------------------------------------------------------------- rollout_func
+def test_rollout_func_trains_and_its_fields_reach_the_rewards(tmp_path):
+    from trl import GRPOTrainer
+    from trl.testing import get_tiny_model_path, load_test_dataset
+
+    seen = []
+
+    def rollout_func(prompts, trainer):
+        tokenizer = trainer.processing_class
+        prompt_ids = [tokenizer(prompt)["input_ids"] for prompt in prompts]
+        completion_ids = [ids(tokenizer, " one two") + [tokenizer.eos_token_id] for _ in prompts]
+        return {
+            "prompt_ids": prompt_ids, "completion_ids": completion_ids,
+            "logprobs": [[-1.0] * len(c) for c in completion_ids], "judge_score": list(range(len(prompts))),
+        }  # fmt: skip
+
+    def score(completions, judge_score, **kwargs):
+        seen.append(list(completions))
+        return [float(value) for value in judge_score]
+
+    with quiet():
+        trainer = GRPOTrainer(
+            get_tiny_model_path("qwen2"), reward_funcs=score, args=agent_config(tmp_path),
+            train_dataset=load_test_dataset("standard_prompt_only"), rollout_func=rollout_func,
+        )  # fmt: skip
+    trainer.train()
+    assert seen and all(completion == " one two" for completion in seen[0])
+    assert logged(trainer, "rewards/score/mean") == [1.5, 1.5]  # 0..3 in each group of 4
+    assert all(row["loss"] == row["loss"] for row in trainer.state.log_history if "loss" in row)  # finite
+
+    def bad(prompts, trainer):
+        return {"prompt_ids": [[1]], "completion_ids": [[2]]}
+
+    with quiet():
+        trainer = GRPOTrainer(
+            get_tiny_model_path("qwen2"), reward_funcs=score, args=agent_config(tmp_path, max_steps=1),
+            train_dataset=load_test_dataset("standard_prompt_only"), rollout_func=bad,
+        )  # fmt: skip
+    with pytest.raises(ValueError, match=r"one entry per prompt \(4\), got 1"):
+        trainer.train()
+
+
+# ---------------------------------------------------------------------------------------------- streaming
+def test_repeated_stream_follows_the_sampler_order_and_reshuffles_each_epoch():
+    from datasets import Dataset
+
+    from trl.trainer.rollout_utils import RolloutSampler
+    from trl.trainer.streaming import RepeatedStream
+
+    rows = [{"i": i} for i in range(6)]
+    stream = iter(RepeatedStream(rows, mini_repeat_count=2, batch_size=3, repeat_count=2))
+    first = [next(stream)["i"] for _ in range(48)]
+    sampler = list(RolloutSampler(rows, mini_repeat_count=2, batch_size=3, repeat_count=2, shuffle=False))
+    assert first == sampler + sampler  # the second epoch starts over
+    shuffled = Dataset.from_list([{"i": i} for i in range(64)]).to_iterable_dataset().shuffle(seed=0, buffer_size=64)
+    stream = iter(RepeatedStream(shuffled, mini_repeat_count=1, batch_size=64, repeat_count=1))
+    epochs = [[next(stream)["i"] for _ in range(64)] for _ in range(2)]
+    assert sorted(epochs[0]) == sorted(epochs[1]) == list(range(64)) and epochs[0] != epochs[1]
+
+
+def streaming_trainer(tmp_path, seen, **overrides):
+    from trl import GRPOTrainer
+    from trl.testing import get_tiny_model_path, load_test_dataset
+
+    def count(prompts, completion_ids, **kwargs):
+        seen.append(prompts[0])
+        return [sum(t % 2 == 0 for t in row) / max(len(row), 1) for row in completion_ids]
+
+    stream = load_test_dataset("standard_prompt_only").to_iterable_dataset()
+    args = agent_config(tmp_path, max_completion_length=8, **overrides)
+    return GRPOTrainer(get_tiny_model_path("qwen2"), reward_funcs=count, args=args, train_dataset=stream)
+
+
+def test_streaming_dataset_trains_and_resumes_exactly(tmp_path):
+    from datasets import Dataset
+
+    from trl import GRPOConfig, GRPOTrainer
+    from trl.testing import get_tiny_model_path
+
+    with pytest.raises(ValueError, match="set max_steps"):
+        GRPOTrainer(
+            get_tiny_model_path("qwen2"), reward_funcs=answer_reward, train_dataset=math_dataset().to_iterable_dataset(),
+            args=GRPOConfig(output_dir=str(tmp_path / "x"), report_to="none", num_generations=4, per_device_train_batch_size=4),
+        )  # fmt: skip
+    assert isinstance(math_dataset(), Dataset)
+    full_seen, resumed_seen = [], []
+    full = streaming_trainer(tmp_path / "full", full_seen, max_steps=4, save_strategy="steps", save_steps=2)
+    full.train()
+    resumed = streaming_trainer(tmp_path / "resumed", resumed_seen, max_steps=4)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "full" / "out" / "checkpoint-2"))
+    assert resumed_seen == full_seen[2:]  # the stream continues where the interrupted run was
+
+    def history(trainer):  # the resumed state holds the first two steps' logs, read from the checkpoint
+        return [(row["step"], row["loss"], row["reward"]) for row in trainer.state.log_history if "loss" in row]
+
+    assert len(history(full)) == 4 and history(resumed) == history(full)
+
+
+def test_paged_generation_names_the_fix():
+    from trl import GRPOConfig
+
+    with (
+        pytest.raises(ValueError, match="Leave it False"),
+        pytest.warns(FutureWarning, match="use_transformers_paged"),
+    ):
+        GRPOConfig(output_dir="unused", report_to="none", use_transformers_paged=True)
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+def test_cli_names_import_tools_and_environments(tmp_path, monkeypatch):
+    from trl.agent.cli import agent_trainer_kwargs, import_object, split_names
+
+    assert split_names("a:f, b:g") == split_names(["a:f", "b:g"]) == split_names(["a:f,b:g"]) == ["a:f", "b:g"]
+    (tmp_path / "my_agent_tools.py").write_text(
+        "def add(a: int, b: int) -> int:\n    '''Add.\n\n    Args:\n        a: A.\n        b: B.\n    '''\n"
+        "    return a + b\n\n\nclass Env:\n    def reset(self, **kwargs):\n        return None\n\n\nVALUE = 3\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    kwargs = agent_trainer_kwargs("my_agent_tools:add", "my_agent_tools:Env")
+    assert [tool.__name__ for tool in kwargs["tools"]] == ["add"] and kwargs["environment_factory"].__name__ == "Env"
+    assert import_object("my_agent_tools.add", "tool")(2, 3) == 5
+    assert agent_trainer_kwargs(None, None) == {}
+    with pytest.raises(ValueError, match="no module named 'missing_module'"):
+        import_object("missing_module:add", "tool")
+    with pytest.raises(ValueError, match="has no attribute 'mul'"):
+        import_object("my_agent_tools:mul", "tool")
+    with pytest.raises(ValueError, match="not functions"):
+        agent_trainer_kwargs("my_agent_tools:VALUE", None)

@@ -77,7 +77,7 @@ class GRPOConfig(_OnlineConfig):
     entropy_target (`float`, *optional*, defaults to `0.2`):
         Target mean entropy of the adaptive control.
     max_tool_calling_iterations (`int` or `None`, *optional*, defaults to `None`):
-        Tool-calling rounds per completion (agent training); tools are not supported by this version.
+        Tool-calling rounds per completion with `tools` or `environment_factory`; `None`: bounded by the length.
 
     > Parameters that correct the generation / training mismatch (vLLM)
 

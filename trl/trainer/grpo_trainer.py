@@ -78,11 +78,6 @@ class GRPOTrainer(OnlineTrainer):
         self._entropy_coef = args.entropy_coef  # adapted after every optimizer step under use_adaptive_entropy
         self._step_entropies: list[float] = []
 
-    def _validate(self, args: GRPOConfig, inputs: TrainerInputs) -> None:
-        super()._validate(args, inputs)
-        if args.max_tool_calling_iterations is not None:
-            raise ValueError("max_tool_calling_iterations only applies with tools, which are not supported: unset it.")
-
     # ----------------------------------------------------------------------------------------------- rollout
     @property
     def _use_sampler_correction(self) -> bool:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import PreTrainedModel
 
+from ..agent.agent_rollout import build_agent, check_agent_features, with_environment_rewards
 from ..data_utils import get_dataset_column_names
 from ..kernels import token_logps
 from ..models.utils import create_reference_model, prepare_ref_model
@@ -46,6 +47,7 @@ from .model_utils import accepts_logits_to_keep, is_peft_model, prepare_auxiliar
 from .reward_scoring import RewardFunc, RewardScorer
 from .rollout_engine import SEQUENCE_KEYS, Rollout, RolloutBatch
 from .rollout_utils import RolloutSampler, apply_deprecated_kwargs, policy_inputs, used_columns
+from .streaming import check_streaming_dataset, training_rows
 from .utils import identity, use_adapter
 
 
@@ -87,8 +89,9 @@ class OnlineTrainer(BaseTrainer):
         peft_config (`PeftConfig` or `None`, *optional*, defaults to `None`):
             Adapter configuration; the reference is then the base model with adapters disabled.
         tools, rollout_func, environment_factory:
-            Agent training hooks of the reference's GRPO API; not supported by this version (a `ValueError` when
-            set).
+            Agent training (experimental): tools the model calls over several turns, one environment per rollout
+            whose public methods are its tools, or a function that makes the rollouts. See `trl.agent` and
+            docs/agent_training.md.
         ref_model (`str`, `PreTrainedModel` or `None`, keyword-only, *optional*, defaults to `None`):
             Beyond the reference API: the reference model of the KL term (an id, a path or a model; needs a
             reference, e.g. `beta != 0`). `None` makes a frozen copy of the policy (the base model with adapters
@@ -157,17 +160,8 @@ class OnlineTrainer(BaseTrainer):
     def _validate(self, args: Any, inputs: TrainerInputs) -> None:
         super()._validate(args, inputs)
         self._validate_scoring(args)
-        for feature, value in self._agent_features.items():
-            if value is not None:
-                raise ValueError(
-                    f"`{feature}` (agent training) is not supported by this version of {type(self).__name__}. Score "
-                    "tool use with a reward function instead, or remove it."
-                )
-        if inputs.train_dataset is not None and not hasattr(inputs.train_dataset, "__len__"):
-            raise ValueError(
-                "Online trainers need a train_dataset with a length (each prompt is repeated num_generations times by "
-                "the sampler); streaming datasets are not supported. Load the dataset without streaming."
-            )
+        check_agent_features(args, self._agent_features, inputs.train_dataset)  # see `trl.agent`
+        check_streaming_dataset(args, inputs.train_dataset)  # an IterableDataset needs max_steps
         for name in ("train_dataset", "eval_dataset"):
             dataset = getattr(inputs, name)
             for part in dataset.values() if isinstance(dataset, dict) else [dataset]:
@@ -187,7 +181,7 @@ class OnlineTrainer(BaseTrainer):
 
     def _validate_scoring(self, args: Any) -> None:
         """Check how completions are scored (part of `_validate`): by default, reward functions are required."""
-        if self._reward_funcs is None:
+        if self._reward_funcs is None and self._agent_features.get("environment_factory") is None:
             raise ValueError(
                 f"{type(self).__name__} needs reward_funcs: reward functions, reward models or reward model ids."
             )
@@ -200,10 +194,11 @@ class OnlineTrainer(BaseTrainer):
 
     def _setup_auxiliary_models(self, model: Any, args: Any, inputs: TrainerInputs) -> dict[str, Any]:
         """The reference (see `_setup_ref`) and the reward functions and models."""
-        reward_scorer = RewardScorer(
-            self._reward_funcs, self._reward_processing_classes, args.reward_weights, args.model_init_kwargs
-        )
-        return {"ref_model": self._setup_ref(model, args, inputs.ref_model), "reward_scorer": reward_scorer}
+        agent = build_agent(args, self._agent_features, self)  # environments' get_reward() join the rewards
+        funcs, classes = with_environment_rewards(self._reward_funcs, self._reward_processing_classes, args, agent)
+        reward_scorer = RewardScorer(funcs, classes, args.reward_weights, args.model_init_kwargs)
+        ref_model = self._setup_ref(model, args, inputs.ref_model)
+        return {"ref_model": ref_model, "reward_scorer": reward_scorer, "agent": agent}
 
     def _setup_ref(self, model: Any, args: Any, ref_model: Any = None) -> Any:
         """The reference model: `ref_model` when one is given (an id, a path or a model), else a frozen copy of the
@@ -240,6 +235,7 @@ class OnlineTrainer(BaseTrainer):
         self.reward_scorer = auxiliary_models["reward_scorer"]
         self.reward_scorer.prepare(self.accelerator)
         self._logits_to_keep_supported = accepts_logits_to_keep(self.accelerator.unwrap_model(self.model))
+        self.agent = auxiliary_models.get("agent")
         self.rollout = self._setup_rollout()
         self.recorded_completions: dict[str, list] = {}
         if self.args.log_completions and not self._logs_completions:
@@ -258,6 +254,7 @@ class OnlineTrainer(BaseTrainer):
             ref_logps_fn=self._ref_logps if self._uses_reference(self.args) else None,
             sampler_logps=self._wants_sampler_logps(),
             log_metric=self.log_metric,
+            agent=self.agent,
         )
 
     # Read-only views of the rollout's state (`_buffer` and `_generation_rng`: earlier trainer attributes, read by
@@ -284,15 +281,16 @@ class OnlineTrainer(BaseTrainer):
     def get_train_dataloader(self):
         # One dataloader batch is one process's share of a generation batch; the sampler repeats it for every
         # micro-step it feeds, so Trainer's epoch and resume bookkeeping stay in micro-steps.
-        if self.train_dataset is None:
-            raise ValueError(f"{type(self).__name__} needs a train_dataset to train.")
-        return self._get_dataloader(
-            dataset=self.train_dataset,
-            description="Training",
-            batch_size=self._train_batch_size * self.args.steps_per_generation,
-            sampler_fn=self._get_train_sampler,
-            is_training=True,
-        )
+        with training_rows(self) as dataset:  # a streaming one in the sampler's order (see `trl.trainer.streaming`)
+            if dataset is None:
+                raise ValueError(f"{type(self).__name__} needs a train_dataset to train.")
+            return self._get_dataloader(
+                dataset=dataset,
+                description="Training",
+                batch_size=self._train_batch_size * self.args.steps_per_generation,
+                sampler_fn=self._get_train_sampler,
+                is_training=True,
+            )
 
     def _get_train_sampler(self, train_dataset: Any = None) -> RolloutSampler:
         args = self.args
@@ -399,7 +397,7 @@ class OnlineTrainer(BaseTrainer):
         step = self.args.per_device_train_batch_size * _completions_per_entry(self.args)
         parts = []
         for start in range(0, batch["completion_ids"].shape[0], step):
-            rows = {key: batch[key][start : start + step] for key in SEQUENCE_KEYS}
+            rows = {key: batch[key][start : start + step] for key in (*SEQUENCE_KEYS, _ATTENTION) if key in batch}
             logps_B_C, _, _ = self._completion_logps(model, rows)
             parts.append(logps_B_C.float())
         return torch.cat(parts)
@@ -409,14 +407,16 @@ class OnlineTrainer(BaseTrainer):
     ) -> tuple[torch.Tensor, torch.Tensor | None, Any]:
         """Per-token log-probs (and entropies) `[B, C]` of the completions of `batch` (prompt and completion
         tensors) at the sampling temperature, through [`~trl.kernels.token_logps`], and the model outputs."""
+        # With tools the forward pass attends to every completion token, tool results included; the loss masks them.
+        attention_B_C = batch.get(_ATTENTION, batch["completion_mask"])
         inputs = policy_inputs(
             batch["prompt_ids"],
             batch["prompt_mask"],
             batch["completion_ids"],
-            batch["completion_mask"],
+            attention_B_C,
             self.args.pad_to_multiple_of,
         )
-        first, width = used_columns(batch["prompt_mask"], batch["completion_mask"])
+        first, width = used_columns(batch["prompt_mask"], attention_B_C)
         # The completion mask covers the last columns of the rows: extend it over `pad_to_multiple_of`'s padding.
         padding = inputs["input_ids"].shape[1] - (batch["prompt_mask"].shape[1] - first) - width
         scored = {key: inputs[key] for key in ("input_ids", "attention_mask", "position_ids")}
@@ -564,6 +564,10 @@ class OnlineTrainer(BaseTrainer):
         if self.ref_model is None:
             return "base model (adapters disabled)"
         return "frozen copy of the initial policy" + (" (synced)" if self.args.sync_ref_model else "")
+
+
+# The completion tokens the forward passes attend to when `completion_mask` marks only the trained ones (tool calls).
+_ATTENTION = "completion_attention_mask"
 
 
 def _completions_per_entry(args: Any) -> int:

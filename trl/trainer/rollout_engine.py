@@ -48,7 +48,10 @@ from .rollout_utils import (
 _NOT_REWARD_KWARGS = ("prompt", "completion", "completion_ids")
 # Keys of a batch that describe the sequences (enough to rebuild the model inputs).
 SEQUENCE_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
-_PER_TOKEN_KEYS = ("completion_ids", "completion_mask", "old_logps", "ref_logps", "sampler_logps", "sampler_weights")
+_PER_TOKEN_KEYS = (
+    *("completion_ids", "completion_mask", "old_logps", "ref_logps", "sampler_logps", "sampler_weights"),
+    *("tool_mask", "completion_attention_mask"),  # agent training (see `trl.agent.AgentRollout.finish`)
+)
 
 LogpsFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 MetricFn = Callable[..., None]
@@ -160,6 +163,7 @@ class Rollout:
         log_metric: MetricFn | None = None,
         judge: Any = None,
         pair_backend: GenerationBackend | None = None,
+        agent: Any = None,
     ):
         if judge is not None:
             if reward_scorer is not None:
@@ -177,9 +181,11 @@ class Rollout:
             pad_token_id = self.tokenizer.pad_token_id
         self.pad_token_id = pad_token_id if pad_token_id is not None else self.tokenizer.eos_token_id
         self.reward_scorer = reward_scorer
+        self.eos_token_ids = self._eos_token_ids(model)
         self.backend = generation_backend or build_generation_backend(
-            args, model, accelerator, self.pad_token_id, self._eos_token_ids(model)
+            args, model, accelerator, self.pad_token_id, self.eos_token_ids
         )
+        self.agent = agent  # tools, environments or a rollout_func: `trl.agent.AgentRollout`
         self.pair_backend = pair_backend
         self.old_logps_fn, self.ref_logps_fn = old_logps_fn, ref_logps_fn
         self.sampler_logps = sampler_logps
@@ -248,17 +254,28 @@ class Rollout:
                 Passed to reward functions; its `global_step` decides when weights are synced.
         """
         num_generations = self.args.num_generations if mode == "train" else self.args.num_generations_eval
+        agent = self.agent
+        rows = agent.prepare(rows) if agent is not None else rows  # environments reset, tool schemas in the rows
         prompts = [row["prompt"] for row in rows]
         texts = render_prompts(rows, self.processing_class, **(self.args.chat_template_kwargs or {}))
         prompt_ids = tokenize_prompts(texts, self.tokenizer, self.args.max_prompt_length)
         with self.timer("weight_sync"):
             self.sync_weights(policy, getattr(trainer_state, "global_step", 0))
         with self.timer("generate"):
-            completion_ids, truncated, sampler_logps = self.generate(prompt_ids, num_generations)
+            if agent is None:
+                completion_ids, truncated, sampler_logps = self.generate(prompt_ids, num_generations)
+            else:  # the tool loop or the user's rollout_func
+                out = agent.generate(self, rows, prompt_ids, num_generations)
+                prompt_ids, completion_ids, truncated = out.prompt_ids, out.completion_ids, out.truncated
+                sampler_logps, rows = out.sampler_logps, out.scored_rows(rows)
         completions = decode_completions(prompts, completion_ids, self.tokenizer)
+        if agent is not None and out.completions is not None:
+            completions = out.completions  # the assistant and tool messages of each rollout
         tensors = self._tensors(prompt_ids, completion_ids, truncated, sampler_logps)
         with self.timer("score"):
             rewards_B_F, log_columns = self.score(rows, prompts, completions, completion_ids, mode, trainer_state)
+            if agent is not None:  # tool glue and failed rollouts out of the loss; tool metrics
+                rewards_B_F = agent.finish(self, out, tensors, rewards_B_F, mode)
         with self.timer("reference"):
             tensors.update(self.logps(tensors, with_old_logps))
         batch = RolloutBatch(tensors, rewards_B_F, num_generations, texts, completions, truncated, log_columns)
@@ -272,10 +289,11 @@ class Rollout:
             self._last_synced_step = global_step
 
     def generate(
-        self, prompt_ids: list[list[int]], num_generations: int
+        self, prompt_ids: list[list[int]], num_generations: int, max_tokens: int | None = None
     ) -> tuple[list[list[int]], list[bool], list[list[float]] | None]:
         """Completions of `prompt_ids` (one entry per row) on the generation random stream: completion ids,
-        truncation flags and, when asked for and provided, the sampler's log-probs."""
+        truncation flags and, when asked for and provided, the sampler's log-probs. `max_tokens` defaults to
+        `max_completion_length` (the tool loop passes what a completion has left)."""
         args = self.args
         groups = len(prompt_ids) % num_generations == 0 and all(
             prompt_ids[i] == prompt_ids[i - i % num_generations] for i in range(len(prompt_ids))
@@ -292,7 +310,7 @@ class Rollout:
             top_k=args.top_k,
             min_p=args.min_p or 0.0,
             repetition_penalty=args.repetition_penalty,
-            max_tokens=args.max_completion_length,
+            max_tokens=max_tokens or args.max_completion_length,
             generation_kwargs=generation_kwargs,
             return_logprobs=self.sampler_logps and self.backend.provides_logprobs,
         )
@@ -474,7 +492,7 @@ class Rollout:
         self.total_train_tokens = state["total_train_tokens"]
 
     def close(self) -> None:
-        """Release the generation backends."""
+        """Release the generation backends."""  # (environments are closed by `trl.agent.AgentRollout`)
         self.backend.close()
         if self.pair_backend is not None:
             self.pair_backend.close()
