@@ -15,7 +15,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoConfig
 
-from benchmarks.common import StepTimer, measured_matmul_peak, peak_rss_mib
+from benchmarks.common import PhaseTimer, measured_matmul_peak, peak_rss_mib
 
 
 CASES = [
@@ -37,11 +37,15 @@ def synthetic_prompt_completion(num_examples: int, seed: int = 0) -> Dataset:
     return Dataset.from_dict(rows)
 
 
-def run_case(size: str, packing: bool, steps: int = 12, batch_size: int = 8, max_length: int = 256) -> dict:
+def run_case(
+    size: str, packing: bool, steps: int = 12, batch_size: int = 8, max_length: int = 256, threads: int | None = None
+) -> dict:
     from trl import SFTConfig, SFTTrainer
     from trl.testing import get_tiny_model_path
     from trl.trainer.utils import compute_flops_per_token, compute_mfu
 
+    if threads is not None:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     model_path = get_tiny_model_path("qwen2", size=size)
     dataset = synthetic_prompt_completion(batch_size * (steps + 2) * 3)
@@ -58,10 +62,10 @@ def run_case(size: str, packing: bool, steps: int = 12, batch_size: int = 8, max
             save_strategy="no",
             learning_rate=1e-4,
         )
-        timer = StepTimer()
-        trainer = SFTTrainer(model_path, args=args, train_dataset=dataset, callbacks=[timer])
+        trainer = SFTTrainer(model_path, args=args, train_dataset=dataset)
+        timer = PhaseTimer().attach(trainer)
         trainer.train()
-        elapsed = timer.elapsed()
+        elapsed = timer.step_seconds()
     tokens_per_step = trainer._total_train_tokens / steps
     tokens_per_second = tokens_per_step * timer.steps / elapsed
     config = AutoConfig.from_pretrained(model_path)
@@ -77,6 +81,10 @@ def run_case(size: str, packing: bool, steps: int = 12, batch_size: int = 8, max
         "peak_rss_mib": round(peak_rss_mib(), 1),
         "matmul_peak_gflops": round(peak / 1e9, 2),
         "mfu": round(compute_mfu(flops_per_token, tokens_per_second, 1, peak), 4),
+        # The figure: 6 x linear parameters x real tokens / time / peak (no attention-score term).
+        "mfu_real_tokens": round(compute_mfu(compute_flops_per_token(config, 0), tokens_per_second, 1, peak), 4),
+        "threads": torch.get_num_threads(),
+        "phases": timer.fractions(),
     }
 
 

@@ -142,19 +142,21 @@ class DataCollatorForLanguageModeling(DataCollatorMixin):
             )
         documents = [_document_lengths(example, len(ids)) for example, ids in zip(examples, input_ids)]
         labels = [self._labels(example, ids, docs) for example, ids, docs in zip(examples, input_ids, documents)]
-        positions = [_positions(docs) for docs in documents]
         if self.padding_free:
-            return self._flatten(input_ids, labels, positions, documents)
+            return self._flatten(input_ids, labels, [_positions(docs) for docs in documents], documents)
         if any(len(docs) > 1 for docs in documents):
             return self._packed_rows(input_ids, labels, documents)
+        padded_ids = pad(input_ids, self.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of)
+        # Ones over each row's tokens, zeros over the right padding, built in one comparison.
+        lengths = torch.tensor([len(ids) for ids in input_ids])
+        attention_mask = (torch.arange(padded_ids.shape[1]) < lengths[:, None]).long()
         batch = {
-            "input_ids": pad(input_ids, self.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of),
-            "attention_mask": pad(
-                [torch.ones_like(ids) for ids in input_ids], 0, pad_to_multiple_of=self.pad_to_multiple_of
-            ),
+            "input_ids": padded_ids,
+            "attention_mask": attention_mask,
             "labels": pad(labels, IGNORE_INDEX, pad_to_multiple_of=self.pad_to_multiple_of),
         }
         if self.return_position_ids:
+            positions = [_positions(docs) for docs in documents]
             batch["position_ids"] = pad(positions, 0, pad_to_multiple_of=self.pad_to_multiple_of)
         return batch
 
