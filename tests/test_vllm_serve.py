@@ -36,7 +36,7 @@ from .testing_utils import free_port, run_accelerate
 PROMPT_IDS = [[5, 17, 300, 42, 9], [801, 33]]
 
 
-def start_server(model_path: str, timeout: float = 60.0) -> tuple[subprocess.Popen, int]:
+def start_server(model_path: str, timeout: float = 240.0) -> tuple[subprocess.Popen, int]:
     """Start `python -m trl.scripts.vllm_serve --backend transformers` on a free loopback port; return it and its port."""
     command = [sys.executable, "-m", "trl.scripts.vllm_serve", "--backend", "transformers", "--model", model_path]
     command += ["--host", "127.0.0.1", "--port", "0", "--log_level", "warning", "--device", "cpu"]
