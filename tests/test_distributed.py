@@ -36,12 +36,7 @@ def read_rank_files(output_dir: Path, world_size: int) -> list[list[str]]:
         "kto",
         "bco",
         "gkd",
-        pytest.param(
-            "distillation",
-            marks=pytest.mark.xfail(
-                reason="intermittent 2-process gloo hang (1 of 3 CI runs), open in issue 11 follow-up", strict=False
-            ),
-        ),
+        "distillation",
         "ppo",
         "online_dpo",
         "nash_md",

@@ -83,7 +83,13 @@ def run_accelerate(args: list[str], num_processes: int = 2, timeout: int = 300, 
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TRL_QUIET": "1", "TOKENIZERS_PARALLELISM": "false"}
     env["ACCELERATE_USE_CPU"] = "true"
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
+    except subprocess.TimeoutExpired as error:  # show what the processes printed (stacks of a hang) before the kill
+        partial = "".join(
+            part.decode() if isinstance(part, bytes) else part for part in (error.stdout, error.stderr) if part
+        )
+        raise AssertionError(f"accelerate launch timed out after {timeout} s:\n{partial[-12000:]}") from None
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"accelerate launch failed ({result.returncode}):\n{output[-6000:]}"
     return output

@@ -6,6 +6,7 @@ Usage: `accelerate launch ... tests/scripts/train_and_hash.py <method> <output_d
 
 from __future__ import annotations
 
+import faulthandler
 import hashlib
 import os
 import sys
@@ -220,6 +221,8 @@ BUILDERS = {
 
 def main() -> None:
     method, output_dir = sys.argv[1], sys.argv[2]
+    # A run that hangs prints every thread's stack before the test's timeout kills it, so the failure shows where.
+    faulthandler.dump_traceback_later(float(os.environ.get("TRL_TEST_HANG_DUMP_S", "240")), exit=True)
     trainer = BUILDERS[method](output_dir)
     before = parameter_digest(trainer.model)
     trainer.train()
