@@ -4,7 +4,7 @@ The passes of a step, each packed without padding where the model keeps packed s
 (`trl.trainer.packed_rows`; the padded forward otherwise):
 
 - KTO with a frozen reference copy: the policy's pass over the completion rows (with gradients), the KL rows' own
-  pass without gradients (`UnpairedPreferenceTrainer._kl_rows_in_policy_pass = False`), and one reference pass over
+  pass without gradients, and one reference pass over
   the completion and KL rows together;
 - KTO with precomputed reference log-probs: the two policy passes only;
 - BCO (no KL rows) with a frozen copy: the policy's pass over the completion rows and one reference pass over them.

@@ -1,8 +1,7 @@
-"""Padding-free forwards (Reward, KTO, BCO) and KTO's one policy pass over completion and KL rows: the same loss and
-gradients (to fp32 rounding) as the padded path with a separate KL pass, in fewer forward passes and positions.
+"""Padding-free forwards (Reward, KTO, BCO): the same loss and gradients (to fp32 rounding) as the padded path, over
+at most 1.1 positions a real token.
 
-The padded path stays callable: `_padding_free = False` on a trainer runs the padded forward, and, on the unpaired
-trainers, `_kl_rows_in_policy_pass = False` runs the policy's KL rows in their own pass (the path before issue 13).
+The padded path stays callable: `_padding_free = False` on a trainer runs the padded forward.
 """
 
 import pytest
@@ -196,44 +195,31 @@ def _batch(trainer) -> dict[str, torch.Tensor]:
     return trainer.data_collator([trainer.train_dataset[i] for i in range(8)])
 
 
-def test_kto_scores_completion_and_kl_rows_in_one_policy_pass_without_padding(tmp_path):
+def test_kto_packs_completion_and_kl_rows_and_gives_the_padded_result(tmp_path):
     trainer = unpaired_trainer(KTOTrainer, KTOConfig, tmp_path)
-    assert trainer._kl_rows_in_policy_pass is False  # the default: the KL rows' own no-grad pass is faster
-    trainer._kl_rows_in_policy_pass = True
     batch = _batch(trainer)
-    real = int(batch["attention_mask"].sum() + batch["kl_attention_mask"].sum())
+    real_completion, real_kl = int(batch["attention_mask"].sum()), int(batch["kl_attention_mask"].sum())
     policy, reference = ForwardCounter(trainer.model), ForwardCounter(trainer.ref_model)
     new = loss_and_grads(trainer, batch)
     new_kl = trainer._metrics["train"]["kl"][-1]
-    # After: one policy pass and one reference pass, each over completion + KL rows, at most 1.1 positions a token.
-    assert (policy.calls, reference.calls) == (1, 1)
-    assert policy.positions <= MAX_POSITIONS_PER_TOKEN * real
-    assert reference.positions <= MAX_POSITIONS_PER_TOKEN * real
+    # Policy: completion rows with gradients, then the KL rows without a graph; reference: both in one pass.
+    assert (policy.calls, reference.calls) == (2, 1)
+    assert policy.positions <= MAX_POSITIONS_PER_TOKEN * (real_completion + real_kl)
+    assert reference.positions <= MAX_POSITIONS_PER_TOKEN * (real_completion + real_kl)
     after = (policy.positions, reference.positions)
-    trainer._padding_free, trainer._kl_rows_in_policy_pass = False, False
+    trainer._padding_free = False
     old = loss_and_grads(trainer, batch)
-    # Before: policy completion rows, policy KL rows, reference (completion + KL rows), all padded.
-    assert (policy.calls, reference.calls) == (1 + 2, 1 + 1)
-    assert policy.positions - after[0] == batch["input_ids"].numel() + batch["kl_input_ids"].numel() > 1.2 * real
+    # The padded path: the same passes over every padded position.
+    assert (policy.calls, reference.calls) == (2 + 2, 1 + 1)
+    assert policy.positions - after[0] == batch["input_ids"].numel() + batch["kl_input_ids"].numel()
+    assert policy.positions - after[0] > 1.2 * (real_completion + real_kl)
     width = max(batch["input_ids"].shape[1], batch["kl_input_ids"].shape[1])
     assert reference.positions - after[1] == 2 * 8 * width
     assert_same_loss_and_grads(new, old)
     assert trainer._metrics["train"]["kl"][-1] == pytest.approx(new_kl, rel=1e-5, abs=1e-7)
 
 
-def test_kto_default_packs_and_scores_the_kl_rows_in_their_own_no_grad_pass(tmp_path):
-    trainer = unpaired_trainer(KTOTrainer, KTOConfig, tmp_path)
-    batch = _batch(trainer)
-    real_completion, real_kl = int(batch["attention_mask"].sum()), int(batch["kl_attention_mask"].sum())
-    policy, reference = ForwardCounter(trainer.model), ForwardCounter(trainer.ref_model)
-    new = loss_and_grads(trainer, batch)
-    assert (policy.calls, reference.calls) == (2, 1)
-    assert policy.positions <= MAX_POSITIONS_PER_TOKEN * (real_completion + real_kl)
-    trainer._padding_free = False
-    assert_same_loss_and_grads(new, loss_and_grads(trainer, batch))
-
-
-def test_kto_with_precomputed_reference_runs_one_pass(tmp_path):
+def test_kto_with_precomputed_reference_runs_only_the_policy(tmp_path):
     trainer = unpaired_trainer(KTOTrainer, KTOConfig, tmp_path, precompute_ref_log_probs=True)
     dataset = trainer._with_ref_log_probs(trainer.train_dataset, 8, "train")
     batch = trainer.data_collator([dataset[i] for i in range(8)])
@@ -241,10 +227,7 @@ def test_kto_with_precomputed_reference_runs_one_pass(tmp_path):
     policy, reference = ForwardCounter(trainer.model), ForwardCounter(trainer.ref_model)
     new = loss_and_grads(trainer, batch)
     assert (policy.calls, reference.calls) == (2, 0)  # completion rows, then the KL rows without a graph
-    trainer._kl_rows_in_policy_pass = True
-    assert_same_loss_and_grads(new, loss_and_grads(trainer, batch))
-    assert (policy.calls, reference.calls) == (2 + 1, 0)
-    trainer._padding_free, trainer._kl_rows_in_policy_pass = False, False
+    trainer._padding_free = False
     assert_same_loss_and_grads(new, loss_and_grads(trainer, batch))
 
 

@@ -45,12 +45,8 @@ class UnpairedPreferenceTrainer(PreferenceDatasetStep, ReferenceModelMixin, Base
     _prepare_preference_data = prepare_unpaired_dataset
     _count_empty_rows = count_empty_completions
     _data_rows = "example(s)"
-    # Forward passes without padding where the model allows (`trl.trainer.packed_rows`). The policy's KL rows run in
-    # their own no-grad pass: scoring them in the completion rows' pass saves a forward but the backward then runs
-    # over their positions too, which measured ~28% slower a step on CPU (True selects it; same results; single
-    # process only: a 2-process gloo run with it did not finish).
+    # Forward passes without padding where the model allows (`trl.trainer.packed_rows`); False: the padded path.
     _padding_free = True
-    _kl_rows_in_policy_pass = False
 
     # ------------------------------------------------------------------------------------------------- setup
     @staticmethod
@@ -139,7 +135,7 @@ class UnpairedPreferenceTrainer(PreferenceDatasetStep, ReferenceModelMixin, Base
     def _loss_and_outputs(self, model: torch.nn.Module, inputs: dict, call: LossCall) -> tuple[torch.Tensor, Any]:
         ref_logps, ref_kl_logps = self._reference_logps(inputs)
         options = self._forward_options(self._policy_keeps_logits)
-        scores, kl_logps = policy_scores(model, inputs, self._needs_kl, self._kl_rows_in_policy_pass, **options)
+        scores, kl_logps = policy_scores(model, inputs, self._needs_kl, **options)
         labels_B = inputs["labels"].bool()
         assert scores.logps.shape == ref_logps.shape == labels_B.shape, "log-probs and labels are misaligned"
         logps = UnpairedLogps(scores.logps, ref_logps, kl_logps, ref_kl_logps, labels_B, inputs.get("udm_weights"))
